@@ -1,0 +1,154 @@
+"""Where a user's history becomes tokens and item segment ids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .catalog import ItemCatalog
+
+DEFAULT_PROMPT = "A user watched these movies, oldest first:\n"
+DEFAULT_QUERY = "The next movie the user will watch is:"
+
+
+class IAMDataCollator:
+    """Renders histories as item-segmented prompts for [`IAMForCausalRecommendation`].
+
+    Each example is ``{"history": [item ids, oldest first], "target": item id}`` (``target``
+    optional, for inference). The prompt is ``prompt`` (segment 0), then every history item
+    as its own span (segments 1..n, oldest first), then ``query`` (segment 0), whose last
+    token the adapter reads.
+
+    Each item's text is tokenized on its own, so no token straddles two items and an item's
+    tokens are the same wherever it appears; it is capped at ``max_item_tokens``. Histories
+    longer than ``max_history_items`` or than ``max_length`` tokens lose their oldest whole
+    items, never part of one.
+
+    Emits ``input_ids``, ``attention_mask``, ``item_segment_ids``, ``history_item_indices``
+    (catalog indices, ``-1`` pads) and ``labels`` (catalog index of the target).
+
+    Example:
+        >>> collator = IAMDataCollator(tokenizer, catalog, max_length=256)  # doctest: +SKIP
+        >>> batch = collator([{"history": ["1", "2"], "target": "3"}])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        catalog: ItemCatalog,
+        max_length: int = 512,
+        max_item_tokens: int = 32,
+        max_history_items: int | None = None,
+        padding_side: str = "left",
+        prompt: str = DEFAULT_PROMPT,
+        query: str = DEFAULT_QUERY,
+        item_template: str = "{text}\n",
+    ):
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        if max_item_tokens < 1:
+            raise ValueError(f"max_item_tokens must be >= 1, got {max_item_tokens}")
+        if max_history_items is not None and max_history_items < 1:
+            raise ValueError(f"max_history_items must be >= 1, got {max_history_items}")
+        self.tokenizer = tokenizer
+        self.catalog = catalog
+        self.max_length = max_length
+        self.max_item_tokens = max_item_tokens
+        self.max_history_items = max_history_items
+        self.padding_side = padding_side
+        self.item_template = item_template
+        pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad_token_id is None:
+            raise ValueError("The tokenizer has neither a pad_token_id nor an eos_token_id to pad with")
+        self.pad_token_id = pad_token_id
+        prefix = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        self.prompt_ids = prefix + self._encode(prompt)
+        self.query_ids = self._encode(query)
+        if not self.query_ids:
+            raise ValueError("query must tokenize to at least one token: its last token is what the adapter reads")
+        budget = max_length - len(self.prompt_ids) - len(self.query_ids)
+        if budget < max_item_tokens:
+            raise ValueError(
+                f"max_length={max_length} leaves {budget} tokens for items after the prompt and query "
+                f"({len(self.prompt_ids) + len(self.query_ids)} tokens): less than one item (max_item_tokens={max_item_tokens})"
+            )
+        self._item_ids_cache: dict[int, list[int]] = {}
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def item_token_ids(self, catalog_index: int) -> list[int]:
+        """The tokens of one item, identical wherever it appears in a prompt."""
+        if catalog_index not in self._item_ids_cache:
+            text = self.item_template.format(text=self.catalog.texts[catalog_index])
+            self._item_ids_cache[catalog_index] = self._encode(text)[: self.max_item_tokens]
+        return self._item_ids_cache[catalog_index]
+
+    def _catalog_index(self, item_id, example_index: int, example: dict, field: str) -> int:
+        if item_id not in self.catalog:
+            user = f" (user {example['user_id']})" if "user_id" in example else ""
+            raise ValueError(
+                f"example {example_index}{user}: {field} item {item_id!r} is not in the catalog ({len(self.catalog)} items)"
+            )
+        return self.catalog.index_of(item_id)
+
+    def render(self, example: dict, example_index: int = 0) -> tuple[list[int], list[int], list[int]]:
+        """Token ids, segment ids and the kept history's catalog indices for one example."""
+        user = f" (user {example['user_id']})" if "user_id" in example else ""
+        history = example.get("history")
+        if history is None or len(history) == 0:
+            raise ValueError(f"example {example_index}{user}: the history is empty; IAM needs at least one item")
+        indices = [self._catalog_index(item, example_index, example, "history") for item in history]
+        if self.max_history_items is not None:
+            indices = indices[-self.max_history_items :]
+        budget = self.max_length - len(self.prompt_ids) - len(self.query_ids)
+        kept: list[int] = []
+        for index in reversed(indices):  # newest first, so the oldest are the ones dropped
+            cost = len(self.item_token_ids(index))
+            if cost > budget:
+                break
+            kept.append(index)
+            budget -= cost
+        kept.reverse()
+        input_ids, segment_ids = list(self.prompt_ids), [0] * len(self.prompt_ids)
+        for segment, index in enumerate(kept, start=1):
+            tokens = self.item_token_ids(index)
+            input_ids += tokens
+            segment_ids += [segment] * len(tokens)
+        input_ids += self.query_ids
+        segment_ids += [0] * len(self.query_ids)
+        return input_ids, segment_ids, kept
+
+    def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
+        rendered = [self.render(example, position) for position, example in enumerate(examples)]
+        has_target = ["target" in example and example["target"] is not None for example in examples]
+        if any(has_target) and not all(has_target):
+            missing = has_target.index(False)
+            raise ValueError(f"example {missing} has no target while others in the batch do")
+        width = max(len(ids) for ids, _, _ in rendered)
+        history_width = max(len(kept) for _, _, kept in rendered)
+        batch = {key: [] for key in ("input_ids", "attention_mask", "item_segment_ids", "history_item_indices")}
+        for input_ids, segment_ids, kept in rendered:
+            pad = width - len(input_ids)
+            real = [1] * len(input_ids)
+            if self.padding_side == "left":
+                batch["input_ids"].append([self.pad_token_id] * pad + input_ids)
+                batch["attention_mask"].append([0] * pad + real)
+                batch["item_segment_ids"].append([0] * pad + segment_ids)
+            else:
+                batch["input_ids"].append(input_ids + [self.pad_token_id] * pad)
+                batch["attention_mask"].append(real + [0] * pad)
+                batch["item_segment_ids"].append(segment_ids + [0] * pad)
+            batch["history_item_indices"].append(kept + [-1] * (history_width - len(kept)))
+        tensors = {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
+        if all(has_target):
+            tensors["labels"] = torch.tensor(
+                [
+                    self._catalog_index(example["target"], position, example, "target")
+                    for position, example in enumerate(examples)
+                ],
+                dtype=torch.long,
+            )
+        return tensors

@@ -1,0 +1,264 @@
+"""IAMForCausalRecommendation, checked by the effect of its masks on the model's outputs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+from transformers_iam import IAMConfig, IAMDataCollator, IAMForCausalRecommendation, ItemCatalog
+from transformers_iam.attention import ItemSegments
+
+from .conftest import BACKBONES, collator_kwargs, same_weights_with, tiny_model, tiny_text_config
+
+# context (2 tokens) | item 1 (3) | item 2 (2) | item 3 (2) | query (2)
+SEGMENTS = torch.tensor([[0, 0, 1, 1, 1, 2, 2, 3, 3, 0, 0]])
+ITEM2 = slice(5, 7)
+NOT_ITEM2 = [0, 1, 2, 3, 4, 7, 8, 9, 10]
+
+
+def random_ids(length: int = SEGMENTS.shape[1], seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(4, 150, (1, length), generator=generator)
+
+
+def hidden_states(model, input_ids, segments=SEGMENTS, attention_mask=None):
+    with torch.no_grad():
+        output = model(
+            input_ids=input_ids, item_segment_ids=segments, attention_mask=attention_mask, output_hidden_states=True
+        )
+    return output.hidden_states
+
+
+class IAMModelTester:
+    """Builds tiny IAM models on one backbone and checks each property of DESIGN.md section 2."""
+
+    def __init__(self, backbone: str):
+        self.backbone = backbone
+
+    def create_and_check_intra_isolates_items(self):
+        model = tiny_model(self.backbone, iam_layer_types=["intra"] * 4)
+        input_ids = random_ids()
+        changed = input_ids.clone()
+        changed[0, ITEM2] = torch.tensor([151, 152])
+        before, after = hidden_states(model, input_ids), hidden_states(model, changed)
+        for layer, (old, new) in enumerate(zip(before, after)):
+            torch.testing.assert_close(old[0, NOT_ITEM2], new[0, NOT_ITEM2], msg=f"layer {layer} leaked item 2")
+        assert not torch.allclose(before[-1][0, ITEM2], after[-1][0, ITEM2])
+
+    def create_and_check_inter_sees_other_items_only(self):
+        model = tiny_model(self.backbone, num_layers=1, iam_layer_types=["inter"])
+        input_ids = random_ids()
+        last_of_item2 = ITEM2.stop - 1
+        same_item_changed = input_ids.clone()
+        same_item_changed[0, ITEM2.start] = 151
+        earlier_item_changed = input_ids.clone()
+        earlier_item_changed[0, 3] = 151
+        reference = hidden_states(model, input_ids)[-1][0, last_of_item2]
+        torch.testing.assert_close(hidden_states(model, same_item_changed)[-1][0, last_of_item2], reference)
+        assert not torch.allclose(hidden_states(model, earlier_item_changed)[-1][0, last_of_item2], reference)
+
+    def create_and_check_causality(self, layout: str):
+        model = tiny_model(self.backbone, num_layers=6, iam_layout=layout)
+        input_ids = random_ids()
+        for position in (3, 6, 9):
+            changed = input_ids.clone()
+            changed[0, position] = 151
+            for old, new in zip(hidden_states(model, input_ids), hidden_states(model, changed)):
+                torch.testing.assert_close(old[0, :position], new[0, :position])
+
+    def create_and_check_vanilla_matches_plain_backbone(self):
+        model = tiny_model(self.backbone, iam_layout="vanilla")
+        plain_config = copy.deepcopy(model.config.text_config)
+        plain = AutoModel.from_config(plain_config, attn_implementation="sdpa").eval()
+        plain.load_state_dict(model.model.state_dict())
+        assert plain.config._attn_implementation == "sdpa"
+        input_ids = random_ids()
+        attention_mask = torch.ones_like(input_ids)
+        attention_mask[0, -2:] = 0  # right padding: positions stay 0..n-1 in both
+        ours = hidden_states(model, input_ids, attention_mask=attention_mask)
+        with torch.no_grad():
+            theirs = plain(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
+        assert len(ours) == len(theirs)
+        for layer, (a, b) in enumerate(zip(ours, theirs)):
+            torch.testing.assert_close(a[0, :-2], b[0, :-2], msg=f"layer {layer}")
+        # and the item-aware layouts really differ from it
+        stacked = same_weights_with(model, iam_layout="stacked")
+        assert not torch.allclose(hidden_states(stacked, input_ids)[-1], hidden_states(model, input_ids)[-1])
+
+    def create_and_check_padding_is_safe(self, attn_implementation: str, collator):
+        examples = [{"history": ["i3"], "target": "i1"}, {"history": [f"i{k}" for k in range(12)], "target": "i2"}]
+        for layout in ("stacked", "alternating", "hatllm", "vanilla"):
+            model = tiny_model(self.backbone, iam_layout=layout, attn_implementation=attn_implementation)
+            for padding_side in ("left", "right"):
+                collator.padding_side = padding_side
+                batch = collator(examples)
+                assert batch["attention_mask"][0].sum() < batch["attention_mask"][1].sum() / 3  # heavy padding
+                with torch.no_grad():
+                    output = model(**batch, output_hidden_states=True)
+                assert torch.isfinite(output.logits).all() and torch.isfinite(output.loss)
+                for states in output.hidden_states:
+                    assert torch.isfinite(states).all(), (layout, padding_side)
+
+    def create_and_check_batch_invariance(self, collator):
+        model = tiny_model(self.backbone)
+        short = {"history": ["i3", "i5"], "target": "i1"}
+        long = {"history": [f"i{k}" for k in range(10)], "target": "i2"}
+        for padding_side in ("left", "right"):
+            collator.padding_side = padding_side
+            with torch.no_grad():
+                alone = model(**collator([short])).logits
+                batched = model(**collator([long, short])).logits
+            torch.testing.assert_close(batched[1:], alone, atol=1e-5, rtol=1e-4)
+
+    def create_and_check_eager_matches_sdpa(self, collator):
+        model = tiny_model(self.backbone, iam_layout="alternating")
+        eager = same_weights_with(model, attn_implementation="eager")
+        assert eager.config._attn_implementation == "iam_eager"
+        collator.padding_side = "left"
+        batch = collator([{"history": ["i3", "i4"], "target": "i1"}, {"history": [f"i{k}" for k in range(9)], "target": "i2"}])
+        with torch.no_grad():
+            torch.testing.assert_close(model(**batch).logits, eager(**batch).logits, atol=1e-5, rtol=1e-4)
+
+
+@pytest.fixture
+def collator(tokenizer, catalog):
+    return IAMDataCollator(tokenizer, catalog, max_length=64, **collator_kwargs())
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+class TestIAMModel:
+    def test_intra_isolates_items(self, backbone):
+        IAMModelTester(backbone).create_and_check_intra_isolates_items()
+
+    def test_inter_sees_other_items_only(self, backbone):
+        IAMModelTester(backbone).create_and_check_inter_sees_other_items_only()
+
+    @pytest.mark.parametrize("layout", ["stacked", "alternating", "hatllm"])
+    def test_causality(self, backbone, layout):
+        IAMModelTester(backbone).create_and_check_causality(layout)
+
+    def test_vanilla_matches_plain_backbone(self, backbone):
+        IAMModelTester(backbone).create_and_check_vanilla_matches_plain_backbone()
+
+    @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+    def test_padding_is_safe(self, backbone, attn_implementation, collator):
+        IAMModelTester(backbone).create_and_check_padding_is_safe(attn_implementation, collator)
+
+    def test_batch_invariance(self, backbone, collator):
+        IAMModelTester(backbone).create_and_check_batch_invariance(collator)
+
+    def test_eager_matches_sdpa(self, backbone, collator):
+        IAMModelTester(backbone).create_and_check_eager_matches_sdpa(collator)
+
+
+def test_no_row_is_fully_masked_under_left_padding():
+    segments = ItemSegments(torch.tensor([[0, 0, 0, 1, 1, 0]]))
+    padding = torch.tensor([[False, False, True, True, True, True]])
+    base = padding[:, None, None, :] & torch.ones(6, 6, dtype=torch.bool).tril()
+    for layer_type in ("intra", "inter"):
+        mask = segments.mask_for(layer_type, base, 6, 6, None)
+        assert mask.any(-1).all(), layer_type
+        # real tokens keep exactly their semantic: never a padding key
+        assert not mask[0, 0, 2:, :2].any()
+
+
+def test_missing_segment_ids_is_an_error():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="item_segment_ids is required"):
+        model(input_ids=random_ids())
+    # a vanilla model needs none
+    assert tiny_model(iam_layout="vanilla")(input_ids=random_ids()).logits.shape == (1, 20)
+
+
+def test_segment_ids_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="item_segment_ids has shape"):
+        tiny_model()(input_ids=random_ids(), item_segment_ids=SEGMENTS[:, :-1])
+
+
+def test_labels_out_of_catalog_is_an_error():
+    with pytest.raises(ValueError, match="catalog indices"):
+        tiny_model()(input_ids=random_ids(), item_segment_ids=SEGMENTS, labels=torch.tensor([20]))
+
+
+def test_recommend_excludes_items_and_names_them(catalog):
+    model = tiny_model()
+    model.set_catalog(catalog)
+    input_ids = random_ids()
+    full = model.recommend(input_ids, item_segment_ids=SEGMENTS, k=20)
+    top3 = full.indices[0, :3].tolist()
+    excluded = model.recommend(input_ids, item_segment_ids=SEGMENTS, k=5, exclude_item_ids=[top3])
+    assert not set(top3) & set(excluded.indices[0].tolist())
+    assert excluded.indices[0].tolist() == full.indices[0, 3:8].tolist()
+    assert excluded.item_ids[0] == catalog.ids_of(excluded.indices[0])
+
+
+def test_save_and_reload_through_auto_model(tmp_path, catalog):
+    model = tiny_model("qwen2", iam_layout="hatllm", num_layers=3)
+    model.set_catalog(catalog)
+    model.save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(config, IAMConfig) and config.resolved_layer_types == ["intra", "full", "inter"]
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(reloaded, IAMForCausalRecommendation)
+    assert reloaded.config._attn_implementation == "iam_sdpa"
+    assert reloaded.catalog == catalog
+    input_ids = random_ids()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            reloaded(input_ids=input_ids, item_segment_ids=SEGMENTS).logits,
+            model(input_ids=input_ids, item_segment_ids=SEGMENTS).logits,
+        )
+        # item-aware attention is still active after the reload: plain causal attention differs
+        plain = same_weights_with(reloaded, iam_layout="vanilla")
+        assert not torch.allclose(
+            plain(input_ids=input_ids).logits, reloaded(input_ids=input_ids, item_segment_ids=SEGMENTS).logits
+        )
+
+
+def test_reload_with_eager_stays_item_aware(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path, attn_implementation="eager")
+    assert reloaded.config._attn_implementation == "iam_eager"
+    reloaded.set_attn_implementation("sdpa")
+    assert reloaded.config._attn_implementation == "iam_sdpa"
+    assert reloaded.model.config._attn_implementation == "iam_sdpa"
+
+
+def test_catalog_that_does_not_match_the_checkpoint(tmp_path, catalog):
+    model = tiny_model(num_items=len(catalog) + 1)
+    with pytest.raises(ValueError, match="catalog has 20 items but this model scores 21"):
+        model.set_catalog(catalog)
+    model = tiny_model(num_items=len(catalog))
+    model.set_catalog(catalog)
+    model.save_pretrained(tmp_path)
+    ItemCatalog(catalog.item_ids[:-1], catalog.texts[:-1]).save(tmp_path)
+    with pytest.raises(ValueError, match="catalog has 19 items but this model scores 20"):
+        AutoModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_items=0), "num_items must be an integer >= 1"),
+        (dict(iam_layout="diagonal"), r"iam_layout must be one of \['stacked', 'alternating', 'hatllm', 'vanilla'\]"),
+        (dict(iam_layer_types=["intra", "inter"]), "iam_layer_types has 2 entries but the backbone has 4 layers"),
+        (dict(iam_layer_types=["intra", "cross", "full", "full"]), r"iam_layer_types\[1\] = 'cross'; allowed values"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        IAMConfig(text_config=tiny_text_config(), **{"num_items": 5, **kwargs})
+
+
+def test_config_layouts_and_explicit_list_wins():
+    config = IAMConfig(text_config=tiny_text_config(num_layers=6).to_dict(), num_items=3)
+    assert config.text_config.model_type == "llama"
+    assert config.resolved_layer_types == ["intra"] * 3 + ["inter"] * 3
+    config = IAMConfig(text_config=tiny_text_config(num_layers=4), iam_layout="vanilla", iam_layer_types=["full", "inter", "intra", "full"])
+    assert config.resolved_layer_types == ["full", "inter", "intra", "full"]
+    config = IAMConfig(text_config=tiny_text_config(num_layers=4), iam_layout="alternating")
+    assert config.resolved_layer_types == ["intra", "inter", "intra", "inter"]
