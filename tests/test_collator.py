@@ -50,8 +50,8 @@ def test_long_history_drops_oldest_whole_items(tokenizer, catalog):
     history = [f"i{k}" for k in range(20)]
     collator = make(tokenizer, catalog, max_length=20, max_item_tokens=4)
     batch = collator([{"history": history, "target": "i0"}])
-    kept = batch["history_item_indices"][0].tolist()
-    assert kept == list(range(20 - len(kept), 20))  # a suffix of the history: the newest items
+    assert batch["history_item_indices"][0].tolist() == list(range(20))  # all of it, for exclusion
+    kept = [catalog.index_of(f"i{k}") for k in range(20 - len(spans(batch)), 20)]  # the newest items
     assert batch["input_ids"].shape[1] <= 20
     for index, span in zip(kept, spans(batch)):  # never part of an item
         assert span == collator.item_token_ids(index)
@@ -61,7 +61,8 @@ def test_long_history_drops_oldest_whole_items(tokenizer, catalog):
 
 def test_max_history_items(tokenizer, catalog):
     batch = make(tokenizer, catalog, max_history_items=2)([{"history": ["i1", "i2", "i3"], "target": "i4"}])
-    assert batch["history_item_indices"].tolist() == [[2, 3]]
+    assert len(spans(batch)) == 2 and spans(batch)[0] == make(tokenizer, catalog).item_token_ids(2)
+    assert batch["history_item_indices"].tolist() == [[1, 2, 3]]  # exclusion still covers every item
 
 
 def test_item_text_is_capped(tokenizer, catalog):

@@ -262,3 +262,14 @@ def test_config_layouts_and_explicit_list_wins():
     assert config.resolved_layer_types == ["full", "inter", "intra", "full"]
     config = IAMConfig(text_config=tiny_text_config(num_layers=4), iam_layout="alternating")
     assert config.resolved_layer_types == ["intra", "inter", "intra", "inter"]
+
+
+def test_item_prior_ranks_by_popularity_before_training():
+    model = tiny_model(num_items=6)
+    counts = torch.tensor([5.0, 0.0, 50.0, 1.0, 10.0, 2.0])
+    model.init_item_prior(counts)
+    torch.nn.init.zeros_(model.adapter.item_embeddings.weight)
+    top = model.recommend(random_ids(), item_segment_ids=SEGMENTS, k=6)
+    assert top.indices[0].tolist() == [2, 4, 0, 5, 3, 1]
+    with pytest.raises(ValueError, match="item_counts has 5 entries for 6 catalog items"):
+        model.init_item_prior(counts[:5])

@@ -60,6 +60,6 @@ def test_trainer_lowers_the_loss(tmp_path, tokenizer, catalog, gradient_checkpoi
     result = trainer.train()
     after = mean_loss(model, collator, held_out)
     assert result.global_step == 120
-    assert model.is_gradient_checkpointing == gradient_checkpointing
+    assert model.is_activation_checkpointing == gradient_checkpointing
     print(f"held-out loss {before:.3f} -> {after:.3f}")
     assert after < 0.6 * before, (before, after)

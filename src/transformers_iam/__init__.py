@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModel
 from .attention import IAM_ATTENTION_IMPLEMENTATIONS, enable_item_aware_attention, item_aware_implementation
 from .catalog import ItemCatalog
 from .collator import IAMDataCollator
+from .pipeline_item_recommendation import ItemRecommendationPipeline
 from .configuration_iam import IAM_LAYOUTS, IAMConfig, layer_types_for_layout
 from .masks import LAYER_TYPES, item_aware_mask
 from .modeling_iam import (
@@ -39,6 +40,7 @@ __all__ = [
     "IAMRecommendationOutput",
     "IAMRecommendations",
     "ItemCatalog",
+    "ItemRecommendationPipeline",
     "enable_item_aware_attention",
     "exclude_items",
     "item_aware_implementation",

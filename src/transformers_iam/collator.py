@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import cached_file
 
-from .catalog import ItemCatalog
+from .catalog import CATALOG_FILE_NAME, ItemCatalog
+
+COLLATOR_FILE_NAME = "iam_collator.json"
+_SETTINGS = ("max_length", "max_item_tokens", "max_history_items", "padding_side", "prompt", "query", "item_template")
 
 DEFAULT_PROMPT = "A user watched these movies, oldest first:\n"
 DEFAULT_QUERY = "The next movie the user will watch is:"
@@ -26,8 +32,10 @@ class IAMDataCollator:
     longer than ``max_history_items`` or than ``max_length`` tokens lose their oldest whole
     items, never part of one.
 
-    Emits ``input_ids``, ``attention_mask``, ``item_segment_ids``, ``history_item_indices``
-    (catalog indices, ``-1`` pads) and ``labels`` (catalog index of the target).
+    Emits ``input_ids``, ``attention_mask``, ``item_segment_ids``, ``labels`` (catalog index
+    of the target) and ``history_item_indices``: the catalog indices of *every* history item,
+    including those the prompt had no room for (``-1`` pads), so that excluding the history
+    from a ranking excludes all of it.
 
     Example:
         >>> collator = IAMDataCollator(tokenizer, catalog, max_length=256)  # doctest: +SKIP
@@ -59,6 +67,7 @@ class IAMDataCollator:
         self.max_history_items = max_history_items
         self.padding_side = padding_side
         self.item_template = item_template
+        self.prompt, self.query = prompt, query
         pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad_token_id is None:
             raise ValueError("The tokenizer has neither a pad_token_id nor an eos_token_id to pad with")
@@ -75,6 +84,34 @@ class IAMDataCollator:
                 f"({len(self.prompt_ids) + len(self.query_ids)} tokens): less than one item (max_item_tokens={max_item_tokens})"
             )
         self._item_ids_cache: dict[int, list[int]] = {}
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Save the prompt settings (and the tokenizer) so a checkpoint renders histories as in training."""
+        os.makedirs(save_directory, exist_ok=True)
+        with open(os.path.join(save_directory, COLLATOR_FILE_NAME), "w", encoding="utf-8") as handle:
+            json.dump({name: getattr(self, name) for name in _SETTINGS}, handle, indent=1, ensure_ascii=False)
+        self.tokenizer.save_pretrained(save_directory)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, catalog: ItemCatalog | None = None, tokenizer=None, **overrides
+    ) -> IAMDataCollator:
+        """The collator saved in a checkpoint (a folder or a hub id; its catalog and tokenizer too, unless given)."""
+        path = cached_file(
+            directory,
+            COLLATOR_FILE_NAME,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
+        settings = {}
+        if path is not None:
+            with open(path, encoding="utf-8") as handle:
+                settings = json.load(handle)
+        tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(directory)
+        if catalog is None:
+            catalog_file = cached_file(directory, CATALOG_FILE_NAME)
+            catalog = ItemCatalog.load(catalog_file)
+        return cls(tokenizer, catalog, **{**settings, **overrides})
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -95,14 +132,13 @@ class IAMDataCollator:
         return self.catalog.index_of(item_id)
 
     def render(self, example: dict, example_index: int = 0) -> tuple[list[int], list[int], list[int]]:
-        """Token ids, segment ids and the kept history's catalog indices for one example."""
+        """Token ids, segment ids and the whole history's catalog indices for one example."""
         user = f" (user {example['user_id']})" if "user_id" in example else ""
         history = example.get("history")
         if history is None or len(history) == 0:
             raise ValueError(f"example {example_index}{user}: the history is empty; IAM needs at least one item")
-        indices = [self._catalog_index(item, example_index, example, "history") for item in history]
-        if self.max_history_items is not None:
-            indices = indices[-self.max_history_items :]
+        all_indices = [self._catalog_index(item, example_index, example, "history") for item in history]
+        indices = all_indices[-self.max_history_items :] if self.max_history_items is not None else all_indices
         budget = self.max_length - len(self.prompt_ids) - len(self.query_ids)
         kept: list[int] = []
         for index in reversed(indices):  # newest first, so the oldest are the ones dropped
@@ -119,7 +155,7 @@ class IAMDataCollator:
             segment_ids += [segment] * len(tokens)
         input_ids += self.query_ids
         segment_ids += [0] * len(self.query_ids)
-        return input_ids, segment_ids, kept
+        return input_ids, segment_ids, all_indices
 
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
         rendered = [self.render(example, position) for position, example in enumerate(examples)]
@@ -128,9 +164,9 @@ class IAMDataCollator:
             missing = has_target.index(False)
             raise ValueError(f"example {missing} has no target while others in the batch do")
         width = max(len(ids) for ids, _, _ in rendered)
-        history_width = max(len(kept) for _, _, kept in rendered)
+        history_width = max(len(history) for _, _, history in rendered)
         batch = {key: [] for key in ("input_ids", "attention_mask", "item_segment_ids", "history_item_indices")}
-        for input_ids, segment_ids, kept in rendered:
+        for input_ids, segment_ids, history in rendered:
             pad = width - len(input_ids)
             real = [1] * len(input_ids)
             if self.padding_side == "left":
@@ -141,7 +177,7 @@ class IAMDataCollator:
                 batch["input_ids"].append(input_ids + [self.pad_token_id] * pad)
                 batch["attention_mask"].append(real + [0] * pad)
                 batch["item_segment_ids"].append(segment_ids + [0] * pad)
-            batch["history_item_indices"].append(kept + [-1] * (history_width - len(kept)))
+            batch["history_item_indices"].append(history + [-1] * (history_width - len(history)))
         tensors = {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
         if all(has_target):
             tensors["labels"] = torch.tensor(

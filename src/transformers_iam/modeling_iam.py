@@ -110,6 +110,69 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
             attn_implementation = item_aware_implementation(attn_implementation)
         return super().set_attn_implementation(attn_implementation, **kwargs)
 
+    def set_iam_layer_types(self, layer_types: list[str]) -> None:
+        """Switch the per-layer kinds of this model in place (same weights), e.g. for an ablation."""
+        self.config.iam_layer_types = list(layer_types)
+        try:
+            enable_item_aware_attention(self.model, self.config.resolved_layer_types)
+        except ValueError:
+            self.config.iam_layer_types = None
+            raise
+
+    @torch.no_grad()
+    def init_item_prior(self, item_counts: torch.Tensor) -> None:
+        """Start the adapter's per-item bias at the log-frequency of each item (counts in catalog order).
+
+        With a zero bias a fresh adapter ranks the catalog at random; starting from the
+        training-split popularity lets training spend its steps on personalisation.
+        """
+        item_counts = torch.as_tensor(item_counts, dtype=torch.float32).view(-1)
+        if item_counts.numel() != self.config.num_items:
+            raise ValueError(f"item_counts has {item_counts.numel()} entries for {self.config.num_items} catalog items")
+        if (item_counts < 0).any():
+            raise ValueError("item_counts must be non-negative")
+        prior = torch.log((item_counts + 1.0) / (item_counts + 1.0).sum())
+        bias = self.adapter.item_embeddings.bias
+        bias.copy_((prior - prior.mean()).to(bias.dtype))
+
+    @torch.no_grad()
+    def init_item_embeddings_from_text(self, item_token_ids: list[list[int]], batch_size: int = 64) -> None:
+        """Start each item's embedding from the backbone's reading of the item's text.
+
+        Each item's tokens (e.g. ``collator.item_token_ids(index)``) are encoded alone, mean-pooled
+        and passed through the adapter's own projection, so a user state and an item text meet in
+        one space: items with similar text score alike before any training, and a catalog far
+        larger than the training set still gets informed embeddings. Scaled so the initial
+        scores are cosine similarities (in [-1, 1]).
+        """
+        if len(item_token_ids) != self.config.num_items:
+            raise ValueError(f"got token ids for {len(item_token_ids)} items, the catalog has {self.config.num_items}")
+        was_training = self.training
+        self.eval()
+        device = self.adapter.item_embeddings.weight.device
+        embeddings = []
+        for start in range(0, len(item_token_ids), batch_size):
+            chunk = item_token_ids[start : start + batch_size]
+            width = max(len(ids) for ids in chunk)
+            input_ids = torch.zeros(len(chunk), width, dtype=torch.long, device=device)
+            attention_mask = torch.zeros_like(input_ids)
+            for row, ids in enumerate(chunk):
+                input_ids[row, : len(ids)] = torch.tensor(ids, device=device)
+                attention_mask[row, : len(ids)] = 1
+            # segment 0 everywhere: every layer is plain causal for an item read on its own
+            states = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, item_segment_ids=torch.zeros_like(input_ids)
+            ).last_hidden_state
+            pooled = (states * attention_mask[..., None]).sum(1) / attention_mask.sum(1, keepdim=True)
+            adapter = self.adapter
+            embeddings.append(adapter.norm(adapter.activation(adapter.dense(pooled))))
+        embeddings = torch.cat(embeddings)
+        embeddings = embeddings - embeddings.mean(0, keepdim=True)
+        embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+        weight = self.adapter.item_embeddings.weight
+        weight.copy_((embeddings / weight.shape[1] ** 0.5).to(weight.dtype))
+        self.train(was_training)
+
     # -- catalog -----------------------------------------------------------------------------
     def set_catalog(self, catalog: ItemCatalog) -> None:
         """Attach the catalog whose order the adapter's scores follow."""

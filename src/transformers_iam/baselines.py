@@ -1,0 +1,34 @@
+"""Non-LLM baselines scored with the same split and metric code as IAM."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from .catalog import ItemCatalog
+from .data import LeaveOneOutData
+from .metrics import DEFAULT_KS, metrics_from_ranks, target_ranks
+
+
+def popularity_scores(sequences: dict[str, list[str]], catalog: ItemCatalog) -> torch.Tensor:
+    """Interaction count of every catalog item in the given sequences."""
+    counts = Counter(item for items in sequences.values() for item in items)
+    return torch.tensor([float(counts.get(item_id, 0)) for item_id in catalog.item_ids])
+
+
+def evaluate_popularity(data: LeaveOneOutData, split: str, exclude_history: bool, ks=DEFAULT_KS) -> dict[str, float]:
+    """Rank the catalog by popularity among the interactions visible before the split's targets.
+
+    For ``valid`` that is every training sequence; for ``test`` the training sequences plus
+    the validation items.
+    """
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    visible = {user: items[:-2] if split == "valid" else items[:-1] for user, items in data.sequences.items()}
+    scores = popularity_scores(visible, data.catalog)
+    dataset = data.valid if split == "valid" else data.test
+    targets = torch.tensor(data.catalog.indices_of(dataset["target"]))
+    histories = [data.catalog.indices_of(visible[user]) for user in dataset["user_id"]] if exclude_history else None
+    ranks = target_ranks(scores.expand(len(dataset), -1), targets, histories)
+    return metrics_from_ranks(ranks, ks)
