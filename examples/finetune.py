@@ -36,6 +36,7 @@ def parse_args(argv=None) -> ExperimentConfig:
     model.add_argument("--backbone", help="local HF checkpoint, cached hub id, or folder of --gguf-file")
     model.add_argument("--gguf-file")
     model.add_argument("--num-layers", type=int, dest="num_backbone_layers", help="keep the first N layers")
+    model.add_argument("--freeze-bottom-layers", type=int, help="keep the first N layers as pretrained (cpu-quick: 3)")
     model.add_argument("--layout", dest="iam_layout", choices=["stacked", "alternating", "hatllm", "vanilla"])
     model.add_argument("--layer-types", dest="iam_layer_types", help="comma list, one kind per layer")
     model.add_argument("--ablation", choices=["no-intra", "no-inter"])

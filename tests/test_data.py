@@ -33,7 +33,7 @@ def test_timestamp_ties_keep_file_order(tmp_path):
         "user_id:token\titem_id:token\ttimestamp:float\n"
         "u\t3\t100\nu\t1\t100\nu\t5\t50\nu\t2\t100\nu\t4\t200\n"
     )
-    data = load_recbole_atomic(str(tmp_path), text_template="{title}", list_fields=())
+    data = load_recbole_atomic(str(tmp_path), name="toy", text_template="{title}", list_fields=())
     assert data.sequences["u"] == ["5", "3", "1", "2", "4"]
     assert data.test[0] == {"user_id": "u", "history": ["5", "3", "1", "2"], "target": "4"}
     assert data.valid[0]["target"] == "2"
@@ -61,13 +61,13 @@ def test_malformed_row_names_file_line_and_column(tmp_path):
     (tmp_path / "x.item").write_text("item_id:token\ttitle:token_seq\n1\tA\n2\tB\n")
     (tmp_path / "x.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\nu\t1\t5\nu\t2\tsoon\n")
     with pytest.raises(DataFormatError, match=r"x\.inter:3: column 'timestamp' must be a number, got 'soon'"):
-        load_recbole_atomic(str(tmp_path), text_template="{title}", list_fields=())
+        load_recbole_atomic(str(tmp_path), name="x", text_template="{title}", list_fields=())
     (tmp_path / "x.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\nu\t1\n")
     with pytest.raises(DataFormatError, match=r"x\.inter:2: expected 3 columns"):
-        load_recbole_atomic(str(tmp_path), text_template="{title}", list_fields=())
+        load_recbole_atomic(str(tmp_path), name="x", text_template="{title}", list_fields=())
     (tmp_path / "x.inter").write_text("user_id:token\titem_id:token\nu\t1\n")
     with pytest.raises(DataFormatError, match=r"x\.inter:1: missing required column 'timestamp'"):
-        load_recbole_atomic(str(tmp_path), text_template="{title}", list_fields=())
+        load_recbole_atomic(str(tmp_path), name="x", text_template="{title}", list_fields=())
 
 
 def test_unknown_item_and_missing_file(tmp_path):

@@ -21,7 +21,7 @@ from transformers_iam import IAMForCausalRecommendation  # noqa: E402
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("smoke")
-    argv = ["--num-layers", "2", "--train-examples-per-user", "1", "--max-steps", "3", "--batch-size", "4",
+    argv = ["--num-layers", "2", "--freeze-bottom-layers", "1", "--train-examples-per-user", "1", "--max-steps", "3", "--batch-size", "4",
             "--max-eval-users", "24", "--output-dir", str(output_dir)]
     return output_dir, finetune.main(argv)
 
@@ -33,6 +33,7 @@ def test_main_job_writes_checkpoint_metrics_report_and_plot(smoke_run):
     saved = json.loads((output_dir / "metrics.json").read_text())
     assert saved["test"]["users"] == 24 and saved["exclude_history"] is True
     assert saved["model"]["layer_types"] == ["intra", "inter"]
+    assert saved["model"]["trained_parameters"] < saved["model"]["total_parameters"]
     assert saved["dataset"]["users"] == 943
     report = (output_dir / "report.md").read_text()
     assert "full-catalog ranking" in report and "history items excluded" in report and "smoke run" in report

