@@ -48,3 +48,14 @@ def test_checkpoint_loads_with_auto_model_and_evaluates_the_same(smoke_run):
     for key in ("hr@10", "ndcg@10", "mrr@20"):
         assert metrics[key] == pytest.approx(results["test"][key], abs=1e-6)
     assert torch.isfinite(model.adapter.item_embeddings.bias).all()
+
+
+def test_lora_run_reports_trained_parameters_and_saves_both_checkpoints(tmp_path):
+    argv = ["--num-layers", "2", "--freeze-bottom-layers", "0", "--train-examples-per-user", "1", "--max-steps", "2",
+            "--batch-size", "4", "--max-eval-users", "8", "--lora", "--lora-rank", "4", "--output-dir", str(tmp_path)]
+    results = finetune.main(argv)
+    assert results["model"]["lora"] and 0 < results["model"]["trained_parameters"] < results["model"]["total_parameters"] / 5
+    assert "(LoRA)" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "lora-adapter" / "adapter_model.safetensors").is_file()
+    merged = AutoModel.from_pretrained(tmp_path / "checkpoint")  # merged: a plain IAM checkpoint
+    assert isinstance(merged, IAMForCausalRecommendation) and not any("lora" in name for name, _ in merged.named_parameters())

@@ -37,13 +37,13 @@ def main() -> None:
         if missing:
             scores[:, [catalog.index_of(item) for item in missing]] = float("-inf")
         users = dumped[f"{split}_users"]
-        expected = data.valid if split == "valid" else data.test
+        expected = data.split(split)
         truth = dict(zip(expected["user_id"], expected["target"]))
         mismatched = [u for u, t in zip(users, dumped[f"{split}_targets"]) if truth[u] != t]
         if mismatched or len(users) != len(truth):
             raise SystemExit(f"{split}: RecBole's rows do not match our split (users {mismatched[:5]})")
-        cut = -2 if split == "valid" else -1
-        history = [catalog.indices_of(data.sequences[u][:cut]) for u in users] if not args.keep_history else None
+        visible = data.visible_sequences(split)
+        history = [catalog.indices_of(visible[u]) for u in users] if not args.keep_history else None
         ranks = target_ranks(scores, torch.tensor(catalog.indices_of(dumped[f"{split}_targets"])), history)
         results[f"SASRec, {split}"] = metrics_from_ranks(ranks)
     print(protocol_line(not args.keep_history, "valid and test"))

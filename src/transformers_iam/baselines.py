@@ -23,11 +23,9 @@ def evaluate_popularity(data: LeaveOneOutData, split: str, exclude_history: bool
     For ``valid`` that is every training sequence; for ``test`` the training sequences plus
     the validation items.
     """
-    if split not in ("valid", "test"):
-        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-    visible = {user: items[:-2] if split == "valid" else items[:-1] for user, items in data.sequences.items()}
+    visible = data.visible_sequences(split)
     scores = popularity_scores(visible, data.catalog)
-    dataset = data.valid if split == "valid" else data.test
+    dataset = data.split(split)
     targets = torch.tensor(data.catalog.indices_of(dataset["target"]))
     histories = [data.catalog.indices_of(visible[user]) for user in dataset["user_id"]] if exclude_history else None
     ranks = target_ranks(scores.expand(len(dataset), -1), targets, histories)

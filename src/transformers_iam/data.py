@@ -66,8 +66,16 @@ class LeaveOneOutData:
     sequences: dict[str, list[str]]
     statistics: dict = field(default_factory=dict)
 
-    def train_sequences(self) -> dict[str, list[str]]:
-        return {user: items[:-2] for user, items in self.sequences.items()}
+    def visible_sequences(self, split: str) -> dict[str, list[str]]:
+        """Each user's interactions known before the split's targets: ``train`` and ``valid`` see the training
+        sequence, ``test`` sees it plus the validation item."""
+        if split not in ("train", "valid", "test"):
+            raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
+        cut = -1 if split == "test" else -2
+        return {user: items[:cut] for user, items in self.sequences.items()}
+
+    def split(self, name: str) -> Dataset:
+        return {"train": self.train, "valid": self.valid, "test": self.test}[name]
 
     def describe(self) -> str:
         stats = self.statistics

@@ -188,7 +188,7 @@ def build_model(config: ExperimentConfig, data: LeaveOneOutData, collator: IAMDa
     if config.init_item_embeddings_from_text:
         model.init_item_embeddings_from_text([collator.item_token_ids(index) for index in range(len(data.catalog))])
     if config.init_item_prior:
-        model.init_item_prior(popularity_scores(data.train_sequences(), data.catalog))
+        model.init_item_prior(popularity_scores(data.visible_sequences("train"), data.catalog))
     if config.freeze_item_embeddings:
         model.adapter.item_embeddings.weight.requires_grad_(False)
     if config.freeze_embeddings:
@@ -273,7 +273,9 @@ def evaluate_split(trainer: Trainer, dataset, split: str) -> dict[str, float]:
     return {key[len(split) + 1 :]: value for key, value in metrics.items() if key.startswith(split + "_")}
 
 
-def plot_validation(log_history: list[dict], path: str, metric: str = "ndcg@10") -> None:
+def plot_validation(
+    log_history: list[dict], path: str, metric: str = "ndcg@10", reference: dict[str, float] | None = None
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -281,7 +283,10 @@ def plot_validation(log_history: list[dict], path: str, metric: str = "ndcg@10")
 
     points = [(entry["step"], entry[f"eval_{metric}"]) for entry in log_history if f"eval_{metric}" in entry]
     figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.plot([step for step, _ in points], [value for _, value in points], marker="o")
+    axis.plot([step for step, _ in points], [value for _, value in points], marker="o", label="IAM checkpoints")
+    for label, value in (reference or {}).items():
+        axis.axhline(value, linestyle="--", color="gray", label=label)
+    axis.legend(loc="best")
     axis.set_xlabel("training step")
     axis.set_ylabel(f"validation {metric.upper()}")
     axis.set_title("IAM on the validation split (full-catalog ranking)")
@@ -338,6 +343,7 @@ def run_experiment(config: ExperimentConfig) -> dict:
     checkpoint_dir = os.path.join(config.output_dir, "checkpoint")
     final_model = trainer.model
     if config.lora:
+        final_model.save_pretrained(os.path.join(config.output_dir, "lora-adapter"))  # adapter-only checkpoint
         final_model = final_model.merge_and_unload()
     final_model.save_pretrained(checkpoint_dir)
     collator.save_pretrained(checkpoint_dir)  # prompt settings + tokenizer, for evaluation and pipelines
@@ -377,7 +383,11 @@ def run_experiment(config: ExperimentConfig) -> dict:
     }
     with open(os.path.join(config.output_dir, "metrics.json"), "w") as handle:
         json.dump(results, handle, indent=1)
-    plot_validation(trainer.state.log_history, os.path.join(config.output_dir, "validation_ndcg10.png"))
+    plot_validation(
+        trainer.state.log_history,
+        os.path.join(config.output_dir, "validation_ndcg10.png"),
+        reference={"popularity": popularity["valid"]["ndcg@10"]} if "valid" in popularity else None,
+    )
     report = render_report(results)
     with open(os.path.join(config.output_dir, "report.md"), "w") as handle:
         handle.write(report)
@@ -385,9 +395,20 @@ def run_experiment(config: ExperimentConfig) -> dict:
     return results
 
 
+def run_name(config: dict) -> str:
+    """How a run is named in reports: the layout, or the ablation, in words."""
+    if config.get("iam_layer_types"):
+        return "IAM (" + ",".join(config["iam_layer_types"]) + ")"
+    if config.get("ablation"):
+        return {"no-intra": "IAM without intra layers", "no-inter": "IAM without inter layers"}[config["ablation"]]
+    if config.get("iam_layout") == "vanilla":
+        return "same LLM without IAM (vanilla)"
+    return f"IAM {config.get('iam_layout', 'stacked')}"
+
+
 def render_report(results: dict) -> str:
     config = results["config"]
-    name = "IAM " + ("(" + config["ablation"] + ")" if config["ablation"] else config["iam_layout"])
+    name = run_name(config)
     rows = {}
     for split in ("test", "valid"):
         rows[f"{name}, {split}"] = results[split]
@@ -430,7 +451,7 @@ def evaluate_checkpoint(checkpoint_dir: str, split: str = "test", exclude_histor
     if model.catalog != data.catalog:
         raise ValueError(f"{checkpoint_dir}: the checkpoint's catalog differs from the data's catalog")
     collator = IAMDataCollator.from_pretrained(checkpoint_dir, catalog=data.catalog)
-    dataset = eval_subset(data.valid if split == "valid" else data.test, config)
+    dataset = eval_subset(data.split(split), config)
     args = training_arguments(
         config,
         1,
