@@ -40,6 +40,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="runs/sasrec")
     args = parser.parse_args()
+    args.out = os.path.abspath(args.out)
+    os.chdir(args.out)  # RecBole writes log/ and log_tensorboard/ into the working directory
     config = Config(model="SASRec", config_file_list=[os.path.join(args.out, "sasrec.yaml")])
     config["checkpoint_dir"] = os.path.join(args.out, "saved")
     init_seed(config["seed"], config["reproducibility"])
