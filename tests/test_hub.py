@@ -80,7 +80,7 @@ def test_push_sends_weights_catalog_prompt_settings_and_card(trained):
     assert len(json.loads(files["item_catalog.json"])["items"]) == 20
     card = files["README.md"].decode()
     for fragment in ("library_name: transformers", "intra, intra, inter, inter", "943 users", "full-catalog ranking",
-                     "| IAM, test | 943 | 0.2000", 'AutoModel.from_pretrained(\'org/iam-tiny\')', "import transformers_iam"):
+                     "| IAM stacked, test | 943 | 0.2000", 'AutoModel.from_pretrained(\'org/iam-tiny\')', "import transformers_iam"):
         assert fragment in card, fragment
 
 

@@ -406,14 +406,21 @@ def run_name(config: dict) -> str:
     return f"IAM {config.get('iam_layout', 'stacked')}"
 
 
-def render_report(results: dict) -> str:
-    config = results["config"]
-    name = run_name(config)
+def results_rows(results: dict) -> dict[str, dict[str, float]]:
+    """The metrics table of a run: the model and popularity, test first (for reports and model cards)."""
+    name = run_name(results.get("config", {}))
     rows = {}
     for split in ("test", "valid"):
         rows[f"{name}, {split}"] = results[split]
-        if split in results["popularity"]:
+        if split in results.get("popularity", {}):
             rows[f"popularity, {split}"] = results["popularity"][split]
+    return rows
+
+
+def render_report(results: dict) -> str:
+    config = results["config"]
+    name = run_name(config)
+    rows = results_rows(results)
     stats = results["dataset"]
     lines = [
         f"# {name} on {stats['name']}",

@@ -16,6 +16,7 @@ import tempfile
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 
 from .collator import IAMDataCollator
+from .experiment import results_rows
 from .metrics import format_metrics_table
 
 CARD_TEMPLATE = """---
@@ -25,7 +26,7 @@ CARD_TEMPLATE = """---
 # {title}
 
 An LLM recommender with **item-aware attention** (IAM, "From Token to Item", WWW 2026), built with
-[transformers-iam](https://github.com/transformers-iam/transformers-iam). Each history item is a span
+the `transformers-iam` library. Each history item is a span
 of tokens; `intra` layers let a token see only its own item, `inter` layers only other items and the
 context, and a recommendation adapter scores the whole catalog ({num_items} items) from the last token.
 
@@ -68,8 +69,8 @@ def build_model_card(model, repo_id: str, results: dict | None = None, lora: boo
     card_data = ModelCardData(
         library_name="transformers",
         tags=["recommendation", "item-aware-attention", "transformers-iam"] + (["peft", "lora"] if lora else []),
-        base_model=base_model if "/" in base_model and not os.path.isabs(base_model) and not os.path.exists(base_model) else None,
-        datasets=None,
+        # only a Hub id belongs in the metadata's base_model, not a local path or a GGUF description
+        base_model=base_model if "/" in base_model and not os.path.exists(base_model) and " " not in base_model else None,
         model_name=repo_id,
     )
     if results:
@@ -79,9 +80,7 @@ def build_model_card(model, repo_id: str, results: dict | None = None, lora: boo
             f"(history length median {stats['history_median']}, max {stats['history_max']}); leave-one-out split with "
             f"a stable timestamp sort (ties keep file order); {stats['train_examples']} training examples."
         )
-        rows = {"IAM, test": results["test"], "IAM, valid": results["valid"]}
-        rows.update({f"popularity, {split}": metrics for split, metrics in results.get("popularity", {}).items()})
-        table = format_metrics_table(rows)
+        table = format_metrics_table(results_rows(results))
         protocol = results["protocol"] + ". Checkpoint selected on validation NDCG@10; test evaluated once."
     else:
         data, table, protocol = "Not recorded.", "Not recorded.", ""
