@@ -13,6 +13,7 @@ from transformers import AutoModel
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 
 import evaluate as evaluate_script  # noqa: E402
+import finetune_trl  # noqa: E402
 import finetune  # noqa: E402
 
 from transformers_iam import IAMForCausalRecommendation  # noqa: E402
@@ -59,3 +60,13 @@ def test_lora_run_reports_trained_parameters_and_saves_both_checkpoints(tmp_path
     assert (tmp_path / "lora-adapter" / "adapter_model.safetensors").is_file()
     merged = AutoModel.from_pretrained(tmp_path / "checkpoint")  # merged: a plain IAM checkpoint
     assert isinstance(merged, IAMForCausalRecommendation) and not any("lora" in name for name, _ in merged.named_parameters())
+
+
+def test_trl_generative_example_runs_on_the_real_llm(tmp_path):
+    results = finetune_trl.main(["--num-layers", "2", "--max-steps", "2", "--batch-size", "2", "--eval-users", "3",
+                                 "--num-beams", "5", "--output-dir", str(tmp_path)])
+    assert results["test"]["users"] == 3 and "constrained to the catalog" in results["protocol"]
+    from transformers_iam.generative import load_generative_iam
+
+    reloaded = load_generative_iam(str(tmp_path / "checkpoint"))
+    assert reloaded.config._attn_implementation == "iam_sdpa" and reloaded.config.iam_layer_types == ["intra", "inter"]
