@@ -49,7 +49,8 @@ def main() -> None:
     print(protocol_line(not args.keep_history, "valid and test"))
     print(format_metrics_table(results))
     print("RecBole's own test metrics:", dumped["recbole_test"])
-    with open(os.path.join(args.out, "sasrec_metrics.json"), "w") as handle:
+    name = "sasrec_metrics_history_kept.json" if args.keep_history else "sasrec_metrics.json"
+    with open(os.path.join(args.out, name), "w") as handle:
         json.dump(results, handle, indent=1)
 
 

@@ -340,16 +340,6 @@ def run_experiment(config: ExperimentConfig) -> dict:
     )
     test_metrics = evaluate_split(trainer, test, "test")  # once, on the checkpoint validation chose
 
-    checkpoint_dir = os.path.join(config.output_dir, "checkpoint")
-    final_model = trainer.model
-    if config.lora:
-        final_model.save_pretrained(os.path.join(config.output_dir, "lora-adapter"))  # adapter-only checkpoint
-        final_model = final_model.merge_and_unload()
-    final_model.save_pretrained(checkpoint_dir)
-    collator.save_pretrained(checkpoint_dir)  # prompt settings + tokenizer, for evaluation and pipelines
-    with open(os.path.join(checkpoint_dir, EXPERIMENT_FILE), "w") as handle:
-        json.dump(config.to_dict(), handle, indent=1)
-
     popularity = {
         split: evaluate_popularity(data, split, config.exclude_history)
         for split in ("valid", "test")
@@ -381,6 +371,18 @@ def run_experiment(config: ExperimentConfig) -> dict:
         + (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"),
         "config": config.to_dict(),
     }
+    if not trainer.is_world_process_zero():  # under accelerate/DDP, one process writes
+        return results
+    checkpoint_dir = os.path.join(config.output_dir, "checkpoint")
+    final_model = trainer.model
+    if config.lora:
+        final_model.save_pretrained(os.path.join(config.output_dir, "lora-adapter"))  # adapter-only checkpoint
+        final_model = final_model.merge_and_unload()
+    final_model.save_pretrained(checkpoint_dir)
+    collator.save_pretrained(checkpoint_dir)  # prompt settings + tokenizer, for evaluation and pipelines
+    with open(os.path.join(checkpoint_dir, EXPERIMENT_FILE), "w") as handle:
+        json.dump(config.to_dict(), handle, indent=1)
+
     with open(os.path.join(config.output_dir, "metrics.json"), "w") as handle:
         json.dump(results, handle, indent=1)
     plot_validation(
