@@ -20,7 +20,6 @@ import time
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 
 from transformers_iam.configuration_iam import layer_types_for_layout
@@ -33,19 +32,7 @@ from transformers_iam.generative import (
     rank_in_beams,
 )
 from transformers_iam.metrics import format_metrics_table, metrics_from_ranks, protocol_line
-
-
-def load_causal_lm(config: ExperimentConfig, num_layers: int):
-    path, gguf_file = backbone_location(config)
-    model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=torch.float32)
-    if gguf_file is not None:  # dequantised on load: train and save it as the full-precision model it now is
-        model.config.__dict__.pop("quantization_config", None)
-        model.is_quantized, model.hf_quantizer = False, None
-    decoder = model.get_decoder()
-    if num_layers < len(decoder.layers):
-        decoder.layers = decoder.layers[:num_layers]
-        model.config.num_hidden_layers = num_layers
-    return model
+from transformers_iam.modeling_iam import load_pretrained_decoder
 
 
 def main(argv=None) -> dict:
@@ -71,7 +58,8 @@ def main(argv=None) -> dict:
     tokenizer = load_tokenizer(config)
     collator = GenerativeIAMCollator(tokenizer, data.catalog, max_length=config.max_length,
                                      max_item_tokens=config.max_item_tokens, max_history_items=args.max_history)
-    model = load_causal_lm(config, args.num_layers)
+    path, gguf_file = backbone_location(config)
+    model = load_pretrained_decoder(path, gguf_file=gguf_file, num_layers=args.num_layers, causal_lm=True)
     layer_types = layer_types_for_layout(args.layout, model.config.num_hidden_layers)
     enable_generative_iam(model, layer_types)
     model.get_input_embeddings().weight.requires_grad_(False)  # tied with the LM head: keep the vocabulary as is

@@ -273,3 +273,25 @@ def test_item_prior_ranks_by_popularity_before_training():
     assert top.indices[0].tolist() == [2, 4, 0, 5, 3, 1]
     with pytest.raises(ValueError, match="item_counts has 5 entries for 6 catalog items"):
         model.init_item_prior(counts[:5])
+
+
+def test_from_backbone_keeps_pretrained_weights_and_cuts_layers(tmp_path, catalog):
+    from transformers import LlamaModel
+
+    torch.manual_seed(5)
+    pretrained = LlamaModel(tiny_text_config(num_layers=4)).eval()
+    pretrained.save_pretrained(tmp_path)
+    model = IAMForCausalRecommendation.from_backbone(str(tmp_path), catalog=catalog, num_backbone_layers=2,
+                                                     iam_layout="vanilla")
+    assert model.config.num_backbone_layers == 2 and len(model.model.layers) == 2 and model.catalog == catalog
+    for name, value in model.model.state_dict().items():
+        torch.testing.assert_close(value, pretrained.state_dict()[name], msg=name)
+    input_ids = random_ids()
+    with torch.no_grad():  # vanilla IAM == the pretrained model (the last state is normed, so compare layer 1)
+        ours = model(input_ids=input_ids, output_hidden_states=True).hidden_states[1]
+        theirs = pretrained(input_ids=input_ids, output_hidden_states=True).hidden_states[1]
+    torch.testing.assert_close(ours, theirs)
+    with pytest.raises(ValueError, match=r"num_backbone_layers must be in \[1, 4\], got 5"):
+        IAMForCausalRecommendation.from_backbone(str(tmp_path), catalog=catalog, num_backbone_layers=5)
+    with pytest.raises(ValueError, match="num_items=3 but the catalog has 20 items"):
+        IAMForCausalRecommendation.from_backbone(str(tmp_path), num_items=3, catalog=catalog)

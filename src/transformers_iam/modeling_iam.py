@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import ModelOutput, cached_file
 
-from .attention import enable_item_aware_attention, item_aware_implementation
+from .attention import enable_item_aware_attention, find_decoder_layers, item_aware_implementation
 from .catalog import CATALOG_FILE_NAME, ItemCatalog
 from .configuration_iam import IAMConfig
 
@@ -243,27 +243,16 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
             num_items = len(catalog)
         if num_items is None:
             raise ValueError("from_backbone needs num_items or a catalog")
-        backbone = AutoModel.from_pretrained(pretrained_model_name_or_path, gguf_file=gguf_file, dtype=dtype)
+        backbone = load_pretrained_decoder(
+            pretrained_model_name_or_path, gguf_file=gguf_file, num_layers=num_backbone_layers, dtype=dtype
+        )
         if hasattr(backbone, "get_decoder") and not hasattr(backbone, "layers"):
             backbone = backbone.get_decoder()
-        text_config = copy.deepcopy(backbone.config)
-        # GGUF weights arrive dequantised; a leftover quantization_config would make a reload (and the
-        # Trainer) treat the saved full-precision checkpoint as a quantized one.
-        text_config.__dict__.pop("quantization_config", None)
-        total_layers = text_config.num_hidden_layers
-        if num_backbone_layers is not None:
-            if not 1 <= num_backbone_layers <= total_layers:
-                raise ValueError(f"num_backbone_layers must be in [1, {total_layers}], got {num_backbone_layers}")
-            text_config.num_hidden_layers = num_backbone_layers
-            if getattr(text_config, "layer_types", None) is not None:
-                text_config.layer_types = text_config.layer_types[:num_backbone_layers]
-        config = IAMConfig(text_config=text_config, num_items=num_items, **config_overrides)
+        config = IAMConfig(text_config=copy.deepcopy(backbone.config), num_items=num_items, **config_overrides)
         if attn_implementation is not None:
             config._attn_implementation = attn_implementation
         model = cls(config).to(dtype)
         missing, unexpected = model.model.load_state_dict(backbone.state_dict(), strict=False)
-        dropped = tuple(f"layers.{index}." for index in range(config.num_backbone_layers, total_layers))
-        unexpected = [name for name in unexpected if not name.startswith(dropped)]
         if missing or unexpected:
             raise ValueError(f"Backbone weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
         model.config.name_or_path = str(pretrained_model_name_or_path)
@@ -375,6 +364,36 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         return IAMRecommendations(scores=scores, indices=indices, item_ids=item_ids)
 
 
+def load_pretrained_decoder(
+    pretrained_model_name_or_path: str | os.PathLike,
+    gguf_file: str | None = None,
+    num_layers: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    causal_lm: bool = False,
+) -> PreTrainedModel:
+    """A pretrained decoder (bare, or with its LM head when ``causal_lm``) cut to its first ``num_layers``.
+
+    GGUF weights arrive dequantised: the ``quantization_config`` transformers keeps for them is dropped,
+    else a saved checkpoint (and the Trainer) would treat the full-precision model as a quantized one.
+
+    Example:
+        >>> lm = load_pretrained_decoder(smollm2_directory(), gguf_file=SMOLLM2_GGUF, num_layers=6, causal_lm=True)  # doctest: +SKIP
+    """
+    auto_class = AutoModelForCausalLM if causal_lm else AutoModel
+    model = auto_class.from_pretrained(pretrained_model_name_or_path, gguf_file=gguf_file, dtype=dtype)
+    model.config.__dict__.pop("quantization_config", None)
+    model.hf_quantizer, model.is_quantized = None, False
+    if num_layers is not None:
+        backbone, layers = find_decoder_layers(model)
+        if not 1 <= num_layers <= len(layers):
+            raise ValueError(f"num_backbone_layers must be in [1, {len(layers)}], got {num_layers}")
+        backbone.layers = layers[:num_layers]
+        model.config.num_hidden_layers = num_layers
+        if getattr(model.config, "layer_types", None) is not None:
+            model.config.layer_types = model.config.layer_types[:num_layers]
+    return model
+
+
 def exclude_items(scores: torch.Tensor, item_indices: torch.Tensor | list[list[int]]) -> torch.Tensor:
     """Set the given catalog indices (per row; -1 pads) to -inf, so they are never ranked."""
     if not isinstance(item_indices, torch.Tensor):
@@ -399,4 +418,5 @@ __all__ = [
     "IAMRecommendationOutput",
     "IAMRecommendations",
     "exclude_items",
+    "load_pretrained_decoder",
 ]
