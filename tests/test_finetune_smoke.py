@@ -70,3 +70,13 @@ def test_trl_generative_example_runs_on_the_real_llm(tmp_path):
 
     reloaded = load_generative_iam(str(tmp_path / "checkpoint"))
     assert reloaded.config._attn_implementation == "iam_sdpa" and reloaded.config.iam_layer_types == ["intra", "inter"]
+
+
+def test_gpu_preset_runs_end_to_end_on_cpu_when_shrunk(tmp_path):
+    """The gpu preset's own path (every prefix, all layers trainable, no freezing), cut to a few steps."""
+    results = finetune.main(["--preset", "gpu", "--num-layers", "2", "--max-steps", "2", "--batch-size", "2",
+                             "--max-eval-users", "8", "--output-dir", str(tmp_path)])
+    assert results["dataset"]["train_examples"] == 100000 - 3 * 943  # every prefix
+    assert results["config"]["preset"] == "gpu"
+    assert results["model"]["trained_parameters"] == results["model"]["total_parameters"]  # nothing frozen
+    assert results["model"]["layer_types"] == ["intra", "inter"] and results["test"]["users"] == 8
