@@ -157,28 +157,32 @@ class IAMDataCollator:
         segment_ids += [0] * len(self.query_ids)
         return input_ids, segment_ids, all_indices
 
+    def pad(self, fields: dict[str, tuple[list[list[int]], int]], side: str | None = None) -> dict[str, torch.Tensor]:
+        """Pad each field's rows (with that field's pad value) to the longest row, on ``side`` (default: padding_side)."""
+        side = side or self.padding_side
+        tensors = {}
+        for name, (rows, value) in fields.items():
+            width = max(len(row) for row in rows)
+            fills = [[value] * (width - len(row)) for row in rows]
+            padded = [fill + row if side == "left" else row + fill for row, fill in zip(rows, fills)]
+            tensors[name] = torch.tensor(padded, dtype=torch.long)
+        return tensors
+
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
         rendered = [self.render(example, position) for position, example in enumerate(examples)]
         has_target = ["target" in example and example["target"] is not None for example in examples]
         if any(has_target) and not all(has_target):
             missing = has_target.index(False)
             raise ValueError(f"example {missing} has no target while others in the batch do")
-        width = max(len(ids) for ids, _, _ in rendered)
-        history_width = max(len(history) for _, _, history in rendered)
-        batch = {key: [] for key in ("input_ids", "attention_mask", "item_segment_ids", "history_item_indices")}
-        for input_ids, segment_ids, history in rendered:
-            pad = width - len(input_ids)
-            real = [1] * len(input_ids)
-            if self.padding_side == "left":
-                batch["input_ids"].append([self.pad_token_id] * pad + input_ids)
-                batch["attention_mask"].append([0] * pad + real)
-                batch["item_segment_ids"].append([0] * pad + segment_ids)
-            else:
-                batch["input_ids"].append(input_ids + [self.pad_token_id] * pad)
-                batch["attention_mask"].append(real + [0] * pad)
-                batch["item_segment_ids"].append(segment_ids + [0] * pad)
-            batch["history_item_indices"].append(history + [-1] * (history_width - len(history)))
-        tensors = {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
+        tensors = self.pad(
+            {
+                "input_ids": ([ids for ids, _, _ in rendered], self.pad_token_id),
+                "attention_mask": ([[1] * len(ids) for ids, _, _ in rendered], 0),
+                "item_segment_ids": ([segments for _, segments, _ in rendered], 0),
+            }
+        )
+        # exclusion lists pad with -1 on the right, whatever the token padding side
+        tensors.update(self.pad({"history_item_indices": ([h for _, _, h in rendered], -1)}, side="right"))
         if all(has_target):
             tensors["labels"] = torch.tensor(
                 [

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
 
 from .attention import enable_item_aware_attention
 from .collator import IAMDataCollator
@@ -27,7 +27,7 @@ class GenerativeIAMCollator(IAMDataCollator):
     """Like [`IAMDataCollator`], plus the target item's tokens (and EOS) as a completion segment.
 
     ``labels`` are token ids on the completion and -100 elsewhere (a causal-LM target), padding
-    is on the right, and the completion carries segment id ``n + 1`` so intra-item layers
+    is on the right by default, and the completion carries segment id ``n + 1`` so intra-item layers
     treat the generated item as an item of its own.
     """
 
@@ -55,15 +55,14 @@ class GenerativeIAMCollator(IAMDataCollator):
                     [-100] * len(input_ids) + completion,
                 )
             )
-        width = max(len(ids) for ids, _, _ in rows)
-        batch = {"input_ids": [], "attention_mask": [], "item_segment_ids": [], "labels": []}
-        for input_ids, segment_ids, labels in rows:
-            pad = width - len(input_ids)
-            batch["input_ids"].append(input_ids + [self.pad_token_id] * pad)
-            batch["attention_mask"].append([1] * len(input_ids) + [0] * pad)
-            batch["item_segment_ids"].append(segment_ids + [0] * pad)
-            batch["labels"].append(labels + [-100] * pad)
-        return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
+        return self.pad(
+            {
+                "input_ids": ([ids for ids, _, _ in rows], self.pad_token_id),
+                "attention_mask": ([[1] * len(ids) for ids, _, _ in rows], 0),
+                "item_segment_ids": ([segments for _, segments, _ in rows], 0),
+                "labels": ([labels for _, _, labels in rows], -100),
+            }
+        )
 
 
 @dataclass
@@ -108,8 +107,6 @@ def enable_generative_iam(model: PreTrainedModel, layer_types: Sequence[str]) ->
 
 def load_generative_iam(path: str, **kwargs) -> PreTrainedModel:
     """Reload a causal LM saved after [`enable_generative_iam`], with its item-aware layers restored."""
-    from transformers import AutoModelForCausalLM
-
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     layer_types = getattr(model.config, "iam_layer_types", None)
     if layer_types is None:

@@ -54,18 +54,11 @@ recommender({{"history": ["<item id>", "<item id>"]}}, top_k=10)
 """
 
 
-def _base_model(model) -> str:
-    config = getattr(model, "config", None)
-    name = getattr(config, "name_or_path", "") or ""
-    text_config = getattr(config, "text_config", None)
-    return name or getattr(text_config, "_name_or_path", "") or "unknown"
-
-
 def build_model_card(model, repo_id: str, results: dict | None = None, lora: bool = False) -> ModelCard:
     """A model card: base model, layer layout, dataset and split statistics, protocol, metrics, how to load."""
     base = getattr(model, "get_base_model", lambda: model)()
     config = base.config
-    base_model = (results or {}).get("model", {}).get("backbone") or _base_model(base)
+    base_model = (results or {}).get("model", {}).get("backbone") or config.name_or_path or "unknown"
     card_data = ModelCardData(
         library_name="transformers",
         tags=["recommendation", "item-aware-attention", "transformers-iam"] + (["peft", "lora"] if lora else []),
