@@ -24,8 +24,16 @@ from transformers_iam import IAMConfig, IAMForCausalRecommendation
 
 
 def smollm2_like(num_layers: int) -> LlamaConfig:
-    return LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=num_layers,
-                       num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, tie_word_embeddings=True)
+    return LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=num_layers,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    )
 
 
 def inputs(batch_size: int, seq_len: int, item_len: int = 17):
@@ -69,8 +77,12 @@ def measure(which: str, args) -> dict:
     forward_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     step_seconds = timed(train_step, 2)
     step_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"forward_s": forward_seconds, "step_s": step_seconds,
-            "forward_peak_mib": (forward_rss - baseline_rss) / 1024, "step_peak_mib": (step_rss - baseline_rss) / 1024}
+    return {
+        "forward_s": forward_seconds,
+        "step_s": step_seconds,
+        "forward_peak_mib": (forward_rss - baseline_rss) / 1024,
+        "step_peak_mib": (step_rss - baseline_rss) / 1024,
+    }
 
 
 def main() -> None:
@@ -86,19 +98,30 @@ def main() -> None:
         return
     rows = {}
     for which in ("plain", "vanilla", "stacked", "hatllm"):
-        child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--measure", which], capture_output=True,
-                               text=True, check=True)
+        child = subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:], "--measure", which], capture_output=True, text=True, check=True
+        )
         rows[which] = json.loads(child.stdout.strip().splitlines()[-1])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.num_layers} SmolLM2-135M-shaped layers, "
-          f"batch {args.batch_size} x {args.seq_len} tokens; each row in its own process (peak RSS above its baseline)")
-    print("| backbone | forward s | fwd+bwd s | forward peak MiB | fwd+bwd peak MiB | forward / plain | fwd+bwd / plain |")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.num_layers} SmolLM2-135M-shaped layers, "
+        f"batch {args.batch_size} x {args.seq_len} tokens; each row in its own process (peak RSS above its baseline)"
+    )
+    print(
+        "| backbone | forward s | fwd+bwd s | forward peak MiB | fwd+bwd peak MiB | forward / plain | fwd+bwd / plain |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     plain = rows["plain"]
-    names = {"plain": "plain LlamaModel (sdpa)", "vanilla": "IAM vanilla (iam_sdpa, all full)",
-             "stacked": "IAM stacked (intra/inter)", "hatllm": "IAM hatllm (intra/full/inter)"}
+    names = {
+        "plain": "plain LlamaModel (sdpa)",
+        "vanilla": "IAM vanilla (iam_sdpa, all full)",
+        "stacked": "IAM stacked (intra/inter)",
+        "hatllm": "IAM hatllm (intra/full/inter)",
+    }
     for which, row in rows.items():
-        print(f"| {names[which]} | {row['forward_s']:.3f} | {row['step_s']:.3f} | {row['forward_peak_mib']:.0f} | "
-              f"{row['step_peak_mib']:.0f} | {row['forward_s'] / plain['forward_s']:.2f}x | {row['step_s'] / plain['step_s']:.2f}x |")
+        print(
+            f"| {names[which]} | {row['forward_s']:.3f} | {row['step_s']:.3f} | {row['forward_peak_mib']:.0f} | "
+            f"{row['step_peak_mib']:.0f} | {row['forward_s'] / plain['forward_s']:.2f}x | {row['step_s'] / plain['step_s']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -12,11 +12,12 @@ metrics.json, report.md and validation_ndcg10.png.
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import sys
 
 import transformers_iam  # noqa: F401  (registers the Auto classes)
-from transformers_iam.experiment import ExperimentConfig, run_experiment
+from transformers_iam.experiments import ExperimentConfig, run_experiment
 
 
 def parse_args(argv=None) -> ExperimentConfig:
@@ -69,4 +70,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    # the library logs its progress and report; show them (and only them) at INFO
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("transformers_iam").setLevel(logging.INFO)
     main()

@@ -22,17 +22,18 @@ import torch
 from tqdm.auto import tqdm
 from trl import SFTConfig, SFTTrainer
 
-from transformers_iam.configuration_iam import layer_types_for_layout
-from transformers_iam.experiment import ExperimentConfig, backbone_location, load_data, load_tokenizer
-from transformers_iam.generative import (
+from transformers_iam.core.configuration_iam import layer_types_for_layout
+from transformers_iam.core.loading import load_pretrained_decoder
+from transformers_iam.experiments.build import backbone_location, load_data, load_tokenizer
+from transformers_iam.experiments.config import ExperimentConfig
+from transformers_iam.integrations.generative import (
     CatalogTrie,
     GenerativeIAMCollator,
     constrained_beam_search,
     enable_generative_iam,
     rank_in_beams,
 )
-from transformers_iam.metrics import format_metrics_table, metrics_from_ranks, protocol_line
-from transformers_iam.modeling_iam import load_pretrained_decoder
+from transformers_iam.recsys.metrics import format_metrics_table, metrics_from_ranks, protocol_line
 
 
 def main(argv=None) -> dict:
@@ -56,8 +57,13 @@ def main(argv=None) -> dict:
     data = load_data(config)
     print(data.describe())
     tokenizer = load_tokenizer(config)
-    collator = GenerativeIAMCollator(tokenizer, data.catalog, max_length=config.max_length,
-                                     max_item_tokens=config.max_item_tokens, max_history_items=args.max_history)
+    collator = GenerativeIAMCollator(
+        tokenizer,
+        data.catalog,
+        max_length=config.max_length,
+        max_item_tokens=config.max_item_tokens,
+        max_history_items=args.max_history,
+    )
     path, gguf_file = backbone_location(config)
     model = load_pretrained_decoder(path, gguf_file=gguf_file, num_layers=args.num_layers, causal_lm=True)
     layer_types = layer_types_for_layout(args.layout, model.config.num_hidden_layers)
@@ -79,8 +85,9 @@ def main(argv=None) -> dict:
         use_cpu=not torch.cuda.is_available(),
         bf16=torch.cuda.is_available(),
     )
-    trainer = SFTTrainer(model=model, args=sft_args, train_dataset=data.train, data_collator=collator,
-                         processing_class=tokenizer)
+    trainer = SFTTrainer(
+        model=model, args=sft_args, train_dataset=data.train, data_collator=collator, processing_class=tokenizer
+    )
     train_started = time.time()
     trainer.train()
     train_seconds = time.time() - train_started
@@ -91,8 +98,9 @@ def main(argv=None) -> dict:
     ranks = []
     for example in tqdm(users, desc="constrained beam search (test)"):
         history = data.catalog.indices_of(example["history"]) if exclude_history else ()
-        finished = constrained_beam_search(model, collator, example, trie, num_beams=args.num_beams,
-                                           exclude_item_indices=history)
+        finished = constrained_beam_search(
+            model, collator, example, trie, num_beams=args.num_beams, exclude_item_indices=history
+        )
         ranks.append(rank_in_beams(finished, data.catalog.index_of(example["target"]), len(data.catalog)))
     metrics = metrics_from_ranks(ranks)
 
@@ -113,13 +121,21 @@ def main(argv=None) -> dict:
         "wall_seconds": round(time.time() - started, 1),
         "command": " ".join(shlex.quote(p) for p in ["python", "examples/finetune_trl.py", *(argv or sys.argv[1:])]),
     }
-    report = "\n".join([
-        "# Generative IAM (TRL SFTTrainer) on ml-100k", "", protocol + ".", "",
-        format_metrics_table({"IAM generative, test": metrics}), "",
-        f"- {args.max_steps} steps of {args.batch_size} on {len(data.train)} training examples; "
-        f"layers {layer_types}", f"- training {results['train_seconds']} s, wall {results['wall_seconds']} s",
-        f"- command: `{results['command']}`", "",
-    ])
+    report = "\n".join(
+        [
+            "# Generative IAM (TRL SFTTrainer) on ml-100k",
+            "",
+            protocol + ".",
+            "",
+            format_metrics_table({"IAM generative, test": metrics}),
+            "",
+            f"- {args.max_steps} steps of {args.batch_size} on {len(data.train)} training examples; "
+            f"layers {layer_types}",
+            f"- training {results['train_seconds']} s, wall {results['wall_seconds']} s",
+            f"- command: `{results['command']}`",
+            "",
+        ]
+    )
     with open(os.path.join(args.output_dir, "metrics.json"), "w") as handle:
         json.dump(results, handle, indent=1)
     with open(os.path.join(args.output_dir, "report.md"), "w") as handle:

@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 
-from transformers_iam.data import load_recbole_atomic, movielens_100k_directory
+from transformers_iam.recsys.readers import load_recbole_atomic, movielens_100k_directory
 
 DATASET = "ml-100k-loo"
 MAX_HISTORY = 50
@@ -55,7 +55,7 @@ metrics: [Hit, NDCG, MRR]
 topk: [5, 10, 20]
 valid_metric: NDCG@10
 device: {device}
-use_gpu: {str(device == 'cuda').lower()}
+use_gpu: {str(device == "cuda").lower()}
 seed: 2020
 reproducibility: true
 show_progress: true
@@ -76,7 +76,7 @@ def main() -> None:
         with open(os.path.join(folder, f"{DATASET}.{split}.inter"), "w") as handle:
             handle.write("user_id:token\titem_id_list:token_seq\titem_id:token\n")
             for row in dataset:
-                history = row['history'][-MAX_HISTORY:]
+                history = row["history"][-MAX_HISTORY:]
                 handle.write(f"{row['user_id']}\t{' '.join(history)}\t{row['target']}\n")
     with open(os.path.join(args.out, "sasrec.yaml"), "w") as handle:
         handle.write(sasrec_config(os.path.abspath(args.out), args.epochs, args.device))

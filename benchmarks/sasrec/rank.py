@@ -1,6 +1,6 @@
 """Rank SASRec's dumped scores with our metric code (same split, same ties rule, same history exclusion).
 
-    python benchmarks/sasrec/rank.py --out runs/sasrec     # in the project venv
+python benchmarks/sasrec/rank.py --out runs/sasrec     # in the project venv
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import os
 import numpy as np
 import torch
 
-from transformers_iam.data import load_recbole_atomic, movielens_100k_directory
-from transformers_iam.metrics import format_metrics_table, metrics_from_ranks, protocol_line, target_ranks
+from transformers_iam.recsys.metrics import format_metrics_table, metrics_from_ranks, protocol_line, target_ranks
+from transformers_iam.recsys.readers import load_recbole_atomic, movielens_100k_directory
 
 
 def main() -> None:

@@ -10,19 +10,19 @@ Auto classes and the ``iam_sdpa`` / ``iam_eager`` attention backends with transf
 
 from transformers import AutoConfig, AutoModel
 
-from .attention import IAM_ATTENTION_IMPLEMENTATIONS, enable_item_aware_attention, item_aware_implementation
-from .catalog import ItemCatalog
-from .collator import IAMDataCollator
-from .pipeline_item_recommendation import ItemRecommendationPipeline
-from .configuration_iam import IAM_LAYOUTS, IAMConfig, layer_types_for_layout
-from .masks import LAYER_TYPES, item_aware_mask
-from .modeling_iam import (
+from .core.attention import IAM_ATTENTION_IMPLEMENTATIONS, enable_item_aware_attention, item_aware_implementation
+from .core.catalog import ItemCatalog
+from .core.collator import IAMDataCollator
+from .core.configuration_iam import IAM_LAYOUTS, IAMConfig, layer_types_for_layout
+from .core.masks import LAYER_TYPES, item_aware_mask
+from .core.modeling_iam import (
     IAMForCausalRecommendation,
     IAMPreTrainedModel,
     IAMRecommendationOutput,
     IAMRecommendations,
-    exclude_items,
 )
+from .core.pipeline_item_recommendation import ItemRecommendationPipeline
+from .core.ranking import exclude_items
 
 __version__ = "0.1.0"
 

@@ -1,0 +1,43 @@
+"""Where pretrained decoder weights (HF checkpoints or GGUF files) are loaded and cut to their first layers."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
+
+from .attention import find_decoder_layers
+
+
+def load_pretrained_decoder(
+    pretrained_model_name_or_path: str | os.PathLike,
+    gguf_file: str | None = None,
+    num_layers: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    causal_lm: bool = False,
+) -> PreTrainedModel:
+    """A pretrained decoder (bare, or with its LM head when ``causal_lm``) cut to its first ``num_layers``.
+
+    GGUF weights arrive dequantised: the ``quantization_config`` transformers keeps for them is dropped,
+    else a saved checkpoint (and the Trainer) would treat the full-precision model as a quantized one.
+
+    Example:
+        >>> lm = load_pretrained_decoder(smollm2_directory(), gguf_file=SMOLLM2_GGUF, num_layers=6, causal_lm=True)  # doctest: +SKIP
+    """
+    auto_class = AutoModelForCausalLM if causal_lm else AutoModel
+    model = auto_class.from_pretrained(pretrained_model_name_or_path, gguf_file=gguf_file, dtype=dtype)
+    model.config.__dict__.pop("quantization_config", None)
+    model.hf_quantizer, model.is_quantized = None, False
+    if num_layers is not None:
+        backbone, layers = find_decoder_layers(model)
+        if not 1 <= num_layers <= len(layers):
+            raise ValueError(f"num_backbone_layers must be in [1, {len(layers)}], got {num_layers}")
+        backbone.layers = layers[:num_layers]
+        model.config.num_hidden_layers = num_layers
+        if getattr(model.config, "layer_types", None) is not None:
+            model.config.layer_types = model.config.layer_types[:num_layers]
+    return model
+
+
+__all__ = ["load_pretrained_decoder"]

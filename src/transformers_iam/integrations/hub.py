@@ -1,0 +1,143 @@
+"""Sharing trained IAM models on the Hugging Face Hub, with a generated model card.
+
+Example (online):
+    >>> from transformers_iam.integrations.hub import push_to_hub
+    >>> push_to_hub(model, "org/iam-llama", collator=collator, results=results)  # doctest: +SKIP
+    >>> import transformers_iam
+    >>> from transformers import AutoModel
+    >>> model = AutoModel.from_pretrained("org/iam-llama")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
+
+from ..core.collator import IAMDataCollator
+from ..recsys.metrics import format_metrics_table
+from ..recsys.results import results_rows
+
+CARD_TEMPLATE = """---
+{card_data}
+---
+
+# {title}
+
+An LLM recommender with **item-aware attention** (IAM, "From Token to Item", WWW 2026), built with
+the `transformers-iam` library. Each history item is a span
+of tokens; `intra` layers let a token see only its own item, `inter` layers only other items and the
+context, and a recommendation adapter scores the whole catalog ({num_items} items) from the last token.
+
+- base model: `{base_model}`
+- layer layout: {layout}
+- weights: {weights}
+
+## Data and protocol
+{data}
+
+{protocol}
+
+## Results
+{results}
+
+## How to load
+```python
+import transformers_iam  # registers IAM with the Auto classes
+from transformers import AutoModel, pipeline
+
+{load_lines}
+recommender = pipeline("item-recommendation", model={repo!r})
+recommender({{"history": ["<item id>", "<item id>"]}}, top_k=10)
+```
+"""
+
+
+def build_model_card(model, repo_id: str, results: dict | None = None, lora: bool = False) -> ModelCard:
+    """A model card: base model, layer layout, dataset and split statistics, protocol, metrics, how to load."""
+    base = getattr(model, "get_base_model", lambda: model)()
+    config = base.config
+    base_model = (results or {}).get("model", {}).get("backbone") or config.name_or_path or "unknown"
+    card_data = ModelCardData(
+        library_name="transformers",
+        tags=["recommendation", "item-aware-attention", "transformers-iam"] + (["peft", "lora"] if lora else []),
+        # only a Hub id belongs in the metadata's base_model, not a local path or a GGUF description
+        base_model=base_model
+        if "/" in base_model and not os.path.exists(base_model) and " " not in base_model
+        else None,
+        model_name=repo_id,
+    )
+    if results:
+        stats = results["dataset"]
+        data = (
+            f"{stats['name']}: {stats['users']} users, {stats['items']} items, {stats['interactions']} interactions "
+            f"(history length median {stats['history_median']}, max {stats['history_max']}); leave-one-out split with "
+            f"a stable timestamp sort (ties keep file order); {stats['train_examples']} training examples."
+        )
+        table = format_metrics_table(results_rows(results))
+        protocol = results["protocol"] + ". Checkpoint selected on validation NDCG@10; test evaluated once."
+    else:
+        data, table, protocol = "Not recorded.", "Not recorded.", ""
+    if lora:
+        load_lines = (
+            "from peft import PeftModel\n"
+            f'base = AutoModel.from_pretrained("<the full IAM base checkpoint>")\n'
+            f"model = PeftModel.from_pretrained(base, {repo_id!r})"
+        )
+        weights = "LoRA adapter (attention and MLP projections) + the recommendation adapter in full"
+    else:
+        load_lines = f"model = AutoModel.from_pretrained({repo_id!r})"
+        weights = "full model"
+    text = CARD_TEMPLATE.format(
+        card_data=card_data.to_yaml(),
+        title=repo_id.split("/")[-1],
+        num_items=config.num_items,
+        base_model=base_model,
+        layout=", ".join(config.resolved_layer_types),
+        weights=weights,
+        data=data,
+        protocol=protocol,
+        results=table,
+        load_lines=load_lines,
+        repo=repo_id,
+    )
+    return ModelCard(text)
+
+
+def save_for_hub(
+    model, save_directory: str, repo_id: str, collator: IAMDataCollator | None = None, results: dict | None = None
+) -> list[str]:
+    """Write everything a Hub repo holds: weights (or LoRA adapter), config, catalog, prompt settings, tokenizer, card."""
+    lora = hasattr(model, "peft_config")
+    model.save_pretrained(save_directory)
+    base = model.get_base_model() if lora else model
+    if lora and base.catalog is not None:
+        base.catalog.save(save_directory)
+    if collator is not None:
+        collator.save_pretrained(save_directory)
+    build_model_card(model, repo_id, results, lora=lora).save(os.path.join(save_directory, "README.md"))
+    return sorted(os.listdir(save_directory))
+
+
+def push_to_hub(
+    model,
+    repo_id: str,
+    collator: IAMDataCollator | None = None,
+    results: dict | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload IAM recommender",
+    api: HfApi | None = None,
+):
+    """Create (or reuse) the repo and upload the model, its catalog, prompt settings and model card in one commit."""
+    api = api or HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        names = save_for_hub(model, folder, repo_id, collator, results)
+        with open(os.path.join(folder, "README.md"), encoding="utf-8") as handle:
+            api._validate_yaml(handle.read(), token=token)  # fail on bad card metadata before uploading weights
+        operations = [
+            CommitOperationAdd(path_in_repo=name, path_or_fileobj=os.path.join(folder, name)) for name in names
+        ]
+        return api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message)

@@ -1,0 +1,41 @@
+"""LoRA for IAM through PEFT: low-rank updates on the backbone, the recommendation adapter trained in full."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+# The attention and MLP projections of Llama, Qwen2, Mistral and most decoders transformers ships.
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def lora_config(
+    rank: int = 16,
+    alpha: int | None = None,
+    dropout: float = 0.05,
+    target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
+):
+    """A `peft.LoraConfig` for IAM: LoRA on `target_modules`, `adapter` (the scoring head) in `modules_to_save`."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha if alpha is not None else 2 * rank,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        modules_to_save=["adapter"],
+    )
+
+
+def apply_lora(model: nn.Module, rank: int = 16, **kwargs):
+    """Wrap an [`IAMForCausalRecommendation`] in a `peft.PeftModel`.
+
+    Example:
+        >>> peft_model = apply_lora(model, rank=8)  # doctest: +SKIP
+        >>> peft_model.save_pretrained("iam-lora")  # doctest: +SKIP
+        >>> PeftModel.from_pretrained(base_model, "iam-lora").merge_and_unload()  # doctest: +SKIP
+    """
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(rank=rank, **kwargs))

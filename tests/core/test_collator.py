@@ -1,0 +1,110 @@
+"""IAMDataCollator: rendering, truncation rules and errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from transformers_iam import IAMDataCollator
+
+from ..testing_utils import collator_kwargs
+
+
+def make(tokenizer, catalog, **kwargs):
+    return IAMDataCollator(tokenizer, catalog, **{"max_length": 64, **collator_kwargs(), **kwargs})
+
+
+def spans(batch, row=0):
+    """Token ids of each item span, in order, read back through the segment ids."""
+    ids, segments = batch["input_ids"][row], batch["item_segment_ids"][row]
+    real = batch["attention_mask"][row].bool()
+    return [ids[(segments == segment) & real].tolist() for segment in range(1, int(segments.max()) + 1)]
+
+
+def test_each_item_is_its_own_span_with_the_same_tokens_everywhere(tokenizer, catalog):
+    collator = make(tokenizer, catalog)
+    batch = collator([{"history": ["i1", "i2", "i5"], "target": "i7"}, {"history": ["i5", "i1"], "target": "i0"}])
+    first, second = spans(batch, 0), spans(batch, 1)
+    assert first[0] == second[1] == tokenizer("w1_0 w1_1", add_special_tokens=False)["input_ids"]
+    assert first[2] == second[0]
+    assert batch["labels"].tolist() == [7, 0]
+    assert batch["history_item_indices"].tolist() == [[1, 2, 5], [5, 1, -1]]
+    # context first (bos + prompt), query last, both segment 0
+    row = batch["input_ids"][0]
+    assert row[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(row[-2:]) == "next ?"
+    assert batch["item_segment_ids"][0, -2:].tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_padding_side(tokenizer, catalog, padding_side):
+    batch = make(tokenizer, catalog, padding_side=padding_side)([{"history": ["i0"]}, {"history": ["i2", "i2", "i2"]}])
+    mask = batch["attention_mask"][0]
+    assert (mask[0] == 0) == (padding_side == "left") and (mask[-1] == 0) == (padding_side == "right")
+    assert (batch["input_ids"][0][mask == 0] == tokenizer.pad_token_id).all()
+    assert (batch["item_segment_ids"][0][mask == 0] == 0).all()
+    assert "labels" not in batch
+
+
+def test_long_history_drops_oldest_whole_items(tokenizer, catalog):
+    history = [f"i{k}" for k in range(20)]
+    collator = make(tokenizer, catalog, max_length=20, max_item_tokens=4)
+    batch = collator([{"history": history, "target": "i0"}])
+    assert batch["history_item_indices"][0].tolist() == list(range(20))  # all of it, for exclusion
+    kept = [catalog.index_of(f"i{k}") for k in range(20 - len(spans(batch)), 20)]  # the newest items
+    assert batch["input_ids"].shape[1] <= 20
+    for index, span in zip(kept, spans(batch)):  # never part of an item
+        assert span == collator.item_token_ids(index)
+    # one more token of budget would not have fitted the next older item
+    assert batch["input_ids"].shape[1] + len(collator.item_token_ids(19 - len(kept))) > 20
+
+
+def test_max_history_items(tokenizer, catalog):
+    batch = make(tokenizer, catalog, max_history_items=2)([{"history": ["i1", "i2", "i3"], "target": "i4"}])
+    assert len(spans(batch)) == 2 and spans(batch)[0] == make(tokenizer, catalog).item_token_ids(2)
+    assert batch["history_item_indices"].tolist() == [[1, 2, 3]]  # exclusion still covers every item
+
+
+def test_item_text_is_capped(tokenizer, catalog):
+    collator = make(tokenizer, catalog, max_item_tokens=2)
+    assert len(collator.item_token_ids(catalog.index_of("i2"))) == 2  # "w2_0 w2_1 w2_2" has 3 words
+    batch = collator([{"history": ["i2", "i2"], "target": "i4"}])
+    assert [len(span) for span in spans(batch)] == [2, 2]
+
+
+def test_unknown_history_item_names_item_and_example(tokenizer, catalog):
+    collator = make(tokenizer, catalog)
+    with pytest.raises(ValueError, match=r"example 1 \(user u9\): history item 'nope' is not in the catalog"):
+        collator([{"history": ["i1"], "target": "i2"}, {"user_id": "u9", "history": ["i1", "nope"], "target": "i2"}])
+
+
+def test_unknown_target(tokenizer, catalog):
+    with pytest.raises(ValueError, match="example 0: target item 'gone' is not in the catalog"):
+        make(tokenizer, catalog)([{"history": ["i1"], "target": "gone"}])
+
+
+@pytest.mark.parametrize("history", [[], None])
+def test_empty_history(tokenizer, catalog, history):
+    with pytest.raises(ValueError, match=r"example 0 \(user 7\): the history is empty"):
+        make(tokenizer, catalog)([{"user_id": 7, "history": history, "target": "i1"}])
+
+
+def test_max_length_too_small_for_one_item(tokenizer, catalog):
+    with pytest.raises(ValueError, match="max_length=8 leaves"):
+        make(tokenizer, catalog, max_length=8, max_item_tokens=4)
+
+
+def test_mixed_targets_in_a_batch(tokenizer, catalog):
+    with pytest.raises(ValueError, match="example 1 has no target"):
+        make(tokenizer, catalog)([{"history": ["i1"], "target": "i2"}, {"history": ["i1"]}])
+
+
+def test_int_item_ids_match_string_ids(tokenizer):
+    from transformers_iam import ItemCatalog
+
+    catalog = ItemCatalog([1, 2, 3], ["w1_0", "w2_0", "w3_0"])
+    batch = IAMDataCollator(tokenizer, catalog, max_length=40, **collator_kwargs())(
+        [{"history": [1, "2"], "target": 3}]
+    )
+    assert batch["labels"].tolist() == [2]
+    assert isinstance(batch["input_ids"], torch.Tensor)

@@ -1,0 +1,280 @@
+"""IAMForCausalRecommendation, checked by the effect of its masks on the model's outputs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+from transformers_iam import IAMConfig, IAMDataCollator, IAMForCausalRecommendation, ItemCatalog
+from transformers_iam.core.attention import ItemSegments
+
+from ..testing_utils import (
+    BACKBONES,
+    ITEM2,
+    NOT_ITEM2,
+    SEGMENTS,
+    collator_kwargs,
+    hidden_states,
+    random_ids,
+    same_weights_with,
+    tiny_model,
+    tiny_text_config,
+)
+
+
+@pytest.fixture
+def collator(tokenizer, catalog):
+    return IAMDataCollator(tokenizer, catalog, max_length=64, **collator_kwargs())
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_intra_isolates_items(backbone):
+    model = tiny_model(backbone, iam_layer_types=["intra"] * 4)
+    input_ids = random_ids()
+    changed = input_ids.clone()
+    changed[0, ITEM2] = torch.tensor([151, 152])
+    before, after = hidden_states(model, input_ids), hidden_states(model, changed)
+    for layer, (old, new) in enumerate(zip(before, after)):
+        torch.testing.assert_close(old[0, NOT_ITEM2], new[0, NOT_ITEM2], msg=f"layer {layer} leaked item 2")
+    assert not torch.allclose(before[-1][0, ITEM2], after[-1][0, ITEM2])
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_inter_sees_other_items_only(backbone):
+    model = tiny_model(backbone, num_layers=1, iam_layer_types=["inter"])
+    input_ids = random_ids()
+    last_of_item2 = ITEM2.stop - 1
+    same_item_changed = input_ids.clone()
+    same_item_changed[0, ITEM2.start] = 151
+    earlier_item_changed = input_ids.clone()
+    earlier_item_changed[0, 3] = 151
+    reference = hidden_states(model, input_ids)[-1][0, last_of_item2]
+    torch.testing.assert_close(hidden_states(model, same_item_changed)[-1][0, last_of_item2], reference)
+    assert not torch.allclose(hidden_states(model, earlier_item_changed)[-1][0, last_of_item2], reference)
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize("layout", ["stacked", "alternating", "hatllm"])
+def test_causality(backbone, layout: str):
+    model = tiny_model(backbone, num_layers=6, iam_layout=layout)
+    input_ids = random_ids()
+    for position in (3, 6, 9):
+        changed = input_ids.clone()
+        changed[0, position] = 151
+        for old, new in zip(hidden_states(model, input_ids), hidden_states(model, changed)):
+            torch.testing.assert_close(old[0, :position], new[0, :position])
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_vanilla_matches_plain_backbone(backbone):
+    model = tiny_model(backbone, iam_layout="vanilla")
+    plain_config = copy.deepcopy(model.config.text_config)
+    plain = AutoModel.from_config(plain_config, attn_implementation="sdpa").eval()
+    plain.load_state_dict(model.model.state_dict())
+    assert plain.config._attn_implementation == "sdpa"
+    input_ids = random_ids()
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, -2:] = 0  # right padding: positions stay 0..n-1 in both
+    ours = hidden_states(model, input_ids, attention_mask=attention_mask)
+    with torch.no_grad():
+        theirs = plain(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
+    assert len(ours) == len(theirs)
+    for layer, (a, b) in enumerate(zip(ours, theirs)):
+        torch.testing.assert_close(a[0, :-2], b[0, :-2], msg=f"layer {layer}")
+    # and the item-aware layouts really differ from it
+    stacked = same_weights_with(model, iam_layout="stacked")
+    assert not torch.allclose(hidden_states(stacked, input_ids)[-1], hidden_states(model, input_ids)[-1])
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_padding_is_safe(backbone, attn_implementation: str, collator):
+    examples = [{"history": ["i3"], "target": "i1"}, {"history": [f"i{k}" for k in range(12)], "target": "i2"}]
+    for layout in ("stacked", "alternating", "hatllm", "vanilla"):
+        model = tiny_model(backbone, iam_layout=layout, attn_implementation=attn_implementation)
+        for padding_side in ("left", "right"):
+            collator.padding_side = padding_side
+            batch = collator(examples)
+            assert batch["attention_mask"][0].sum() < batch["attention_mask"][1].sum() / 3  # heavy padding
+            with torch.no_grad():
+                output = model(**batch, output_hidden_states=True)
+            assert torch.isfinite(output.logits).all() and torch.isfinite(output.loss)
+            for states in output.hidden_states:
+                assert torch.isfinite(states).all(), (layout, padding_side)
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_batch_invariance(backbone, collator):
+    model = tiny_model(backbone)
+    short = {"history": ["i3", "i5"], "target": "i1"}
+    long = {"history": [f"i{k}" for k in range(10)], "target": "i2"}
+    for padding_side in ("left", "right"):
+        collator.padding_side = padding_side
+        with torch.no_grad():
+            alone = model(**collator([short])).logits
+            batched = model(**collator([long, short])).logits
+        torch.testing.assert_close(batched[1:], alone, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_eager_matches_sdpa(backbone, collator):
+    model = tiny_model(backbone, iam_layout="alternating")
+    eager = same_weights_with(model, attn_implementation="eager")
+    assert eager.config._attn_implementation == "iam_eager"
+    collator.padding_side = "left"
+    batch = collator(
+        [{"history": ["i3", "i4"], "target": "i1"}, {"history": [f"i{k}" for k in range(9)], "target": "i2"}]
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, eager(**batch).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_no_row_is_fully_masked_under_left_padding():
+    segments = ItemSegments(torch.tensor([[0, 0, 0, 1, 1, 0]]))
+    padding = torch.tensor([[False, False, True, True, True, True]])
+    base = padding[:, None, None, :] & torch.ones(6, 6, dtype=torch.bool).tril()
+    for layer_type in ("intra", "inter"):
+        mask = segments.mask_for(layer_type, base, 6, 6, None)
+        assert mask.any(-1).all(), layer_type
+        # real tokens keep exactly their semantic: never a padding key
+        assert not mask[0, 0, 2:, :2].any()
+
+
+def test_missing_segment_ids_is_an_error():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="item_segment_ids is required"):
+        model(input_ids=random_ids())
+    # a vanilla model needs none
+    assert tiny_model(iam_layout="vanilla")(input_ids=random_ids()).logits.shape == (1, 20)
+
+
+def test_segment_ids_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="item_segment_ids has shape"):
+        tiny_model()(input_ids=random_ids(), item_segment_ids=SEGMENTS[:, :-1])
+
+
+def test_labels_out_of_catalog_is_an_error():
+    with pytest.raises(ValueError, match="catalog indices"):
+        tiny_model()(input_ids=random_ids(), item_segment_ids=SEGMENTS, labels=torch.tensor([20]))
+
+
+def test_recommend_excludes_items_and_names_them(catalog):
+    model = tiny_model()
+    model.set_catalog(catalog)
+    input_ids = random_ids()
+    full = model.recommend(input_ids, item_segment_ids=SEGMENTS, k=20)
+    top3 = full.indices[0, :3].tolist()
+    excluded = model.recommend(input_ids, item_segment_ids=SEGMENTS, k=5, exclude_item_ids=[top3])
+    assert not set(top3) & set(excluded.indices[0].tolist())
+    assert excluded.indices[0].tolist() == full.indices[0, 3:8].tolist()
+    assert excluded.item_ids[0] == catalog.ids_of(excluded.indices[0])
+
+
+def test_save_and_reload_through_auto_model(tmp_path, catalog):
+    model = tiny_model("qwen2", iam_layout="hatllm", num_layers=3)
+    model.set_catalog(catalog)
+    model.save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(config, IAMConfig) and config.resolved_layer_types == ["intra", "full", "inter"]
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(reloaded, IAMForCausalRecommendation)
+    assert reloaded.config._attn_implementation == "iam_sdpa"
+    assert reloaded.catalog == catalog
+    input_ids = random_ids()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            reloaded(input_ids=input_ids, item_segment_ids=SEGMENTS).logits,
+            model(input_ids=input_ids, item_segment_ids=SEGMENTS).logits,
+        )
+        # item-aware attention is still active after the reload: plain causal attention differs
+        plain = same_weights_with(reloaded, iam_layout="vanilla")
+        assert not torch.allclose(
+            plain(input_ids=input_ids).logits, reloaded(input_ids=input_ids, item_segment_ids=SEGMENTS).logits
+        )
+
+
+def test_reload_with_eager_stays_item_aware(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path, attn_implementation="eager")
+    assert reloaded.config._attn_implementation == "iam_eager"
+    reloaded.set_attn_implementation("sdpa")
+    assert reloaded.config._attn_implementation == "iam_sdpa"
+    assert reloaded.model.config._attn_implementation == "iam_sdpa"
+
+
+def test_catalog_that_does_not_match_the_checkpoint(tmp_path, catalog):
+    model = tiny_model(num_items=len(catalog) + 1)
+    with pytest.raises(ValueError, match="catalog has 20 items but this model scores 21"):
+        model.set_catalog(catalog)
+    model = tiny_model(num_items=len(catalog))
+    model.set_catalog(catalog)
+    model.save_pretrained(tmp_path)
+    ItemCatalog(catalog.item_ids[:-1], catalog.texts[:-1]).save(tmp_path)
+    with pytest.raises(ValueError, match="catalog has 19 items but this model scores 20"):
+        AutoModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_items=0), "num_items must be an integer >= 1"),
+        (dict(iam_layout="diagonal"), r"iam_layout must be one of \['stacked', 'alternating', 'hatllm', 'vanilla'\]"),
+        (dict(iam_layer_types=["intra", "inter"]), "iam_layer_types has 2 entries but the backbone has 4 layers"),
+        (dict(iam_layer_types=["intra", "cross", "full", "full"]), r"iam_layer_types\[1\] = 'cross'; allowed values"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        IAMConfig(text_config=tiny_text_config(), **{"num_items": 5, **kwargs})
+
+
+def test_config_layouts_and_explicit_list_wins():
+    config = IAMConfig(text_config=tiny_text_config(num_layers=6).to_dict(), num_items=3)
+    assert config.text_config.model_type == "llama"
+    assert config.resolved_layer_types == ["intra"] * 3 + ["inter"] * 3
+    config = IAMConfig(
+        text_config=tiny_text_config(num_layers=4),
+        iam_layout="vanilla",
+        iam_layer_types=["full", "inter", "intra", "full"],
+    )
+    assert config.resolved_layer_types == ["full", "inter", "intra", "full"]
+    config = IAMConfig(text_config=tiny_text_config(num_layers=4), iam_layout="alternating")
+    assert config.resolved_layer_types == ["intra", "inter", "intra", "inter"]
+
+
+def test_item_prior_ranks_by_popularity_before_training():
+    model = tiny_model(num_items=6)
+    counts = torch.tensor([5.0, 0.0, 50.0, 1.0, 10.0, 2.0])
+    model.init_item_prior(counts)
+    torch.nn.init.zeros_(model.adapter.item_embeddings.weight)
+    top = model.recommend(random_ids(), item_segment_ids=SEGMENTS, k=6)
+    assert top.indices[0].tolist() == [2, 4, 0, 5, 3, 1]
+    with pytest.raises(ValueError, match="item_counts has 5 entries for 6 catalog items"):
+        model.init_item_prior(counts[:5])
+
+
+def test_from_backbone_keeps_pretrained_weights_and_cuts_layers(tmp_path, catalog):
+    from transformers import LlamaModel
+
+    torch.manual_seed(5)
+    pretrained = LlamaModel(tiny_text_config(num_layers=4)).eval()
+    pretrained.save_pretrained(tmp_path)
+    model = IAMForCausalRecommendation.from_backbone(
+        str(tmp_path), catalog=catalog, num_backbone_layers=2, iam_layout="vanilla"
+    )
+    assert model.config.num_backbone_layers == 2 and len(model.model.layers) == 2 and model.catalog == catalog
+    for name, value in model.model.state_dict().items():
+        torch.testing.assert_close(value, pretrained.state_dict()[name], msg=name)
+    input_ids = random_ids()
+    with torch.no_grad():  # vanilla IAM == the pretrained model (the last state is normed, so compare layer 1)
+        ours = model(input_ids=input_ids, output_hidden_states=True).hidden_states[1]
+        theirs = pretrained(input_ids=input_ids, output_hidden_states=True).hidden_states[1]
+    torch.testing.assert_close(ours, theirs)
+    with pytest.raises(ValueError, match=r"num_backbone_layers must be in \[1, 4\], got 5"):
+        IAMForCausalRecommendation.from_backbone(str(tmp_path), catalog=catalog, num_backbone_layers=5)
+    with pytest.raises(ValueError, match="num_items=3 but the catalog has 20 items"):
+        IAMForCausalRecommendation.from_backbone(str(tmp_path), num_items=3, catalog=catalog)

@@ -1,0 +1,55 @@
+"""pipeline("item-recommendation") on a saved checkpoint: ids, texts and scores from the saved catalog."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import pipeline
+
+from transformers_iam import IAMDataCollator, ItemRecommendationPipeline
+
+from ..testing_utils import collator_kwargs, tiny_model
+
+
+@pytest.fixture
+def checkpoint(tmp_path, tokenizer, catalog):
+    model = tiny_model(num_items=len(catalog))
+    model.set_catalog(catalog)
+    model.save_pretrained(tmp_path)
+    IAMDataCollator(tokenizer, catalog, max_length=64, **collator_kwargs()).save_pretrained(tmp_path)
+    return tmp_path, model
+
+
+def test_pipeline_matches_the_model_and_names_items(checkpoint, catalog):
+    path, model = checkpoint
+    recommender = pipeline("item-recommendation", model=str(path))
+    assert isinstance(recommender, ItemRecommendationPipeline)
+    history = ["i3", "i7", catalog.text_of("i5")]  # an item's text works too
+    top = recommender({"history": history}, top_k=4)
+    assert len(top) == 4 and {"item_id", "text", "score", "index"} <= set(top[0])
+    assert not {"i3", "i5", "i7"} & {row["item_id"] for row in top}
+    assert all(row["text"] == catalog.text_of(row["item_id"]) for row in top)
+
+    # the same numbers as the model fed by the saved collator
+    collator = IAMDataCollator.from_pretrained(path)
+    assert collator.prompt == "user history :" and collator.item_template == "{text}"
+    batch = collator([{"history": ["i3", "i7", "i5"]}])
+    expected = model.recommend(
+        **{k: v for k, v in batch.items() if k != "history_item_indices"},
+        k=4,
+        exclude_item_ids=batch["history_item_indices"],
+    )
+    assert [row["index"] for row in top] == expected.indices[0].tolist()
+    torch.testing.assert_close(torch.tensor([row["score"] for row in top]), expected.scores[0])
+
+    kept = recommender({"history": ["i3"]}, top_k=20, exclude_history=False)
+    assert "i3" in {row["item_id"] for row in kept}
+    assert len(recommender([{"history": ["i1"]}, {"history": ["i2", "i4"]}], top_k=2)) == 2
+
+
+def test_pipeline_rejects_unknown_items(checkpoint):
+    recommender = pipeline("item-recommendation", model=str(checkpoint[0]))
+    with pytest.raises(ValueError, match="history item 'Nope' is neither an item id nor an item text"):
+        recommender({"history": ["i1", "Nope"]})
+    with pytest.raises(ValueError, match="the history is empty"):
+        recommender({"history": []})

@@ -1,0 +1,51 @@
+"""Training under `accelerate launch` with 2 CPU processes (DDP, gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModel
+
+import transformers_iam  # noqa: F401
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "ddp_train_script.py")
+
+pytestmark = pytest.mark.slow  # the real LLM, or several processes
+
+
+def test_two_processes_train_on_different_data_and_save_a_loadable_checkpoint(tmp_path):
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")  # the CLI installed with accelerate
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    # `--multi_gpu` selects the torchrun launcher; with no GPU, accelerate runs DDP over gloo on the CPU
+    command = [
+        accelerate,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29533",
+        SCRIPT,
+        str(tmp_path),
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    seen = [json.loads((tmp_path / f"seen_rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [record["world_size"] for record in seen] == [2, 2]
+    rank0, rank1 = (set(record["users"]) for record in seen)
+    assert rank0 and rank1 and not rank0 & rank1  # each process trained on its own shard
+    model = AutoModel.from_pretrained(tmp_path / "checkpoint")
+    assert type(model).__name__ == "IAMForCausalRecommendation" and len(model.catalog) == 20
+    torch.testing.assert_close(model.adapter.item_embeddings.bias, torch.load(tmp_path / "bias.pt"))
+    assert model.adapter.item_embeddings.bias.abs().sum() > 0  # trained, not the zero init

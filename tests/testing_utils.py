@@ -1,0 +1,143 @@
+"""Shared test helpers: tiny backbones (Llama, Qwen2, Mistral), the IAM model tester, a word-level tokenizer and a
+synthetic catalog. Test modules import from here; `conftest.py` only turns some of these into fixtures."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import torch
+from datasets import Dataset
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, MistralConfig, PreTrainedTokenizerFast, Qwen2Config
+
+from transformers_iam import IAMConfig, IAMForCausalRecommendation, ItemCatalog
+
+VOCAB_SIZE = 160
+TINY = dict(
+    vocab_size=VOCAB_SIZE,
+    hidden_size=32,
+    intermediate_size=64,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
+BACKBONES = {
+    "llama": lambda layers: LlamaConfig(num_hidden_layers=layers, **TINY),
+    "qwen2": lambda layers: Qwen2Config(num_hidden_layers=layers, use_sliding_window=False, **TINY),
+    "mistral": lambda layers: MistralConfig(num_hidden_layers=layers, sliding_window=256, **TINY),
+}
+LAYOUTS = ("stacked", "alternating", "hatllm", "vanilla")
+
+# context (2 tokens) | item 1 (3) | item 2 (2) | item 3 (2) | query (2)
+SEGMENTS = torch.tensor([[0, 0, 1, 1, 1, 2, 2, 3, 3, 0, 0]])
+ITEM2 = slice(5, 7)
+NOT_ITEM2 = [0, 1, 2, 3, 4, 7, 8, 9, 10]
+
+
+def tiny_text_config(backbone: str = "llama", num_layers: int = 4):
+    return BACKBONES[backbone](num_layers)
+
+
+class IAMModelTester:
+    """A tiny IAM model on one backbone and the inputs to run it, like transformers' ``ModelTester`` classes.
+
+    Example:
+        >>> tester = IAMModelTester("qwen2", num_layers=2)
+        >>> config, inputs = tester.prepare_config_and_inputs()
+        >>> tester.create_model(config)(**inputs).logits.shape
+        torch.Size([1, 20])
+    """
+
+    def __init__(self, backbone: str = "llama", num_layers: int = 4, num_items: int = 20, seed: int = 0):
+        self.backbone, self.num_layers, self.num_items, self.seed = backbone, num_layers, num_items, seed
+
+    def get_config(self, attn_implementation: str | None = None, **overrides) -> IAMConfig:
+        num_layers = overrides.pop("num_layers", self.num_layers)
+        values = {"num_items": self.num_items, **overrides}
+        config = IAMConfig(text_config=tiny_text_config(self.backbone, num_layers), **values)
+        if attn_implementation is not None:
+            config._attn_implementation = attn_implementation
+        return config
+
+    def prepare_config_and_inputs(self, **overrides) -> tuple[IAMConfig, dict[str, torch.Tensor]]:
+        return self.get_config(**overrides), {"input_ids": random_ids(), "item_segment_ids": SEGMENTS.clone()}
+
+    def create_model(self, config: IAMConfig | None = None, **overrides) -> IAMForCausalRecommendation:
+        torch.manual_seed(self.seed)
+        return IAMForCausalRecommendation(config if config is not None else self.get_config(**overrides)).eval()
+
+
+def tiny_model(backbone: str = "llama", num_layers: int = 4, num_items: int = 20, seed: int = 0, **overrides):
+    """A tiny IAM model (``overrides``: any IAMConfig field, or ``attn_implementation``)."""
+    return IAMModelTester(backbone, num_layers, num_items, seed).create_model(**overrides)
+
+
+def same_weights_with(model: IAMForCausalRecommendation, **overrides) -> IAMForCausalRecommendation:
+    """A copy of `model` with the same weights and a different config (layout, attention backend)."""
+    config = copy.deepcopy(model.config)
+    attn_implementation = overrides.pop("attn_implementation", None)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    other = IAMForCausalRecommendation(config).eval()
+    other.load_state_dict(model.state_dict())
+    return other
+
+
+def random_ids(length: int = SEGMENTS.shape[1], seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(4, 150, (1, length), generator=generator)
+
+
+def hidden_states(model, input_ids, segments=SEGMENTS, attention_mask=None) -> tuple[torch.Tensor, ...]:
+    with torch.no_grad():
+        output = model(
+            input_ids=input_ids, item_segment_ids=segments, attention_mask=attention_mask, output_hidden_states=True
+        )
+    return output.hidden_states
+
+
+def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+    """A real fast tokenizer over a fixed word list (ids below VOCAB_SIZE), no download needed."""
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab = {token: index for index, token in enumerate(specials + sorted(set(words)))}
+    assert len(vocab) <= VOCAB_SIZE
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def synthetic_catalog(num_items: int = 20) -> ItemCatalog:
+    """Items of 1 to 3 words, so items have different token lengths."""
+    texts = [" ".join(f"w{item}_{part}" for part in range(1 + item % 3)) for item in range(num_items)]
+    return ItemCatalog([f"i{item}" for item in range(num_items)], texts)
+
+
+PROMPT_WORDS = ["user", "history", ":", "next", "?"]
+
+
+def catalog_tokenizer(catalog: ItemCatalog) -> PreTrainedTokenizerFast:
+    return word_tokenizer([word for text in catalog.texts for word in text.split()] + PROMPT_WORDS)
+
+
+def collator_kwargs() -> dict:
+    return dict(prompt="user history :", query="next ?", item_template="{text}")
+
+
+def next_item_dataset(catalog, num_examples: int, seed: int) -> Dataset:
+    """The target is the item after the user's last one: learnable only by reading the history."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(num_examples):
+        history = [rng.randrange(len(catalog)) for _ in range(rng.randint(1, 5))]
+        rows.append(
+            {
+                "history": [catalog.item_ids[i] for i in history],
+                "target": catalog.item_ids[(history[-1] + 1) % len(catalog)],
+            }
+        )
+    return Dataset.from_list(rows)
