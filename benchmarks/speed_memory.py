@@ -120,7 +120,8 @@ def main() -> None:
     for which, row in rows.items():
         print(
             f"| {names[which]} | {row['forward_s']:.3f} | {row['step_s']:.3f} | {row['forward_peak_mib']:.0f} | "
-            f"{row['step_peak_mib']:.0f} | {row['forward_s'] / plain['forward_s']:.2f}x | {row['step_s'] / plain['step_s']:.2f}x |"
+            f"{row['step_peak_mib']:.0f} | {row['forward_s'] / plain['forward_s']:.2f}x | "
+            f"{row['step_s'] / plain['step_s']:.2f}x |"
         )
 
 

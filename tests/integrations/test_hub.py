@@ -24,7 +24,8 @@ from transformers_iam.integrations.peft import apply_lora
 from ..testing_utils import collator_kwargs, tiny_model
 
 RESULTS = {
-    "protocol": "protocol: leave-one-out, test split, full-catalog ranking (no sampled negatives), pessimistic ties, history items excluded in the ranking",
+    "protocol": "protocol: leave-one-out, test split, full-catalog ranking (no sampled negatives), "
+    "pessimistic ties, history items excluded in the ranking",
     "dataset": {
         "name": "ml-100k",
         "users": 943,

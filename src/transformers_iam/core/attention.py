@@ -83,7 +83,8 @@ def _stock_eager(module: nn.Module) -> Callable:
     function = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
     if function is None:
         raise NotImplementedError(
-            f"{type(module).__name__} has no eager_attention_forward in its modeling file; use attn_implementation='sdpa'"
+            f"{type(module).__name__} has no eager_attention_forward in its modeling file; "
+            "use attn_implementation='sdpa'"
         )
     return function
 

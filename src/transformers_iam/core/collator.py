@@ -81,7 +81,8 @@ class IAMDataCollator:
         if budget < max_item_tokens:
             raise ValueError(
                 f"max_length={max_length} leaves {budget} tokens for items after the prompt and query "
-                f"({len(self.prompt_ids) + len(self.query_ids)} tokens): less than one item (max_item_tokens={max_item_tokens})"
+                f"({len(self.prompt_ids) + len(self.query_ids)} tokens): "
+                f"less than one item (max_item_tokens={max_item_tokens})"
             )
         self._item_ids_cache: dict[int, list[int]] = {}
 
@@ -127,7 +128,8 @@ class IAMDataCollator:
         if item_id not in self.catalog:
             user = f" (user {example['user_id']})" if "user_id" in example else ""
             raise ValueError(
-                f"example {example_index}{user}: {field} item {item_id!r} is not in the catalog ({len(self.catalog)} items)"
+                f"example {example_index}{user}: {field} item {item_id!r} is not in the catalog "
+                f"({len(self.catalog)} items)"
             )
         return self.catalog.index_of(item_id)
 
@@ -158,7 +160,8 @@ class IAMDataCollator:
         return input_ids, segment_ids, all_indices
 
     def pad(self, fields: dict[str, tuple[list[list[int]], int]], side: str | None = None) -> dict[str, torch.Tensor]:
-        """Pad each field's rows (with that field's pad value) to the longest row, on ``side`` (default: padding_side)."""
+        """Pad each field's rows (with that field's pad value) to the longest row, on ``side`` (default: the
+        collator's padding side)."""
         side = side or self.padding_side
         tensors = {}
         for name, (rows, value) in fields.items():

@@ -23,7 +23,9 @@ def load_pretrained_decoder(
     else a saved checkpoint (and the Trainer) would treat the full-precision model as a quantized one.
 
     Example:
-        >>> lm = load_pretrained_decoder(smollm2_directory(), gguf_file=SMOLLM2_GGUF, num_layers=6, causal_lm=True)  # doctest: +SKIP
+        >>> lm = load_pretrained_decoder(
+        ...     smollm2_directory(), gguf_file=SMOLLM2_GGUF, num_layers=6, causal_lm=True
+        ... )  # doctest: +SKIP
     """
     auto_class = AutoModelForCausalLM if causal_lm else AutoModel
     model = auto_class.from_pretrained(pretrained_model_name_or_path, gguf_file=gguf_file, dtype=dtype)

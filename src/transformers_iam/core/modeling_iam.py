@@ -35,7 +35,7 @@ class IAMRecommendationOutput(ModelOutput):
 
 @dataclass
 class IAMRecommendations(ModelOutput):
-    """Top-k items per user: `scores` and catalog `indices` `(batch, k)`, and `item_ids` when the model has a catalog."""
+    """Top-k items per user: `scores` and catalog `indices` `(batch, k)`; `item_ids` when the model has a catalog."""
 
     scores: torch.FloatTensor | None = None
     indices: torch.LongTensor | None = None
@@ -295,7 +295,8 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
             )
         if item_segment_ids is not None and item_segment_ids.shape != reference.shape[:2]:
             raise ValueError(
-                f"item_segment_ids has shape {tuple(item_segment_ids.shape)} but the inputs have {tuple(reference.shape[:2])}"
+                f"item_segment_ids has shape {tuple(item_segment_ids.shape)} "
+                f"but the inputs have {tuple(reference.shape[:2])}"
             )
         if attention_mask is None:
             attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)

@@ -27,7 +27,8 @@ class ItemRecommendationPipeline(Pipeline):
         >>> import transformers_iam
         >>> from transformers import pipeline
         >>> recommender = pipeline("item-recommendation", model="runs/cpu-quick-stacked/checkpoint")  # doctest: +SKIP
-        >>> recommender({"history": ["50", "181", "Toy Story (1995) | Animation, Children's, Comedy"]}, top_k=5)  # doctest: +SKIP
+        >>> history = ["50", "181", "Toy Story (1995) | Animation, Children's, Comedy"]  # ids or exact texts
+        >>> recommender({"history": history}, top_k=5)  # doctest: +SKIP
     """
 
     _load_tokenizer = True

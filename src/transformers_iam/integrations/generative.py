@@ -8,7 +8,8 @@ a real catalog item, and the beam list is ranked with the same metric code as th
 Example:
     >>> collator = GenerativeIAMCollator(tokenizer, catalog, max_length=256)  # doctest: +SKIP
     >>> trie = CatalogTrie.from_collator(collator)  # doctest: +SKIP
-    >>> ranked = constrained_beam_search(model, collator, {"history": ["1", "50"]}, trie, num_beams=20)  # doctest: +SKIP
+    >>> example = {"history": ["1", "50"]}
+    >>> ranked = constrained_beam_search(model, collator, example, trie, num_beams=20)  # doctest: +SKIP
 """
 
 from __future__ import annotations

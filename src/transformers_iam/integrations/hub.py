@@ -108,7 +108,7 @@ def build_model_card(model, repo_id: str, results: dict | None = None, lora: boo
 def save_for_hub(
     model, save_directory: str, repo_id: str, collator: IAMDataCollator | None = None, results: dict | None = None
 ) -> list[str]:
-    """Write everything a Hub repo holds: weights (or LoRA adapter), config, catalog, prompt settings, tokenizer, card."""
+    """Write what a Hub repo holds: weights (or LoRA adapter), config, catalog, prompt settings, tokenizer, card."""
     lora = hasattr(model, "peft_config")
     model.save_pretrained(save_directory)
     base = model.get_base_model() if lora else model

@@ -1,4 +1,6 @@
-"""Where scores become ranks and ranks become metrics (full-catalog ranking; docs/architecture.md, "Evaluation protocol").
+"""Where scores become ranks and ranks become metrics.
+
+Full-catalog ranking (docs/architecture.md, "Evaluation protocol").
 
 The rank of a target is pessimistic: the number of items scoring at least as high as the
 target (the target included), so ties never flatter a model. One target per user, so

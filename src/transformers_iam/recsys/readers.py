@@ -146,7 +146,8 @@ def load_interactions_table(
     """Read an interactions table and a catalog table (CSV, or JSONL by extension) and split them.
 
     Example:
-        >>> data = load_interactions_table("ratings.csv", "movies.csv", text_template="{title} | {genres}")  # doctest: +SKIP
+        >>> template = "{title} | {genres}"
+        >>> data = load_interactions_table("ratings.csv", "movies.csv", text_template=template)  # doctest: +SKIP
     """
     item_ids, texts = [], []
     for source, record in _read_table(catalog_path):

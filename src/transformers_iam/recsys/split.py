@@ -31,8 +31,8 @@ class LeaveOneOutData:
 
     ``train`` holds training examples (prefixes of each user's training sequence, histories
     capped at ``max_history``), ``valid`` one example per user (history = the whole training
-    sequence), ``test`` one per user (history = training sequence + validation item). ``sequences`` keeps every user's full
-    time-ordered sequence.
+    sequence), ``test`` one per user (history = training sequence + validation item).
+    ``sequences`` keeps every user's full time-ordered sequence.
     """
 
     catalog: ItemCatalog
