@@ -55,10 +55,9 @@ class IAMModelTester:
     def get_config(self, attn_implementation: str | None = None, **overrides) -> IAMConfig:
         num_layers = overrides.pop("num_layers", self.num_layers)
         values = {"num_items": self.num_items, **overrides}
-        config = IAMConfig(text_config=tiny_text_config(self.backbone, num_layers), **values)
         if attn_implementation is not None:
-            config._attn_implementation = attn_implementation
-        return config
+            values["attn_implementation"] = attn_implementation
+        return IAMConfig(text_config=tiny_text_config(self.backbone, num_layers), **values)
 
     def prepare_config_and_inputs(self, **overrides) -> tuple[IAMConfig, dict[str, torch.Tensor]]:
         return self.get_config(**overrides), {"input_ids": random_ids(), "item_segment_ids": SEGMENTS.clone()}
@@ -79,9 +78,9 @@ def same_weights_with(model: IAMForCausalRecommendation, **overrides) -> IAMForC
     attn_implementation = overrides.pop("attn_implementation", None)
     for key, value in overrides.items():
         setattr(config, key, value)
-    if attn_implementation is not None:
-        config._attn_implementation = attn_implementation
     other = IAMForCausalRecommendation(config).eval()
+    if attn_implementation is not None:
+        other.set_attn_implementation(attn_implementation)
     other.load_state_dict(model.state_dict())
     return other
 

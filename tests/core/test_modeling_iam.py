@@ -218,34 +218,6 @@ def test_catalog_that_does_not_match_the_checkpoint(tmp_path, catalog):
         AutoModel.from_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        (dict(num_items=0), "num_items must be an integer >= 1"),
-        (dict(iam_layout="diagonal"), r"iam_layout must be one of \['stacked', 'alternating', 'hatllm', 'vanilla'\]"),
-        (dict(iam_layer_types=["intra", "inter"]), "iam_layer_types has 2 entries but the backbone has 4 layers"),
-        (dict(iam_layer_types=["intra", "cross", "full", "full"]), r"iam_layer_types\[1\] = 'cross'; allowed values"),
-    ],
-)
-def test_config_rejects_bad_values(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        IAMConfig(text_config=tiny_text_config(), **{"num_items": 5, **kwargs})
-
-
-def test_config_layouts_and_explicit_list_wins():
-    config = IAMConfig(text_config=tiny_text_config(num_layers=6).to_dict(), num_items=3)
-    assert config.text_config.model_type == "llama"
-    assert config.resolved_layer_types == ["intra"] * 3 + ["inter"] * 3
-    config = IAMConfig(
-        text_config=tiny_text_config(num_layers=4),
-        iam_layout="vanilla",
-        iam_layer_types=["full", "inter", "intra", "full"],
-    )
-    assert config.resolved_layer_types == ["full", "inter", "intra", "full"]
-    config = IAMConfig(text_config=tiny_text_config(num_layers=4), iam_layout="alternating")
-    assert config.resolved_layer_types == ["intra", "inter", "intra", "inter"]
-
-
 def test_item_prior_ranks_by_popularity_before_training():
     model = tiny_model(num_items=6)
     counts = torch.tensor([5.0, 0.0, 50.0, 1.0, 10.0, 2.0])

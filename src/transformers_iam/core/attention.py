@@ -28,7 +28,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
-from .masks import LAYER_TYPES, ensure_no_empty_rows, item_aware_mask
+from .masks import check_layer_types, ensure_no_empty_rows, item_aware_mask
 
 # Stock implementation -> its item-aware twin. Never put "flash" in a key: transformers then
 # tries to fetch a kernel from the Hub.
@@ -124,6 +124,16 @@ AttentionMaskInterface.register("iam_sdpa", sdpa_mask)
 AttentionMaskInterface.register("iam_eager", eager_mask)
 
 
+def current_attn_implementation(config) -> str | None:
+    """The attention implementation a config asks for.
+
+    transformers has no public getter (it reads ``config._attn_implementation`` itself); this is the one place the
+    plugin reads it. Setting goes through public routes: ``attn_implementation=`` on configs and ``from_config``, and
+    ``set_attn_implementation``.
+    """
+    return config._attn_implementation
+
+
 def item_aware_implementation(attn_implementation: str | None) -> str:
     """Map a stock attention implementation to its item-aware twin (``None`` means sdpa)."""
     attn_implementation = attn_implementation or "sdpa"
@@ -163,23 +173,18 @@ def enable_item_aware_attention(model: nn.Module, layer_types: Sequence[str]) ->
         >>> lm = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64,
         ...                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=100))
         >>> _ = enable_item_aware_attention(lm, ["intra", "inter"])
-        >>> lm.config._attn_implementation
+        >>> current_attn_implementation(lm.config)
         'iam_sdpa'
     """
     backbone, layers = find_decoder_layers(model)
-    layer_types = list(layer_types)
-    if len(layer_types) != len(layers):
-        raise ValueError(f"iam_layer_types has {len(layer_types)} entries but the backbone has {len(layers)} layers")
-    for index, layer_type in enumerate(layer_types):
-        if layer_type not in LAYER_TYPES:
-            raise ValueError(f"iam_layer_types[{index}] = {layer_type!r}; allowed values: {list(LAYER_TYPES)}")
+    layer_types = check_layer_types(layer_types, num_layers=len(layers))
     for layer, layer_type in zip(layers, layer_types):
         layer.self_attn.iam_layer_type = layer_type
     if not getattr(backbone, "_iam_hook_registered", False):
         backbone.register_forward_pre_hook(_segments_pre_hook, with_kwargs=True)
         backbone._iam_hook_registered = True
     if isinstance(model, PreTrainedModel):
-        implementation = item_aware_implementation(model.config._attn_implementation)
-        if model.config._attn_implementation != implementation:
+        implementation = item_aware_implementation(current_attn_implementation(model.config))
+        if current_attn_implementation(model.config) != implementation:
             model.set_attn_implementation(implementation)
     return backbone

@@ -1,11 +1,19 @@
-"""IAM model configuration."""
+"""IAM model configuration.
 
-from __future__ import annotations
+A strict dataclass like every transformers config: field types and values are checked when the config is built and
+whenever a field is assigned; the fields that depend on each other (the layer kinds and the backbone's depth) are
+checked at construction, by ``config.validate()`` and before saving. No ``from __future__ import annotations`` here:
+string annotations would silently turn the type checks off.
+"""
 
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict, validated_field
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.utils.type_validators import interval, positive_int_field
 
-from .masks import LAYER_TYPES
+from .masks import check_layer_types
 
 IAM_LAYOUTS = ("stacked", "alternating", "hatllm", "vanilla")
 
@@ -24,6 +32,13 @@ def layer_types_for_layout(layout: str, num_layers: int) -> list[str]:
     """
     if layout not in IAM_LAYOUTS:
         raise ValueError(f"iam_layout must be one of {list(IAM_LAYOUTS)}, got {layout!r}")
+    # with fewer layers a preset would silently become another layout (hatllm with 2 layers: all full)
+    minimum = {"stacked": 2, "alternating": 2, "hatllm": 3, "vanilla": 1}[layout]
+    if num_layers < minimum:
+        raise ValueError(
+            f"iam_layout={layout!r} needs at least {minimum} backbone layers, got {num_layers}; "
+            "list one kind per layer in iam_layer_types instead"
+        )
     if layout == "stacked":
         return ["intra"] * (num_layers // 2) + ["inter"] * (num_layers - num_layers // 2)
     if layout == "alternating":
@@ -34,6 +49,12 @@ def layer_types_for_layout(layout: str, num_layers: int) -> list[str]:
     return ["full"] * num_layers
 
 
+def _check_layer_kinds(layer_types: list[str] | None) -> None:
+    if layer_types is not None:
+        check_layer_types(layer_types)
+
+
+@strict
 class IAMConfig(PreTrainedConfig):
     r"""
     Configuration of an [`IAMForCausalRecommendation`]: a decoder backbone whose attention layers are item-aware,
@@ -67,24 +88,17 @@ class IAMConfig(PreTrainedConfig):
     sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
 
     text_config: dict | PreTrainedConfig | None = None
-    num_items: int = 1
-    iam_layout: str = "stacked"
-    iam_layer_types: list[str] | None = None
-    adapter_hidden_size: int | None = None
-    adapter_dropout: float = 0.0
-    initializer_range: float = 0.02
+    num_items: int = interval(min=1)(default=1)
+    iam_layout: Literal["stacked", "alternating", "hatllm", "vanilla"] = "stacked"
+    iam_layer_types: list[str] | None = validated_field(_check_layer_kinds, default=None)
+    adapter_hidden_size: int | None = positive_int_field(default=None)
+    adapter_dropout: int | float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
+    initializer_range: int | float = interval(min=0.0)(default=0.02)
 
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        if not isinstance(self.num_items, int) or isinstance(self.num_items, bool) or self.num_items < 1:
-            raise ValueError(f"num_items must be an integer >= 1 (the catalog size), got {self.num_items!r}")
-        if self.iam_layout not in IAM_LAYOUTS:
-            raise ValueError(f"iam_layout must be one of {list(IAM_LAYOUTS)}, got {self.iam_layout!r}")
-        if self.adapter_hidden_size is not None and self.adapter_hidden_size < 1:
-            raise ValueError(f"adapter_hidden_size must be >= 1, got {self.adapter_hidden_size!r}")
-        if not 0.0 <= self.adapter_dropout < 1.0:
-            raise ValueError(f"adapter_dropout must be in [0, 1), got {self.adapter_dropout!r}")
-        self.resolved_layer_types  # validates iam_layer_types against the backbone
+    def validate_layer_layout(self):
+        """The layer kinds fit the backbone: one per layer, or a preset that can be built for its depth."""
+        if not self.resolved_layer_types:
+            raise ValueError("the backbone has no layers (text_config.num_hidden_layers = 0)")
 
     @property
     def num_backbone_layers(self) -> int:
@@ -95,16 +109,7 @@ class IAMConfig(PreTrainedConfig):
         """The kind of every backbone layer: `iam_layer_types` if given, else the `iam_layout` preset."""
         if self.iam_layer_types is None:
             return layer_types_for_layout(self.iam_layout, self.num_backbone_layers)
-        layer_types = list(self.iam_layer_types)
-        if len(layer_types) != self.num_backbone_layers:
-            raise ValueError(
-                f"iam_layer_types has {len(layer_types)} entries but the backbone has "
-                f"{self.num_backbone_layers} layers (text_config.num_hidden_layers)"
-            )
-        for index, layer_type in enumerate(layer_types):
-            if layer_type not in LAYER_TYPES:
-                raise ValueError(f"iam_layer_types[{index}] = {layer_type!r}; allowed values: {list(LAYER_TYPES)}")
-        return layer_types
+        return check_layer_types(self.iam_layer_types, self.num_backbone_layers)
 
     @property
     def resolved_adapter_hidden_size(self) -> int:

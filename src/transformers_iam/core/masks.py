@@ -14,9 +14,36 @@ offsets) is combined with these patterns in :mod:`transformers_iam.attention`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 LAYER_TYPES = ("intra", "inter", "full")
+
+
+def check_layer_types(layer_types: Sequence[str], num_layers: int | None = None) -> list[str]:
+    """The one validation of per-layer kinds, used by the config and by :func:`enable_item_aware_attention`.
+
+    Example:
+        >>> check_layer_types(["intra", "inter"], num_layers=2)
+        ['intra', 'inter']
+        >>> check_layer_types(["intra", "cross"])
+        Traceback (most recent call last):
+        ...
+        ValueError: iam_layer_types[1] = 'cross'; allowed values: ['intra', 'inter', 'full']
+    """
+    if isinstance(layer_types, str) or not isinstance(layer_types, Sequence):
+        raise ValueError(f"iam_layer_types must be a list of layer kinds, got {layer_types!r}")
+    layer_types = list(layer_types)
+    for index, layer_type in enumerate(layer_types):
+        if layer_type not in LAYER_TYPES:
+            raise ValueError(f"iam_layer_types[{index}] = {layer_type!r}; allowed values: {list(LAYER_TYPES)}")
+    if num_layers is not None and len(layer_types) != num_layers:
+        raise ValueError(
+            f"iam_layer_types has {len(layer_types)} entries but the backbone has {num_layers} layers "
+            "(text_config.num_hidden_layers)"
+        )
+    return layer_types
 
 
 def item_aware_mask(item_segment_ids: torch.Tensor, layer_type: str, q_length: int | None = None) -> torch.Tensor:

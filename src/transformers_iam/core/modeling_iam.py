@@ -11,10 +11,11 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput, cached_file
 
-from .attention import enable_item_aware_attention, item_aware_implementation
+from .attention import current_attn_implementation, enable_item_aware_attention, item_aware_implementation
 from .catalog import CATALOG_FILE_NAME, ItemCatalog
 from .configuration_iam import IAMConfig
 from .loading import load_pretrained_decoder
+from .masks import check_layer_types
 from .ranking import exclude_items
 
 
@@ -95,16 +96,15 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
 
     def __init__(self, config: IAMConfig):
         super().__init__(config)
-        # `_attn_implementation` is not saved with the config, so a reloaded model would silently run plain
+        # The attention implementation is not saved with the config, so a reloaded model would silently run plain
         # attention: always map the requested backend to its item-aware twin here.
-        implementation = item_aware_implementation(config._attn_implementation)
-        config._attn_implementation_internal = implementation
-        config.text_config._attn_implementation_internal = implementation
+        implementation = item_aware_implementation(current_attn_implementation(config))
         self.model = AutoModel.from_config(config.text_config, attn_implementation=implementation)
         enable_item_aware_attention(self.model, config.resolved_layer_types)
         self.adapter = IAMRecommendationAdapter(config)
         self.catalog: ItemCatalog | None = None
         self.post_init()
+        self.set_attn_implementation(implementation)  # this config and the backbone's, through the public route
 
     # -- attention backend -------------------------------------------------------------------
     def set_attn_implementation(self, attn_implementation: str | dict, **kwargs):
@@ -114,12 +114,9 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
 
     def set_iam_layer_types(self, layer_types: list[str]) -> None:
         """Switch the per-layer kinds of this model in place (same weights), e.g. for an ablation."""
-        self.config.iam_layer_types = list(layer_types)
-        try:
-            enable_item_aware_attention(self.model, self.config.resolved_layer_types)
-        except ValueError:
-            self.config.iam_layer_types = None
-            raise
+        layer_types = check_layer_types(layer_types, self.config.num_backbone_layers)  # before anything changes
+        enable_item_aware_attention(self.model, layer_types)
+        self.config.iam_layer_types = layer_types
 
     @torch.no_grad()
     def init_item_prior(self, item_counts: torch.Tensor) -> None:
@@ -250,9 +247,9 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         )
         if hasattr(backbone, "get_decoder") and not hasattr(backbone, "layers"):
             backbone = backbone.get_decoder()
-        config = IAMConfig(text_config=copy.deepcopy(backbone.config), num_items=num_items, **config_overrides)
         if attn_implementation is not None:
-            config._attn_implementation = attn_implementation
+            config_overrides["attn_implementation"] = attn_implementation
+        config = IAMConfig(text_config=copy.deepcopy(backbone.config), num_items=num_items, **config_overrides)
         model = cls(config).to(dtype)
         missing, unexpected = model.model.load_state_dict(backbone.state_dict(), strict=False)
         if missing or unexpected:
