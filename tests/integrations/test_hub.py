@@ -43,15 +43,11 @@ RESULTS = {
 
 
 class RecordingApi(HfApi):
-    """HfApi whose network calls (repo creation, README metadata validation, commit) record what they would send."""
+    """HfApi whose network calls (repo creation, commit) record what they would send."""
 
     def __init__(self):
         super().__init__(token="hf_offline")
         self.repos, self.commits, self.validated = [], [], []
-
-    def _validate_yaml(self, content: str, **kwargs):
-        # the server validates the card's metadata; parse it locally with the same card class instead
-        self.validated.append(ModelCard(content).data.to_dict())
 
     def create_repo(self, repo_id, **kwargs):
         self.repos.append((repo_id, kwargs))
@@ -63,6 +59,8 @@ class RecordingApi(HfApi):
             assert isinstance(operation, CommitOperationAdd)
             with operation.as_file() as handle:
                 files[operation.path_in_repo] = handle.read()
+        # the server validates the card's metadata here; parse it locally with the same card class instead
+        self.validated.append(ModelCard(files["README.md"].decode()).data.to_dict())
         self.commits.append({"repo_id": repo_id, "message": commit_message, "files": files})
         return "commit-recorded"
 

@@ -11,6 +11,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import cached_file
 
 from .catalog import CATALOG_FILE_NAME, ItemCatalog
+from .loading import optional_checkpoint_file
 
 COLLATOR_FILE_NAME = "iam_collator.json"
 _SETTINGS = ("max_length", "max_item_tokens", "max_history_items", "padding_side", "prompt", "query", "item_template")
@@ -98,12 +99,7 @@ class IAMDataCollator:
         cls, directory: str | os.PathLike, catalog: ItemCatalog | None = None, tokenizer=None, **overrides
     ) -> IAMDataCollator:
         """The collator saved in a checkpoint (a folder or a hub id; its catalog and tokenizer too, unless given)."""
-        path = cached_file(
-            directory,
-            COLLATOR_FILE_NAME,
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-        )
+        path = optional_checkpoint_file(directory, COLLATOR_FILE_NAME)
         settings = {}
         if path is not None:
             with open(path, encoding="utf-8") as handle:

@@ -1,13 +1,54 @@
-"""Where pretrained decoder weights (HF checkpoints or GGUF files) are loaded and cut to their first layers."""
+"""Where checkpoint files are found (a folder or a Hub repo) and pretrained decoders loaded and cut to their first
+layers."""
 
 from __future__ import annotations
 
 import os
 
 import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 
 from .attention import find_decoder_layers
+
+
+def optional_checkpoint_file(
+    path_or_repo_id: str | os.PathLike,
+    filename: str,
+    subfolder: str = "",
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+) -> str | None:
+    """The path of ``filename`` in a checkpoint folder or a Hub repo (downloaded or cached), or ``None`` if absent.
+
+    Absent means: not in the folder; on the Hub, not in the repo (404) or, offline, not in the cache. Other errors
+    (no such repo, no access) propagate, as in ``from_pretrained``.
+
+    Example:
+        >>> optional_checkpoint_file(".", "no-such-file.json") is None
+        True
+    """
+    path = os.fspath(path_or_repo_id)
+    if os.path.isdir(path):
+        candidate = os.path.join(path, subfolder, filename)
+        return candidate if os.path.isfile(candidate) else None
+    try:
+        return hf_hub_download(
+            path,
+            filename,
+            subfolder=subfolder or None,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+            force_download=force_download,
+        )
+    except EntryNotFoundError:  # a 404 online, or offline and not cached
+        return None
 
 
 def load_pretrained_decoder(
@@ -42,4 +83,4 @@ def load_pretrained_decoder(
     return model
 
 
-__all__ = ["load_pretrained_decoder"]
+__all__ = ["load_pretrained_decoder", "optional_checkpoint_file"]

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
-from transformers.utils import ModelOutput, cached_file
+from transformers.utils import ModelOutput
 
 from .attention import current_attn_implementation, enable_item_aware_attention, item_aware_implementation
 from .catalog import CATALOG_FILE_NAME, ItemCatalog
 from .configuration_iam import IAMConfig
-from .loading import load_pretrained_decoder
+from .loading import load_pretrained_decoder, optional_checkpoint_file
 from .masks import check_layer_types
 from .ranking import exclude_items
 
@@ -198,13 +198,7 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
             for key in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
             if key in kwargs
         }
-        catalog_file = cached_file(
-            pretrained_model_name_or_path,
-            CATALOG_FILE_NAME,
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-            **hub_kwargs,
-        )
+        catalog_file = optional_checkpoint_file(pretrained_model_name_or_path, CATALOG_FILE_NAME, **hub_kwargs)
         if catalog_file is not None:
             model.set_catalog(ItemCatalog.load(catalog_file))
         return model

