@@ -1,20 +1,24 @@
 """transformers-iam: item-aware attention (IAM) for LLM recommendation, as a transformers plugin.
 
 Importing the package registers ``IAMConfig`` and ``IAMForCausalRecommendation`` with the
-Auto classes and the ``iam_sdpa`` / ``iam_eager`` attention backends with transformers::
+Auto classes, the ``iam_sdpa`` / ``iam_eager`` attention backends with transformers, and the
+``item-recommendation`` pipeline::
 
     import transformers_iam
     from transformers import AutoModel
     model = AutoModel.from_pretrained("path/or/org/iam-checkpoint")
+
+The public API below is what a user of the model needs; the recommender harness, the
+integrations and the experiments are imported by module path (``transformers_iam.recsys.metrics``,
+``transformers_iam.integrations.peft``, ...): see docs/architecture.md.
 """
 
 from transformers import AutoConfig, AutoModel
 
-from .core.attention import IAM_ATTENTION_IMPLEMENTATIONS, enable_item_aware_attention, item_aware_implementation
+from .core.attention import enable_item_aware_attention
 from .core.catalog import ItemCatalog
 from .core.collator import IAMDataCollator
-from .core.configuration_iam import IAM_LAYOUTS, IAMConfig, layer_types_for_layout
-from .core.masks import LAYER_TYPES, item_aware_mask
+from .core.configuration_iam import IAM_LAYOUTS, IAMConfig
 from .core.modeling_iam import (
     IAMForCausalRecommendation,
     IAMPreTrainedModel,
@@ -22,7 +26,6 @@ from .core.modeling_iam import (
     IAMRecommendations,
 )
 from .core.pipeline_item_recommendation import ItemRecommendationPipeline
-from .core.ranking import exclude_items
 
 __version__ = "0.1.0"
 
@@ -30,9 +33,7 @@ AutoConfig.register(IAMConfig.model_type, IAMConfig, exist_ok=True)
 AutoModel.register(IAMConfig, IAMForCausalRecommendation, exist_ok=True)
 
 __all__ = [
-    "IAM_ATTENTION_IMPLEMENTATIONS",
     "IAM_LAYOUTS",
-    "LAYER_TYPES",
     "IAMConfig",
     "IAMDataCollator",
     "IAMForCausalRecommendation",
@@ -42,8 +43,4 @@ __all__ = [
     "ItemCatalog",
     "ItemRecommendationPipeline",
     "enable_item_aware_attention",
-    "exclude_items",
-    "item_aware_implementation",
-    "item_aware_mask",
-    "layer_types_for_layout",
 ]

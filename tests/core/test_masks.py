@@ -7,8 +7,7 @@ import random
 import pytest
 import torch
 
-from transformers_iam import item_aware_mask
-from transformers_iam.core.masks import ensure_no_empty_rows
+from transformers_iam.core.masks import ensure_no_empty_rows, item_aware_mask
 
 
 def brute_force_allowed(segments: list[int], layer_type: str, q: int, k: int) -> bool:
