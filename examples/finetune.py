@@ -41,9 +41,14 @@ def parse_args(argv=None) -> ExperimentConfig:
     model.add_argument("--layout", dest="iam_layout", choices=["stacked", "alternating", "hatllm", "vanilla"])
     model.add_argument("--layer-types", dest="iam_layer_types", help="comma list, one kind per layer")
     model.add_argument("--ablation", choices=["no-intra", "no-inter"])
+    model.add_argument("--no-item-cache", action="store_true", help="run the frozen intra layers in every forward")
+    model.add_argument("--intra-implementation", choices=["masked", "packed"], help="how the leading intra layers run")
     model.add_argument("--lora", action="store_true", help="LoRA on attention and MLP, adapter trained in full")
     model.add_argument("--lora-rank", type=int)
     train = parser.add_argument_group("training")
+    train.add_argument(
+        "--supervision", choices=["last", "every_item"], help="one target per example, or one after every item"
+    )
     train.add_argument("--epochs", type=float)
     train.add_argument("--max-steps", type=int)
     train.add_argument("--batch-size", type=int)
@@ -52,7 +57,11 @@ def parse_args(argv=None) -> ExperimentConfig:
     train.add_argument("--evaluations", type=int, help="validation passes during training")
     train.add_argument("--seed", type=int)
     args = parser.parse_args(argv)
-    values = {key: value for key, value in vars(args).items() if key not in ("preset", "keep_history", "lora")}
+    values = {
+        key: value
+        for key, value in vars(args).items()
+        if key not in ("preset", "keep_history", "lora", "no_item_cache")
+    }
     if args.iam_layer_types:
         values["iam_layer_types"] = [kind.strip() for kind in args.iam_layer_types.split(",")]
     if values.get("output_dir") is None:
@@ -61,6 +70,7 @@ def parse_args(argv=None) -> ExperimentConfig:
     config = ExperimentConfig.from_preset(args.preset, **values)
     config.exclude_history = not args.keep_history
     config.lora = args.lora
+    config.item_cache = not args.no_item_cache
     config.command = " ".join(shlex.quote(part) for part in ["python", "examples/finetune.py", *(argv or sys.argv[1:])])
     return config
 

@@ -88,3 +88,23 @@ def test_unknown_item_and_missing_file(tmp_path):
         load_interactions_table(str(tmp_path / "nope.csv"), str(tmp_path / "items.csv"), text_template="{title}")
     with pytest.raises(DataFormatError, match=r"items\.csv:2: text template '\{name\}' needs column 'name'"):
         load_interactions_table(str(tmp_path / "inter.csv"), str(tmp_path / "items.csv"), text_template="{name}")
+
+
+def test_training_windows_make_every_training_item_but_the_first_a_target_once(ml100k):
+    from transformers_iam.recsys.split import Interaction, leave_one_out
+
+    interactions = [
+        Interaction(user, item_id, float(t), f"row {t}")
+        for user, length in (("a", 26), ("b", 4))
+        for t, item_id in enumerate(ml100k.catalog.item_ids[:length])
+    ]
+    data = leave_one_out(interactions, ml100k.catalog, max_history=10, train_windows=True)
+    for user, length in (("a", 26), ("b", 4)):
+        train_sequence = ml100k.catalog.item_ids[: length - 2]
+        rows = [row for row in data.train if row["user_id"] == user]
+        targets = [item for row in rows for item in row["history"][1:] + [row["target"]]]
+        assert sorted(targets) == sorted(train_sequence[1:]), user  # each once, the first item never
+        assert all(len(row["history"]) <= 10 for row in rows)
+        for row in rows:  # each window is a contiguous run of the training sequence
+            start = train_sequence.index(row["history"][0])
+            assert train_sequence[start : start + len(row["history"]) + 1] == row["history"] + [row["target"]]

@@ -42,9 +42,19 @@ class ItemSegments:
     pair is combined once per forward and reused by every layer of that kind.
     """
 
-    def __init__(self, item_segment_ids: torch.Tensor):
-        self.item_segment_ids = item_segment_ids.long()
+    def __init__(self, item_segment_ids: torch.Tensor | None):
+        self.item_segment_ids = item_segment_ids.long() if item_segment_ids is not None else None
         self._masks: dict[tuple, torch.Tensor] = {}
+
+    @classmethod
+    def one_item_per_row(cls) -> ItemSegments:
+        """Each row is one whole item (packed intra attention): ``intra`` is then plain causal attention, so the
+        backbone's own mask is used as is, and a batch without padding runs the backend's ``is_causal`` kernel."""
+        return cls(None)
+
+    @property
+    def rows_are_items(self) -> bool:
+        return self.item_segment_ids is None
 
     def mask_for(
         self, layer_type: str, base_mask: torch.Tensor | None, q_length: int, kv_length: int, dtype: torch.dtype | None
@@ -101,8 +111,10 @@ def _item_aware(stock: Callable[[nn.Module], Callable], additive_mask: bool) -> 
     ):
         segments: ItemSegments | None = kwargs.pop("item_segments", None)
         layer_type = getattr(module, "iam_layer_type", "full")
-        if layer_type != "full":
-            if segments is None:
+        if layer_type == "intra" and segments is not None and segments.rows_are_items:
+            pass  # within one item, intra attention is causal attention
+        elif layer_type != "full":
+            if segments is None or segments.rows_are_items:
                 raise ValueError(
                     f"Layer {getattr(module, 'layer_idx', '?')} is an {layer_type!r} layer and needs "
                     "`item_segment_ids` (0 = context, 1..n = history items) in the forward call."

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -14,7 +15,16 @@ from .catalog import CATALOG_FILE_NAME, ItemCatalog
 from .loading import optional_checkpoint_file
 
 COLLATOR_FILE_NAME = "iam_collator.json"
-_SETTINGS = ("max_length", "max_item_tokens", "max_history_items", "padding_side", "prompt", "query", "item_template")
+_SETTINGS = (
+    "max_length",
+    "max_item_tokens",
+    "max_history_items",
+    "padding_side",
+    "prompt",
+    "query",
+    "item_template",
+    "every_item_targets",
+)
 
 DEFAULT_PROMPT = "A user watched these movies, oldest first:\n"
 DEFAULT_QUERY = "The next movie the user will watch is:"
@@ -34,9 +44,10 @@ class IAMDataCollator:
     items, never part of one.
 
     Emits ``input_ids``, ``attention_mask``, ``item_segment_ids``, ``labels`` (catalog index
-    of the target) and ``history_item_indices``: the catalog indices of *every* history item,
-    including those the prompt had no room for (``-1`` pads), so that excluding the history
-    from a ranking excludes all of it.
+    of the target; with ``every_item_targets``, ``(batch, items)``: after each kept item the next one,
+    after the last the target, ``-100`` padding) and ``history_item_indices``: the catalog
+    indices of *every* history item, including those the prompt had no room for (``-1`` pads),
+    so that excluding the history from a ranking excludes all of it.
 
     Example:
         >>> collator = IAMDataCollator(tokenizer, catalog, max_length=256)  # doctest: +SKIP
@@ -54,6 +65,7 @@ class IAMDataCollator:
         prompt: str = DEFAULT_PROMPT,
         query: str = DEFAULT_QUERY,
         item_template: str = "{text}\n",
+        every_item_targets: bool = False,
     ):
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -69,6 +81,7 @@ class IAMDataCollator:
         self.padding_side = padding_side
         self.item_template = item_template
         self.prompt, self.query = prompt, query
+        self.every_item_targets = every_item_targets
         pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad_token_id is None:
             raise ValueError("The tokenizer has neither a pad_token_id nor an eos_token_id to pad with")
@@ -129,8 +142,8 @@ class IAMDataCollator:
             )
         return self.catalog.index_of(item_id)
 
-    def render(self, example: dict, example_index: int = 0) -> tuple[list[int], list[int], list[int]]:
-        """Token ids, segment ids and the whole history's catalog indices for one example."""
+    def render(self, example: dict, example_index: int = 0) -> RenderedExample:
+        """Token ids, segment ids, the whole history's catalog indices and those of the items kept in the prompt."""
         user = f" (user {example['user_id']})" if "user_id" in example else ""
         history = example.get("history")
         if history is None or len(history) == 0:
@@ -153,7 +166,7 @@ class IAMDataCollator:
             segment_ids += [segment] * len(tokens)
         input_ids += self.query_ids
         segment_ids += [0] * len(self.query_ids)
-        return input_ids, segment_ids, all_indices
+        return RenderedExample(input_ids, segment_ids, all_indices, kept)
 
     def pad(self, fields: dict[str, tuple[list[list[int]], int]], side: str | None = None) -> dict[str, torch.Tensor]:
         """Pad each field's rows (with that field's pad value) to the longest row, on ``side`` (default: the
@@ -175,19 +188,31 @@ class IAMDataCollator:
             raise ValueError(f"example {missing} has no target while others in the batch do")
         tensors = self.pad(
             {
-                "input_ids": ([ids for ids, _, _ in rendered], self.pad_token_id),
-                "attention_mask": ([[1] * len(ids) for ids, _, _ in rendered], 0),
-                "item_segment_ids": ([segments for _, segments, _ in rendered], 0),
+                "input_ids": ([r.input_ids for r in rendered], self.pad_token_id),
+                "attention_mask": ([[1] * len(r.input_ids) for r in rendered], 0),
+                "item_segment_ids": ([r.segment_ids for r in rendered], 0),
             }
         )
-        # exclusion lists pad with -1 on the right, whatever the token padding side
-        tensors.update(self.pad({"history_item_indices": ([h for _, _, h in rendered], -1)}, side="right"))
+        # exclusion lists and per-item targets pad on the right, whatever the token padding side
+        tensors.update(self.pad({"history_item_indices": ([r.history_indices for r in rendered], -1)}, side="right"))
         if all(has_target):
-            tensors["labels"] = torch.tensor(
-                [
-                    self._catalog_index(example["target"], position, example, "target")
-                    for position, example in enumerate(examples)
-                ],
-                dtype=torch.long,
-            )
+            targets = [
+                self._catalog_index(example["target"], position, example, "target")
+                for position, example in enumerate(examples)
+            ]
+            if self.every_item_targets:
+                # the state after kept item j predicts kept item j + 1; after the last one, the target
+                rows = [r.kept_indices[1:] + [target] for r, target in zip(rendered, targets)]
+                tensors.update(self.pad({"labels": (rows, -100)}, side="right"))
+            else:
+                tensors["labels"] = torch.tensor(targets, dtype=torch.long)
         return tensors
+
+
+class RenderedExample(NamedTuple):
+    """One example as the collator renders it."""
+
+    input_ids: list[int]
+    segment_ids: list[int]
+    history_indices: list[int]  # catalog indices of the whole history (for exclusion)
+    kept_indices: list[int]  # catalog indices of the items the prompt holds, oldest first (segments 1..n)

@@ -76,6 +76,12 @@ class IAMConfig(PreTrainedConfig):
             Dropout on the pooled state before the adapter.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the adapter's weight initialisation.
+        readout (`str`, *optional*, defaults to `"query"`):
+            Which token's state the adapter reads: `"query"` (the last token of the query suffix) or `"last_item"`
+            (the last token of the last history item; every-item supervision reads each item's last token).
+        intra_implementation (`str`, *optional*, defaults to `"masked"`):
+            How the leading intra layers run: `"masked"` (the whole prompt under an item-aware mask) or `"packed"`
+            (each distinct item of the batch as a short sequence of its own; the same states, no mask).
 
     Example:
         >>> from transformers import LlamaConfig
@@ -94,6 +100,8 @@ class IAMConfig(PreTrainedConfig):
     adapter_hidden_size: int | None = positive_int_field(default=None)
     adapter_dropout: int | float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
     initializer_range: int | float = interval(min=0.0)(default=0.02)
+    readout: Literal["query", "last_item"] = "query"
+    intra_implementation: Literal["masked", "packed"] = "masked"
 
     def validate_layer_layout(self):
         """The layer kinds fit the backbone: one per layer, or a preset that can be built for its depth."""

@@ -11,12 +11,20 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .attention import current_attn_implementation, enable_item_aware_attention, item_aware_implementation
+from .attention import (
+    current_attn_implementation,
+    enable_item_aware_attention,
+    find_decoder_layers,
+    item_aware_implementation,
+)
 from .catalog import CATALOG_FILE_NAME, ItemCatalog
+from .collator import IAMDataCollator
 from .configuration_iam import IAMConfig
+from .item_states import ItemStateCache, encode_items, forward_from_item_states, leading_intra_layers
 from .loading import load_pretrained_decoder, optional_checkpoint_file
 from .masks import check_layer_types
 from .ranking import exclude_items
+from .readout import gather_states, item_end_positions, last_real_positions
 
 
 @dataclass
@@ -103,6 +111,7 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         enable_item_aware_attention(self.model, config.resolved_layer_types)
         self.adapter = IAMRecommendationAdapter(config)
         self.catalog: ItemCatalog | None = None
+        self.item_cache: ItemStateCache | None = None
         self.post_init()
         self.set_attn_implementation(implementation)  # this config and the backbone's, through the public route
 
@@ -294,35 +303,186 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         if position_ids is None:
             # Positions count real tokens only, so a user's states do not depend on how much padding precedes them.
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        every_item = labels is not None and labels.dim() == 2
+        if every_item and self.config.readout != "last_item":
+            raise ValueError(
+                "labels of shape (batch, items) are every-item targets, read at each item's last token: set "
+                "config.readout='last_item' so that evaluation reads the same kind of position"
+            )
+        outputs = self._backbone_outputs(
+            input_ids,
+            attention_mask,
+            position_ids,
+            item_segment_ids,
+            inputs_embeds=inputs_embeds,
+            use_item_states=self._uses_item_states(input_ids, item_segment_ids),
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+
+        if self.config.readout == "query":
+            logits = self.adapter(gather_states(hidden_states, last_real_positions(attention_mask)))
+        else:
+            if item_segment_ids is None:
+                raise ValueError("config.readout='last_item' reads item ends: pass item_segment_ids")
+            item_ends = item_end_positions(item_segment_ids, attention_mask)
+            last_items = item_ends.max(-1).values
+            if (last_items < 0).any():
+                row = int((last_items < 0).nonzero()[0, 0])
+                raise ValueError(f"row {row} has no history item to read (config.readout='last_item')")
+            logits = self.adapter(gather_states(hidden_states, last_items))
+
+        loss = None
+        if every_item:
+            labels = labels.to(logits.device)
+            if labels.shape != item_ends.shape:
+                raise ValueError(
+                    f"every-item labels have shape {tuple(labels.shape)} but the batch has {tuple(item_ends.shape)} "
+                    "(batch, items): one target after each item, -100 where there is none"
+                )
+            targeted = labels != -100
+            if (targeted & (item_ends < 0)).any():
+                raise ValueError("every-item labels give a target after an item that is not in the row")
+            self._check_catalog_indices(labels[targeted])
+            item_logits = self.adapter(hidden_states[targeted.nonzero(as_tuple=True)[0], item_ends[targeted]])
+            loss = nn.functional.cross_entropy(item_logits.float(), labels[targeted])
+        elif labels is not None:
+            labels = labels.to(logits.device).view(-1)
+            if labels.numel() != logits.shape[0]:
+                raise ValueError(f"labels has {labels.numel()} entries for a batch of {logits.shape[0]}")
+            self._check_catalog_indices(labels)
+            loss = nn.functional.cross_entropy(logits.float(), labels)
+        return IAMRecommendationOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+    def _check_catalog_indices(self, labels: torch.Tensor) -> None:
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.config.num_items):
+            raise ValueError(
+                f"labels must be catalog indices in [0, {self.config.num_items}), got "
+                f"[{int(labels.min())}, {int(labels.max())}]"
+            )
+
+    def _uses_item_states(self, input_ids: torch.Tensor | None, item_segment_ids: torch.Tensor | None) -> bool:
+        """Whether this forward computes the leading intra layers per item (cached or packed) rather than masked."""
+        wanted = self.item_cache is not None or self.config.intra_implementation == "packed"
+        return wanted and input_ids is not None and item_segment_ids is not None and self.num_leading_intra_layers > 0
+
+    def _backbone_outputs(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        item_segment_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_item_states: bool = False,
+        **kwargs,
+    ):
+        if use_item_states:
+            if self.item_cache is not None:
+                self.item_cache.check_fresh()
+            return forward_from_item_states(
+                self.model,
+                input_ids,
+                attention_mask,
+                position_ids,
+                item_segment_ids,
+                num_layers=self.num_leading_intra_layers,
+                cache=self.item_cache,
+                **kwargs,
+            )
         if item_segment_ids is not None:
             kwargs["item_segment_ids"] = item_segment_ids
-        outputs = self.model(
+        return self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
-            output_hidden_states=output_hidden_states,
             use_cache=False,
             **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
-        # The last real token is the query token whatever the padding side.
-        last_positions = attention_mask.shape[1] - 1 - attention_mask.long().flip(-1).argmax(-1)
-        pooled = hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last_positions]
-        logits = self.adapter(pooled)
 
-        loss = None
-        if labels is not None:
-            labels = labels.to(logits.device).view(-1)
-            if labels.numel() != logits.shape[0]:
-                raise ValueError(f"labels has {labels.numel()} entries for a batch of {logits.shape[0]}")
-            if labels.min() < 0 or labels.max() >= self.config.num_items:
-                raise ValueError(
-                    f"labels must be catalog indices in [0, {self.config.num_items}), got "
-                    f"[{int(labels.min())}, {int(labels.max())}]"
-                )
-            loss = nn.functional.cross_entropy(logits.float(), labels)
-        return IAMRecommendationOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+    # -- item states computed once -----------------------------------------------------------
+    @property
+    def num_leading_intra_layers(self) -> int:
+        """The intra layers at the bottom of the stack: the ones the item-state cache and packed attention cover."""
+        return leading_intra_layers(self.config.resolved_layer_types)
+
+    def enable_item_cache(self, collator: IAMDataCollator, batch_size: int = 256) -> ItemStateCache:
+        """Compute every catalog item's states after the leading intra layers once, and use them in every forward.
+
+        Exact (to float rounding) because in those layers an item sees only itself and rotary positions are
+        relative: the forward, `recommend`, evaluation inside the `Trainer` and the pipeline then run only the layers
+        above for item tokens. Refused, with the reason, when it could not be exact: no leading intra run, positions
+        that are not rotary, or trainable cached layers or token embeddings (freeze them first). The cache checks at
+        each forward that those weights have not changed since.
+
+        Example:
+            >>> model.model.requires_grad_(False)  # doctest: +SKIP
+            >>> model.enable_item_cache(collator)  # doctest: +SKIP
+        """
+        num_layers = self.num_leading_intra_layers
+        if num_layers == 0:
+            raise ValueError(
+                f"no leading intra run to cache: the layers are {self.config.resolved_layer_types}; the item-state "
+                "cache needs the bottom layer(s) to be intra"
+            )
+        if getattr(self.model, "rotary_emb", None) is None:
+            raise ValueError(
+                f"{type(self.model).__name__} has no rotary position embedding: with absolute positions an item's "
+                "states depend on where it sits, so they cannot be cached"
+            )
+        if self.catalog is not None and collator.catalog != self.catalog:
+            raise ValueError("the collator's catalog is not this model's catalog: the cache would describe other items")
+        _, layers = find_decoder_layers(self.model)
+        cached_modules = [self.model.get_input_embeddings(), *layers[:num_layers]]
+        named = list(cached_modules[0].named_parameters(prefix="embeddings"))
+        for index in range(num_layers):
+            named += list(layers[index].named_parameters(prefix=f"layers.{index}"))
+        trainable = [name for name, parameter in named if parameter.requires_grad]
+        if trainable:
+            raise ValueError(
+                f"cached weights are trainable ({', '.join(trainable[:3])}{', ...' if len(trainable) > 3 else ''}): "
+                f"freeze the token embeddings and the first {num_layers} layers (requires_grad_(False)) so the "
+                "cached states cannot go stale"
+            )
+        sequences = [collator.item_token_ids(index) for index in range(len(collator.catalog))]
+        with torch.no_grad():
+            states = encode_items(self.model, sequences, num_layers, batch_size=batch_size)
+        cache = ItemStateCache(sequences, states, num_layers)
+        cache.bind(cached_modules)
+        self._check_item_states_exact(collator, cache)
+        self.item_cache = cache
+        return cache
+
+    def disable_item_cache(self) -> None:
+        """Drop the item-state cache (the leading intra layers run again in every forward)."""
+        self.item_cache = None
+
+    @torch.no_grad()
+    def _check_item_states_exact(self, collator: IAMDataCollator, cache: ItemStateCache) -> None:
+        """Refuse a backbone for which feeding states as ``inputs_embeds`` is not the same forward (one that scales
+        its embeddings inside the forward, say): compare both paths on a probe batch."""
+        items = collator.catalog.item_ids
+        probe = collator([{"history": items[:3]}, {"history": items[-2:]}])
+        device = self.adapter.dense.weight.device
+        probe = {key: value.to(device) for key, value in probe.items() if key != "history_item_indices"}
+        attention_mask = probe["attention_mask"]
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        saved, self.item_cache = self.item_cache, cache
+        try:
+            arguments = (probe["input_ids"], attention_mask, position_ids, probe["item_segment_ids"])
+            cached = self._backbone_outputs(*arguments, use_item_states=True).last_hidden_state
+            masked = self._backbone_outputs(*arguments, use_item_states=False).last_hidden_state
+        finally:
+            self.item_cache = saved
+        real = attention_mask.bool()
+        difference = float((cached - masked)[real].abs().max())
+        tolerance = 1e-3 if cached.dtype == torch.float32 else 5e-2
+        if difference > tolerance:
+            raise ValueError(
+                f"cached item states do not reproduce this backbone's forward (max difference {difference:.2e}): "
+                f"{type(self.model).__name__} may transform inputs_embeds inside its forward; the cache is not used"
+            )
 
     @torch.no_grad()
     def recommend(

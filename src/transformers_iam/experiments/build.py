@@ -30,7 +30,10 @@ def smollm2_directory() -> str:
 
 def load_data(config: ExperimentConfig) -> LeaveOneOutData:
     split_kwargs = dict(
-        max_history=config.max_history, train_examples_per_user=config.train_examples_per_user, seed=config.seed
+        max_history=config.max_history,
+        train_examples_per_user=config.train_examples_per_user,
+        seed=config.seed,
+        train_windows=config.supervision == "every_item",
     )
     if config.interactions_file or config.catalog_file:
         if not (config.interactions_file and config.catalog_file and config.text_template):
@@ -71,6 +74,8 @@ def build_model(
         gguf_file=gguf_file,
         num_backbone_layers=config.num_backbone_layers,
         iam_layout=config.iam_layout,
+        readout="last_item" if config.supervision == "every_item" else "query",
+        intra_implementation=config.intra_implementation,
     )
     layer_types = config.layer_types(model.config.num_backbone_layers)
     if layer_types is not None:
@@ -90,7 +95,16 @@ def build_model(
         )
     for layer in layers[: config.freeze_bottom_layers]:
         layer.requires_grad_(False)
+    if uses_item_cache(config, model):
+        model.enable_item_cache(collator)
     return model
+
+
+def uses_item_cache(config: ExperimentConfig, model: IAMForCausalRecommendation) -> bool:
+    """The run asks for the cache and it can be exact: frozen embeddings and a frozen leading intra run, no LoRA."""
+    leading = model.num_leading_intra_layers
+    frozen = config.freeze_embeddings and config.freeze_bottom_layers >= leading
+    return config.item_cache and leading > 0 and frozen and not config.lora
 
 
 def build_collator(config: ExperimentConfig, tokenizer, catalog) -> IAMDataCollator:
@@ -100,6 +114,7 @@ def build_collator(config: ExperimentConfig, tokenizer, catalog) -> IAMDataColla
         max_length=config.max_length,
         max_item_tokens=config.max_item_tokens,
         max_history_items=config.max_history,
+        every_item_targets=config.supervision == "every_item",
     )
 
 
@@ -153,6 +168,13 @@ def make_optimizer(model: torch.nn.Module, config: ExperimentConfig) -> torch.op
             (adapter if "adapter." in name else backbone).append(parameter)
     groups = [{"params": backbone, "lr": config.learning_rate}, {"params": adapter, "lr": config.adapter_learning_rate}]
     return torch.optim.AdamW([group for group in groups if group["params"]], weight_decay=0.0)
+
+
+def count_training_targets(dataset, collator: IAMDataCollator) -> int:
+    """How many targets training sees per epoch: one per example, or one per item the prompt keeps (every-item)."""
+    if not collator.every_item_targets:
+        return len(dataset)
+    return sum(len(collator.render(example, index).kept_indices) for index, example in enumerate(dataset))
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

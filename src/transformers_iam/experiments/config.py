@@ -30,6 +30,9 @@ class ExperimentConfig:
     max_history: int = 20
     train_examples_per_user: int | None = None  # None: every prefix of the training sequence
     max_eval_users: int | None = None  # smoke runs only: the report says so
+    # "last": one target per example, read at the query; "every_item": a target after every item of a window,
+    # read at each item's last token (SASRec-style), evaluation reading the last item's end
+    supervision: str = "last"
     exclude_history: bool = True
     # model
     backbone: str | None = None  # local HF checkpoint or cached hub id; default: SmolLM2 GGUF
@@ -43,6 +46,8 @@ class ExperimentConfig:
     init_item_prior: bool = True  # adapter bias starts at training-split log-popularity
     init_item_embeddings_from_text: bool = True  # item embeddings start from the backbone's reading of item texts
     freeze_item_embeddings: bool = False  # keep that text init fixed (few training examples per item)
+    item_cache: bool = True  # the exact item-state cache, when the frozen bottom covers the leading intra layers
+    intra_implementation: str = "masked"  # or "packed": the leading intra layers per item, no mask
     lora: bool = False
     lora_rank: int = 16
     # prompt

@@ -44,11 +44,18 @@ def render_report(results: dict) -> str:
         format_metrics_table(rows),
         "",
         f"- data: {stats['users']} users, {stats['items']} items, {stats['interactions']} interactions; "
-        f"{stats['train_examples']} training examples (prefixes per user: "
-        f"{stats['train_examples_per_user'] or 'all'}), histories capped at {stats['max_history']} items",
+        f"{stats['train_examples']} training examples ("
+        + (
+            "windows"
+            if stats.get("train_windows")
+            else f"prefixes per user: {stats['train_examples_per_user'] or 'all'}"
+        )
+        + f"), histories capped at {stats['max_history']} items; supervision: {results.get('supervision', 'last')}, "
+        f"{results.get('train_targets', stats['train_examples'])} training targets per epoch",
         f"- model: {results['model']['backbone']}, layers {results['model']['layer_types']}; "
         f"{results['model']['trained_parameters']:,} of {results['model']['total_parameters']:,} parameters trained"
-        + (" (LoRA)" if results["model"]["lora"] else ""),
+        + (" (LoRA)" if results["model"]["lora"] else "")
+        + ("; item-state cache on" if results["model"].get("item_cache") else ""),
         f"- training {results['train_seconds']} s, wall {results['wall_seconds']} s on {results['machine']}",
         f"- command: `{config['command']}`",
     ]

@@ -25,6 +25,7 @@ from .build import (
     build_collator,
     build_model,
     count_parameters,
+    count_training_targets,
     eval_subset,
     load_data,
     load_tokenizer,
@@ -101,7 +102,11 @@ def run_experiment(config: ExperimentConfig) -> dict:
             "trained_parameters": trainable,
             "total_parameters": total,
             "lora": config.lora,
+            "item_cache": getattr(model, "item_cache", None) is not None,
+            "intra_implementation": config.intra_implementation,
         },
+        "supervision": config.supervision,
+        "train_targets": count_training_targets(data.train, collator),
         "best_step": best_step,
         "valid": valid_metrics,
         "test": test_metrics,
@@ -159,6 +164,9 @@ def evaluate_checkpoint(checkpoint_dir: str, split: str = "test", exclude_histor
     if model.catalog != data.catalog:
         raise ValueError(f"{checkpoint_dir}: the checkpoint's catalog differs from the data's catalog")
     collator = IAMDataCollator.from_pretrained(checkpoint_dir, catalog=data.catalog)
+    model.requires_grad_(False)  # inference only: the item-state cache can then serve the frozen intra layers
+    if config.item_cache and model.num_leading_intra_layers > 0:
+        model.enable_item_cache(collator)
     dataset = eval_subset(data.split(split), config)
     args = training_arguments(
         config,

@@ -44,7 +44,7 @@ class GenerativeIAMCollator(IAMDataCollator):
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
         rows = []
         for position, example in enumerate(examples):
-            input_ids, segment_ids, _ = self.render(example, position)
+            input_ids, segment_ids, _, _ = self.render(example, position)
             if example.get("target") is None:
                 raise ValueError(f"example {position}: the generative collator needs a target to train on")
             completion = self.completion_ids(self._catalog_index(example["target"], position, example, "target"))
@@ -133,7 +133,7 @@ def constrained_beam_search(
     """
     model.eval()
     device = next(model.parameters()).device
-    prompt_ids, segment_ids, _ = collator.render(example)
+    prompt_ids, segment_ids, _, _ = collator.render(example)
     next_segment = max(segment_ids) + 1
     excluded = set(exclude_item_indices)
     max_new_tokens = max_new_tokens or collator.max_item_tokens + 1

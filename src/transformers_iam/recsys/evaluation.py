@@ -23,12 +23,27 @@ from .metrics import DEFAULT_KS, metrics_from_ranks, target_ranks
 EVAL_LABEL_NAMES = ["labels", "history_item_indices"]
 
 
+def final_targets(labels: torch.Tensor) -> torch.Tensor:
+    """One target per user: the labels themselves, or with every-item labels ``(batch, items)`` the last one given
+    (the item after the whole history; the model's logits are read there too).
+
+    Example:
+        >>> final_targets(torch.tensor([[4, 7, -100], [2, 5, 9]])).tolist()
+        [7, 9]
+    """
+    if labels.dim() == 1:
+        return labels
+    given = labels != -100
+    last = given.shape[1] - 1 - given.flip(-1).long().argmax(-1)
+    return labels[torch.arange(labels.shape[0], device=labels.device), last]
+
+
 def rank_preprocessor(exclude_history: bool) -> Callable:
     def preprocess_logits_for_metrics(logits: torch.Tensor, labels) -> torch.Tensor:
         if isinstance(logits, (tuple, list)):
             logits = logits[0]
         targets, history = labels if isinstance(labels, (tuple, list)) else (labels, None)
-        return target_ranks(logits, targets, history if exclude_history else None)
+        return target_ranks(logits, final_targets(targets), history if exclude_history else None)
 
     return preprocess_logits_for_metrics
 

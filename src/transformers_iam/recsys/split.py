@@ -76,6 +76,7 @@ def leave_one_out(
     max_history: int | None = 20,
     train_examples_per_user: int | None = None,
     seed: int = 0,
+    train_windows: bool = False,
 ) -> LeaveOneOutData:
     """Split interactions leave-one-out (docs/architecture.md, "Evaluation protocol").
 
@@ -84,6 +85,11 @@ def leave_one_out(
     a seeded random sample of that many prefixes per user. Training histories keep the newest
     ``max_history`` items; validation and test histories are complete (the collator renders
     the newest items that fit, and ranking excludes the whole history when asked).
+
+    With ``train_windows`` (for every-item supervision, where one example gives a target after
+    each of its items), the training sequence is instead cut into consecutive windows of
+    ``max_history`` items plus the item after them, overlapping by one item, so that every
+    training item but the user's first is a target exactly once.
     """
     if not interactions:
         raise ValueError(f"{name}: no interactions")
@@ -112,20 +118,23 @@ def leave_one_out(
     if not sequences:
         raise ValueError(f"{name}: no user has the 3 interactions a leave-one-out split needs")
 
-    def window(items: list[str]) -> list[str]:
-        return items[-max_history:] if max_history else list(items)
-
     rng = random.Random(seed)
     train_rows, valid_rows, test_rows = [], [], []
     for user, items in sequences.items():
         train_sequence = items[:-2]
         valid_rows.append({"user_id": user, "history": list(train_sequence), "target": items[-2]})
         test_rows.append({"user_id": user, "history": items[:-1], "target": items[-1]})
-        cut_points = list(range(1, len(train_sequence)))
-        if train_examples_per_user is not None and len(cut_points) > train_examples_per_user:
-            cut_points = sorted(rng.sample(cut_points, train_examples_per_user))
-        for cut in cut_points:
-            train_rows.append({"user_id": user, "history": window(train_sequence[:cut]), "target": train_sequence[cut]})
+        if train_windows:  # (first history item, target) of consecutive windows
+            size = max_history or len(train_sequence)
+            spans = [
+                (start, min(start + size, len(train_sequence) - 1)) for start in range(0, len(train_sequence) - 1, size)
+            ]
+        else:  # every prefix, its history cut to the newest max_history items
+            spans = [(max(0, cut - (max_history or cut)), cut) for cut in range(1, len(train_sequence))]
+        if train_examples_per_user is not None and len(spans) > train_examples_per_user:
+            spans = sorted(rng.sample(spans, train_examples_per_user))
+        for start, cut in spans:
+            train_rows.append({"user_id": user, "history": train_sequence[start:cut], "target": train_sequence[cut]})
 
     lengths = sorted(len(items) for items in sequences.values())
     statistics = {
@@ -143,6 +152,7 @@ def leave_one_out(
         "train_examples": len(train_rows),
         "max_history": max_history,
         "train_examples_per_user": train_examples_per_user,
+        "train_windows": train_windows,
     }
     return LeaveOneOutData(
         catalog=catalog,
