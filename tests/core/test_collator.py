@@ -108,3 +108,39 @@ def test_int_item_ids_match_string_ids(tokenizer):
     )
     assert batch["labels"].tolist() == [2]
     assert isinstance(batch["input_ids"], torch.Tensor)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(max_length=0), "max_length must be an int >= 1, got 0"),
+        (dict(max_item_tokens=2.5), "max_item_tokens must be an int >= 1, got 2.5"),
+        (dict(max_history_items=0), "max_history_items must be None or an int >= 1, got 0"),
+        (dict(item_template="{title}"), r"item_template must be a format string with only \{text\}"),
+        (dict(item_template="movie"), r"item_template must contain \{text\}"),
+    ],
+)
+def test_bad_settings_are_named(tokenizer, catalog, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make(tokenizer, catalog, **kwargs)
+
+
+def test_history_given_as_a_string_is_refused(tokenizer, catalog):
+    # "i1" would otherwise be read as the items "i" and "1"
+    with pytest.raises(ValueError, match=r"example 0 \(user u\): history must be a list of item ids, got 'i1'"):
+        make(tokenizer, catalog)([{"user_id": "u", "history": "i1", "target": "i2"}])
+    with pytest.raises(ValueError, match="example 0 must be a dict"):
+        make(tokenizer, catalog)([["i1"]])
+
+
+def test_an_item_that_tokenizes_to_nothing_is_named(tokenizer):
+    from tokenizers import normalizers
+
+    from transformers_iam import ItemCatalog
+
+    # real tokenizers drop characters in their normalizer (control characters, accents): here "~"
+    tokenizer.backend_tokenizer.normalizer = normalizers.Replace("~", "")
+    catalog = ItemCatalog(["a", "b"], ["w1_0", "~~"])
+    collator = IAMDataCollator(tokenizer, catalog, max_length=40, **collator_kwargs())
+    with pytest.raises(ValueError, match=r"item 'b' \(catalog index 1\) tokenizes to no tokens"):
+        collator([{"history": ["a", "b"], "target": "a"}])
