@@ -4,6 +4,7 @@
     python examples/finetune.py --preset gpu             # full backbone, several epochs
     python examples/finetune.py --layout vanilla         # the same LLM without IAM (baseline)
     python examples/finetune.py --ablation no-inter      # stacked layout, inter layers made full
+    python examples/finetune.py --resume                 # continue an interrupted run from its last checkpoint
 
 Writes to --output-dir: checkpoint/ (AutoModel.from_pretrained after `import transformers_iam`),
 metrics.json, report.md and validation_ndcg10.png.
@@ -18,6 +19,13 @@ import sys
 
 import transformers_iam  # noqa: F401  (registers the Auto classes)
 from transformers_iam.experiments import ExperimentConfig, run_experiment
+
+# config fields whose flag is not --<field-name>
+FLAGS_WITH_OTHER_NAMES = {
+    "num_backbone_layers": "--num-layers",
+    "iam_layout": "--layout",
+    "iam_layer_types": "--layer-types",
+}
 
 
 def parse_args(argv=None) -> ExperimentConfig:
@@ -56,21 +64,36 @@ def parse_args(argv=None) -> ExperimentConfig:
     train.add_argument("--adapter-learning-rate", type=float)
     train.add_argument("--evaluations", type=int, help="validation passes during training")
     train.add_argument("--seed", type=int)
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run in --output-dir from its last complete checkpoint"
+    )
     args = parser.parse_args(argv)
     values = {
         key: value
         for key, value in vars(args).items()
-        if key not in ("preset", "keep_history", "lora", "no_item_cache")
+        if key not in ("preset", "keep_history", "lora", "resume", "no_item_cache")
     }
     if args.iam_layer_types:
         values["iam_layer_types"] = [kind.strip() for kind in args.iam_layer_types.split(",")]
     if values.get("output_dir") is None:
         name = args.ablation or args.iam_layout or "stacked"
         values["output_dir"] = f"runs/{args.preset}-{name}" + ("-lora" if args.lora else "")
-    config = ExperimentConfig.from_preset(args.preset, **values)
-    config.exclude_history = not args.keep_history
-    config.lora = args.lora
-    config.item_cache = not args.no_item_cache
+    try:  # every range is checked here, before any data or model is loaded
+        config = ExperimentConfig.from_preset(
+            args.preset,
+            exclude_history=not args.keep_history,
+            lora=args.lora,
+            resume=args.resume,
+            item_cache=not args.no_item_cache,
+            **values,
+        )
+    except ValueError as error:
+        message = str(error)
+        for dest in vars(args):  # name the flag the user typed, not only the config field
+            if message.startswith(f"{dest} "):
+                flag = FLAGS_WITH_OTHER_NAMES.get(dest, "--" + dest.replace("_", "-"))
+                message = f"{flag} ({dest}){message[len(dest) :]}"
+        parser.error(message)
     config.command = " ".join(shlex.quote(part) for part in ["python", "examples/finetune.py", *(argv or sys.argv[1:])])
     return config
 

@@ -140,3 +140,45 @@ def next_item_dataset(catalog, num_examples: int, seed: int) -> Dataset:
             }
         )
     return Dataset.from_list(rows)
+
+
+def tiny_run_files(directory) -> dict:
+    """A tiny random Llama backbone (with a word tokenizer) and a small interactions table, saved under
+    ``directory``: the ``ExperimentConfig`` fields that make ``run_experiment`` train in seconds.
+
+    Every user's next item follows their last one, so a few steps move the metrics."""
+    import os
+
+    from transformers import LlamaModel
+
+    catalog = synthetic_catalog(12)
+    backbone = os.path.join(directory, "backbone")
+    torch.manual_seed(0)
+    LlamaModel(tiny_text_config(num_layers=2)).save_pretrained(backbone)
+    catalog_tokenizer(catalog).save_pretrained(backbone)
+    with open(os.path.join(directory, "items.csv"), "w", encoding="utf-8") as handle:
+        handle.write("item_id,title\n" + "".join(f"{i},{t}\n" for i, t in zip(catalog.item_ids, catalog.texts)))
+    rng = random.Random(0)
+    with open(os.path.join(directory, "inter.csv"), "w", encoding="utf-8") as handle:
+        handle.write("user_id,item_id,timestamp\n")
+        for user in range(10):
+            item = rng.randrange(len(catalog))
+            for step in range(7):
+                handle.write(f"u{user},{catalog.item_ids[(item + step) % len(catalog)]},{step}\n")
+    return dict(
+        backbone=backbone,
+        interactions_file=os.path.join(directory, "inter.csv"),
+        catalog_file=os.path.join(directory, "items.csv"),
+        text_template="{title}",
+        num_backbone_layers=2,
+        freeze_bottom_layers=0,
+        max_length=64,
+        max_item_tokens=4,
+        batch_size=4,
+        eval_batch_size=8,
+        max_steps=6,
+        evaluations=3,
+        learning_rate=1e-2,
+        adapter_learning_rate=1e-2,
+        evaluate_before_training=False,
+    )

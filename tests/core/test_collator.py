@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from transformers_iam import IAMDataCollator
 
-from ..testing_utils import collator_kwargs
+from ..testing_utils import catalog_tokenizer, collator_kwargs, synthetic_catalog
 
 
 def make(tokenizer, catalog, **kwargs):
@@ -108,3 +110,81 @@ def test_int_item_ids_match_string_ids(tokenizer):
     )
     assert batch["labels"].tolist() == [2]
     assert isinstance(batch["input_ids"], torch.Tensor)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(max_length=0), "max_length must be an int >= 1, got 0"),
+        (dict(max_item_tokens=2.5), "max_item_tokens must be an int >= 1, got 2.5"),
+        (dict(max_history_items=0), "max_history_items must be None or an int >= 1, got 0"),
+        (dict(item_template="{title}"), r"item_template must be a format string with only \{text\}"),
+        (dict(item_template="movie"), r"item_template must contain \{text\}"),
+    ],
+)
+def test_bad_settings_are_named(tokenizer, catalog, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make(tokenizer, catalog, **kwargs)
+
+
+def test_history_given_as_a_string_is_refused(tokenizer, catalog):
+    # "i1" would otherwise be read as the items "i" and "1"
+    with pytest.raises(ValueError, match=r"example 0 \(user u\): history must be a list of item ids, got 'i1'"):
+        make(tokenizer, catalog)([{"user_id": "u", "history": "i1", "target": "i2"}])
+    with pytest.raises(ValueError, match="example 0 must be a dict"):
+        make(tokenizer, catalog)([["i1"]])
+
+
+def test_an_item_that_tokenizes_to_nothing_is_named(tokenizer):
+    from tokenizers import normalizers
+
+    from transformers_iam import ItemCatalog
+
+    # real tokenizers drop characters in their normalizer (control characters, accents): here "~"
+    tokenizer.backend_tokenizer.normalizer = normalizers.Replace("~", "")
+    catalog = ItemCatalog(["a", "b"], ["w1_0", "~~"])
+    collator = IAMDataCollator(tokenizer, catalog, max_length=40, **collator_kwargs())
+    with pytest.raises(ValueError, match=r"item 'b' \(catalog index 1\) tokenizes to no tokens"):
+        collator([{"history": ["a", "b"], "target": "a"}])
+
+
+# -- property-based: segments, truncation and exclusion on random histories ---------------------
+
+PROPERTY_CATALOG = synthetic_catalog(12)
+PROPERTY_TOKENIZER = catalog_tokenizer(PROPERTY_CATALOG)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    history=st.lists(st.integers(0, 11), min_size=1, max_size=25),
+    max_length=st.integers(12, 48),
+    max_item_tokens=st.integers(1, 3),
+    max_history_items=st.none() | st.integers(1, 10),
+    padding_side=st.sampled_from(["left", "right"]),
+)
+def test_rendering_properties(history, max_length, max_item_tokens, max_history_items, padding_side):
+    collator = IAMDataCollator(
+        PROPERTY_TOKENIZER,
+        PROPERTY_CATALOG,
+        max_length=max_length,
+        max_item_tokens=max_item_tokens,
+        max_history_items=max_history_items,
+        padding_side=padding_side,
+        **collator_kwargs(),
+    )
+    ids = [PROPERTY_CATALOG.item_ids[index] for index in history]
+    batch = collator([{"history": ids}])
+    kept = spans(batch)
+    # exclusion covers every history item, in order, whatever was rendered
+    assert batch["history_item_indices"][0].tolist() == history
+    assert batch["attention_mask"][0].sum() <= max_length
+    # each segment is one whole item, and the rendered items are the newest ones, in order
+    newest = history[len(history) - len(kept) :]
+    assert kept == [collator.item_token_ids(index) for index in newest]
+    assert len(kept) >= 1
+    # truncation stopped only because the next older item would not fit (or the item cap was reached)
+    if len(kept) < len(history) and (max_history_items is None or len(kept) < max_history_items):
+        older = collator.item_token_ids(history[len(history) - len(kept) - 1])
+        assert int(batch["attention_mask"][0].sum()) + len(older) > max_length
+    if max_history_items is not None:
+        assert len(kept) <= max_history_items

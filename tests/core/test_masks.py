@@ -6,6 +6,8 @@ import random
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from transformers_iam.core.masks import ensure_no_empty_rows, item_aware_mask
 
@@ -63,3 +65,45 @@ def test_bad_arguments_are_named(bad, message):
     segments = torch.tensor([0, 1, 1]) if message == "shape" else torch.tensor([[0, 1, 1]])
     with pytest.raises(ValueError, match=message):
         item_aware_mask(segments, bad)
+
+
+# -- property-based: the masks the attention really uses, padding included ---------------------
+
+segment_rows = st.lists(
+    st.tuples(st.integers(0, 4), st.integers(1, 3)), min_size=1, max_size=6
+)  # (segment id, run length) runs: items may repeat an id out of order, context may sit anywhere
+
+
+@st.composite
+def padded_batches(draw):
+    rows = []
+    for _ in range(draw(st.integers(1, 3))):
+        segments = [segment for segment, length in draw(segment_rows) for _ in range(length)]
+        rows.append(segments)
+    width = max(len(row) for row in rows) + draw(st.integers(0, 3))
+    left = draw(st.booleans())
+    padded, real = [], []
+    for row in rows:
+        pad = width - len(row)
+        padded.append([0] * pad + row if left else row + [0] * pad)
+        real.append([False] * pad + [True] * len(row) if left else [True] * len(row) + [False] * pad)
+    return padded, real
+
+
+@settings(max_examples=150, deadline=None)
+@given(batch=padded_batches(), layer_type=st.sampled_from(["intra", "inter"]))
+def test_masks_with_padding_match_brute_force(batch, layer_type):
+    from transformers_iam.core.attention import ItemSegments
+
+    rows, real = batch
+    width = len(rows[0])
+    padding = torch.tensor(real)
+    base = padding[:, None, None, :] & torch.ones(width, width, dtype=torch.bool).tril()  # the backbone's own mask
+    mask = ItemSegments(torch.tensor(rows)).mask_for(layer_type, base, width, width, None)
+    for b, segments in enumerate(rows):
+        for q in range(width):
+            expected = [brute_force_allowed(segments, layer_type, q, k) and real[b][k] for k in range(width)]
+            if not any(expected):  # only a padding query can see nothing: it gets its diagonal
+                assert not real[b][q], (segments, real[b], q)  # a real token always sees itself
+                expected = [k == q for k in range(width)]
+            assert mask[b, 0, q].tolist() == expected, (layer_type, segments, real[b], q)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
-from transformers_iam import IAMConfig, IAMDataCollator, IAMForCausalRecommendation, ItemCatalog
+from transformers_iam import IAMConfig, IAMDataCollator, IAMForCausalRecommendation, IAMPreTrainedModel, ItemCatalog
 from transformers_iam.core.attention import ItemSegments
 
 from ..testing_utils import (
@@ -250,3 +250,110 @@ def test_from_backbone_keeps_pretrained_weights_and_cuts_layers(tmp_path, catalo
         IAMForCausalRecommendation.from_backbone(str(tmp_path), catalog=catalog, num_backbone_layers=5)
     with pytest.raises(ValueError, match="num_items=3 but the catalog has 20 items"):
         IAMForCausalRecommendation.from_backbone(str(tmp_path), num_items=3, catalog=catalog)
+
+
+# -- checkpoints bound to their catalog (docs/reliability.md) ------------------------------------
+
+
+def saved_with_catalog(tmp_path, catalog):
+    model = tiny_model(num_items=len(catalog))
+    model.set_catalog(catalog)
+    model.save_pretrained(tmp_path)
+    return model
+
+
+def test_config_records_the_catalog_fingerprint_and_a_reordered_catalog_is_refused(tmp_path, catalog):
+    saved_with_catalog(tmp_path, catalog)
+    assert AutoConfig.from_pretrained(tmp_path).catalog_fingerprint == catalog.fingerprint
+    reordered = ItemCatalog(catalog.item_ids[::-1], catalog.texts[::-1])  # same items, same size, other order
+    reordered.save(tmp_path)
+    with pytest.raises(ValueError, match=r"item_catalog\.json does not match this model's catalog"):
+        AutoModel.from_pretrained(tmp_path)
+
+
+def test_a_trained_model_refuses_another_catalog_and_stays_as_it_was(catalog):
+    model = tiny_model(num_items=len(catalog))
+    model.set_catalog(catalog)
+    other = ItemCatalog([f"x{k}" for k in range(len(catalog))], catalog.texts)
+    with pytest.raises(ValueError, match="does not match this model's catalog"):
+        model.set_catalog(other)
+    assert model.catalog is catalog and model.config.catalog_fingerprint == catalog.fingerprint
+    model.set_catalog(ItemCatalog(catalog.item_ids, [text + " x" for text in catalog.texts]))  # texts may change
+
+
+def test_saving_without_a_catalog_removes_an_older_models_catalog(tmp_path, catalog):
+    saved_with_catalog(tmp_path, catalog)
+    tiny_model(num_items=len(catalog), seed=3).save_pretrained(tmp_path)  # a new model, no catalog
+    assert not (tmp_path / "item_catalog.json").exists()
+    assert AutoModel.from_pretrained(tmp_path).catalog is None
+
+
+@pytest.mark.parametrize("content", ['{"items": [{"index": 0, "item_id": "i0", "te', "[]", '{"items": [{"index": 0}]}'])
+def test_a_corrupt_catalog_file_is_named_before_the_weights_are_loaded(tmp_path, catalog, content, monkeypatch):
+    saved_with_catalog(tmp_path, catalog)
+    (tmp_path / "item_catalog.json").write_text(content)
+    loaded = []
+    # the weights are read by transformers' from_pretrained, which the model's own reaches through its base class
+    monkeypatch.setattr(IAMPreTrainedModel, "from_pretrained", classmethod(lambda *a, **k: loaded.append(1)))
+    with pytest.raises(ValueError, match=r"item_catalog\.json.*(not a valid item catalog|record 0)"):
+        IAMForCausalRecommendation.from_pretrained(tmp_path)
+    assert not loaded  # refused before transformers read any weight
+
+
+def test_a_missing_catalog_file_is_a_loud_warning(tmp_path, catalog, caplog):
+    saved_with_catalog(tmp_path, catalog)
+    (tmp_path / "item_catalog.json").unlink()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_propagation()
+    try:
+        model = AutoModel.from_pretrained(tmp_path)
+    finally:
+        hf_logging.disable_propagation()
+    assert model.catalog is None
+    assert "item_catalog.json is missing" in caplog.text
+
+
+# -- forward / recommend refuse what would be silently wrong ------------------------------------
+
+
+def test_recommend_never_returns_an_excluded_item(catalog):
+    model = tiny_model()
+    model.set_catalog(catalog)
+    excluded = list(range(17))  # 3 items left
+    top = model.recommend(random_ids(), item_segment_ids=SEGMENTS, k=3, exclude_item_ids=[excluded])
+    assert sorted(top.indices[0].tolist()) == [17, 18, 19] and torch.isfinite(top.scores).all()
+    with pytest.raises(ValueError, match=r"k=4 but user 0 has only 3 items left after excluding 17"):
+        model.recommend(random_ids(), item_segment_ids=SEGMENTS, k=4, exclude_item_ids=[excluded])
+    with pytest.raises(ValueError, match="excluded item indices must be"):
+        model.recommend(random_ids(), item_segment_ids=SEGMENTS, k=2, exclude_item_ids=[[-2]])
+
+
+@pytest.mark.parametrize("k", [0, 21, 2.0, True])
+def test_recommend_k_out_of_range(k):
+    with pytest.raises(ValueError, match=r"k must be an int in \[1, 20\]"):
+        tiny_model().recommend(random_ids(), item_segment_ids=SEGMENTS, k=k)
+
+
+def test_forward_refuses_an_all_padding_row_and_bad_ids():
+    model = tiny_model()
+    input_ids = random_ids().repeat(2, 1)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1] = 0
+    with pytest.raises(ValueError, match=r"attention_mask rows \[1\] are all padding"):
+        model(input_ids=input_ids, attention_mask=attention_mask, item_segment_ids=SEGMENTS.repeat(2, 1))
+    with pytest.raises(ValueError, match=r"input_ids must be token ids in \[0, 160\)"):
+        model(input_ids=torch.full_like(SEGMENTS, 160), item_segment_ids=SEGMENTS)
+    with pytest.raises(ValueError, match="item_segment_ids must be >= 0"):
+        model(input_ids=random_ids(), item_segment_ids=-SEGMENTS)
+
+
+def test_an_item_with_no_tokens_is_named_instead_of_making_every_embedding_nan(catalog):
+    model = tiny_model()
+    model.set_catalog(catalog)
+    before = model.adapter.item_embeddings.weight.clone()
+    token_ids = [[5, 6]] * 20
+    token_ids[4] = []
+    with pytest.raises(ValueError, match=r"catalog indices \[4\], items \['i4'\]"):
+        model.init_item_embeddings_from_text(token_ids)
+    torch.testing.assert_close(model.adapter.item_embeddings.weight, before)

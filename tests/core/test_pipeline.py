@@ -53,3 +53,32 @@ def test_pipeline_rejects_unknown_items(checkpoint):
         recommender({"history": ["i1", "Nope"]})
     with pytest.raises(ValueError, match="the history is empty"):
         recommender({"history": []})
+
+
+def test_pipeline_returns_what_is_left_never_an_excluded_item(checkpoint, catalog):
+    recommender = pipeline("item-recommendation", model=str(checkpoint[0]))
+    history = catalog.item_ids[:18]  # 2 items left
+    top = recommender({"history": history}, top_k=5)
+    assert sorted(row["item_id"] for row in top) == catalog.item_ids[18:]
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (dict(inputs={"history": "i1"}), ValueError, '"history" must be a list of item ids or texts, got the string'),
+        (dict(inputs={"history": ["i1"]}, topk=3), TypeError, r"unknown arguments \['topk'\]"),
+        (dict(inputs={"history": ["i1"]}, top_k=0), ValueError, r"top_k must be an int in \[1, 20\]"),
+        (dict(inputs={"history": ["i1"]}, top_k=21), ValueError, r"top_k must be an int in \[1, 20\]"),
+        (dict(inputs={"history": ["i1"]}, exclude_history="no"), ValueError, "exclude_history must be True or False"),
+    ],
+)
+def test_pipeline_validates_its_arguments(checkpoint, call, error, message):
+    recommender = pipeline("item-recommendation", model=str(checkpoint[0]))
+    inputs = call.pop("inputs")
+    with pytest.raises(error, match=message):
+        recommender(inputs, **call)
+
+
+def test_pipeline_refuses_unknown_arguments_at_construction(checkpoint):
+    with pytest.raises(TypeError, match=r"unknown arguments \['topk'\]"):
+        pipeline("item-recommendation", model=str(checkpoint[0]), topk=3)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from transformers_iam.experiments.build import training_arguments
@@ -34,3 +36,37 @@ def test_ablations_come_from_the_layout_switch():
         ExperimentConfig(ablation="no-both").layer_types(6)
     assert run_name({"iam_layout": "vanilla"}) == "same LLM without IAM (vanilla)"
     assert run_name({"ablation": "no-intra", "iam_layout": "stacked"}) == "IAM without intra layers"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch-size", "0"], r"--batch-size \(batch_size\) must be an int >= 1, got 0"),
+        (["--freeze-bottom-layers", "-1"], r"--freeze-bottom-layers \(freeze_bottom_layers\) must be an int >= 0"),
+        (["--num-layers", "2", "--freeze-bottom-layers", "3"], r"must be in \[0, 2\] \(num_backbone_layers\), got 3"),
+        (["--epochs", "nan"], r"--epochs \(epochs\) must be a finite number > 0"),
+        (["--max-steps", "0"], r"--max-steps \(max_steps\) must be -1 .* or an int >= 1, got 0"),
+        (["--max-history", "0"], r"--max-history \(max_history\) must be an int >= 1 or None"),
+        (["--layer-types", "intra,cross"], r"iam_layer_types\[1\] = 'cross'"),
+        (["--layout", "hatllm", "--ablation", "no-inter"], "applies to the stacked layout only"),
+        (["--interactions-file", "x.csv"], "needs interactions_file, catalog_file and text_template together"),
+    ],
+)
+def test_finetune_flags_are_checked_before_anything_is_loaded(argv, message, capsys):
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
+    import finetune
+
+    with pytest.raises(SystemExit) as exit_info:
+        finetune.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_library_users_get_the_same_checks():
+    with pytest.raises(ValueError, match=r"batch_size must be an int >= 1, got 0"):
+        ExperimentConfig(batch_size=0)
+    with pytest.raises(ValueError, match=r"learning_rate must be a finite number > 0, got -1"):
+        ExperimentConfig.from_preset("gpu", learning_rate=-1)

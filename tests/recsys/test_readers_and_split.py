@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 
 import pytest
@@ -108,3 +109,56 @@ def test_training_windows_make_every_training_item_but_the_first_a_target_once(m
         for row in rows:  # each window is a contiguous run of the training sequence
             start = train_sequence.index(row["history"][0])
             assert train_sequence[start : start + len(row["history"]) + 1] == row["history"] + [row["target"]]
+
+
+def write_toy(tmp_path, inter_rows: str, encoding: str = "utf-8", bom: bytes = b""):
+    (tmp_path / "toy.item").write_text(
+        "item_id:token\ttitle:token_seq\n" + "".join(f"{i}\tMovie {i}\n" for i in range(1, 6))
+    )
+    (tmp_path / "toy.inter").write_bytes(
+        bom + ("user_id:token\titem_id:token\ttimestamp:float\n" + inter_rows).encode(encoding)
+    )
+
+
+def load_toy(tmp_path):
+    return load_recbole_atomic(str(tmp_path), name="toy", text_template="{title}", list_fields=())
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-Infinity"])
+def test_non_finite_timestamp_is_refused(tmp_path, value):
+    write_toy(tmp_path, f"u\t1\t1\nu\t2\t{value}\nu\t3\t3\n")
+    with pytest.raises(
+        DataFormatError, match=rf"toy\.inter:3: column 'timestamp' must be a finite number, got '{value}'"
+    ):
+        load_toy(tmp_path)
+
+
+def test_utf8_bom_is_skipped_and_other_encodings_are_named(tmp_path):
+    write_toy(tmp_path, "u\t1\t1\nu\t2\t2\nu\t3\t3\n", bom=codecs.BOM_UTF8)
+    assert load_toy(tmp_path).sequences["u"] == ["1", "2", "3"]  # the BOM did not hide the 'user_id' column
+    write_toy(tmp_path, "u\t1\t1\nu\t2\t2\nu\t3\t3\n", encoding="utf-16")
+    with pytest.raises(DataFormatError, match=r"toy\.inter: the file is UTF-16 or UTF-32"):
+        load_toy(tmp_path)
+    write_toy(tmp_path, "u\t1\t1\nu\t2\t2\nusé\t3\t3\n", encoding="latin-1")
+    with pytest.raises(DataFormatError, match=r"toy\.inter:4:3: not UTF-8 \(byte 0xe9\)"):
+        load_toy(tmp_path)
+
+
+def test_duplicate_interactions_are_kept_and_counted_and_duplicate_items_refused(tmp_path):
+    write_toy(tmp_path, "u\t1\t1\nu\t2\t2\nu\t2\t2\nu\t3\t3\n")
+    data = load_toy(tmp_path)
+    assert data.sequences["u"] == ["1", "2", "2", "3"] and data.statistics["duplicate_interactions"] == 1
+    assert "1 exact duplicate interactions (kept)" in data.describe()
+    (tmp_path / "items.csv").write_text("item_id,title\na,Alpha\nb,Beta\na,Again\n")
+    (tmp_path / "inter.csv").write_text("user_id,item_id,timestamp\nu1,a,1\n")
+    with pytest.raises(DataFormatError, match=r"items\.csv:4: item 'a' is already in the catalog \(.*items\.csv:2\)"):
+        load_interactions_table(str(tmp_path / "inter.csv"), str(tmp_path / "items.csv"), text_template="{title}")
+
+
+def test_empty_ids_and_bad_split_arguments_are_named(tmp_path):
+    write_toy(tmp_path, "u\t1\t1\n\t2\t2\n")
+    with pytest.raises(DataFormatError, match=r"toy\.inter:3: column 'user_id' is empty"):
+        load_toy(tmp_path)
+    write_toy(tmp_path, "u\t1\t1\nu\t2\t2\nu\t3\t3\n")
+    with pytest.raises(ValueError, match="max_history must be None .* or an int >= 1, got 0"):
+        load_recbole_atomic(str(tmp_path), name="toy", text_template="{title}", list_fields=(), max_history=0)

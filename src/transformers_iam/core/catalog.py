@@ -2,18 +2,48 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
 CATALOG_FILE_NAME = "item_catalog.json"
 
 
+def catalog_fingerprint(item_ids: Sequence[str]) -> str:
+    """A sha256 of the item ids in catalog order: what binds a checkpoint's adapter rows to its catalog.
+
+    Texts are left out on purpose: re-rendering item texts does not move an item's row, reordering ids does.
+
+    Example:
+        >>> catalog_fingerprint(["1", "2"]) == catalog_fingerprint(["2", "1"])
+        False
+    """
+    return hashlib.sha256(json.dumps([str(item_id) for item_id in item_ids]).encode("utf-8")).hexdigest()
+
+
+def _normalise_item_id(item_id, position: int) -> str:
+    # ints become their decimal text (data files store ids as text); anything else would be a silent
+    # str() (1.0 -> "1.0", None -> "None") that never matches the ids in the data
+    if isinstance(item_id, str):
+        if not item_id.strip():
+            raise ValueError(f"item_ids[{position}] is an empty string; item ids must be non-empty strings")
+        return item_id
+    if isinstance(item_id, numbers.Integral) and not isinstance(item_id, bool):
+        return str(int(item_id))
+    raise ValueError(
+        f"item_ids[{position}] = {item_id!r} ({type(item_id).__name__}); item ids must be strings (or ints, "
+        "kept as their decimal text)"
+    )
+
+
 class ItemCatalog:
     """An ordered catalog. Catalog index ``i`` is the adapter's ``i``-th score.
 
     Item ids are kept as strings (``5`` and ``"5"`` name the same item), since data files
-    store them as text.
+    store them as text; any other type (a float, ``None``) is refused rather than turned into
+    text that matches nothing. ``fingerprint`` (ids in order) is what a checkpoint records.
 
     Example:
         >>> catalog = ItemCatalog(["1", "2"], ["Toy Story (1995)", "GoldenEye (1995)"])
@@ -22,11 +52,13 @@ class ItemCatalog:
     """
 
     def __init__(self, item_ids: Sequence, texts: Sequence[str]):
+        if isinstance(item_ids, (str, bytes)) or isinstance(texts, (str, bytes)):
+            raise ValueError("ItemCatalog takes a list of item ids and a list of texts, not a single string")
         if len(item_ids) != len(texts):
             raise ValueError(f"ItemCatalog got {len(item_ids)} item ids but {len(texts)} texts")
         if not item_ids:
             raise ValueError("ItemCatalog needs at least one item")
-        self.item_ids = [str(item_id) for item_id in item_ids]
+        self.item_ids = [_normalise_item_id(item_id, position) for position, item_id in enumerate(item_ids)]
         self.texts = list(texts)
         self._index: dict[str, int] = {}
         for index, item_id in enumerate(self.item_ids):
@@ -42,6 +74,11 @@ class ItemCatalog:
     def from_dict(cls, items: Mapping) -> ItemCatalog:
         """From ``{item_id: text}``, in the mapping's order."""
         return cls(list(items.keys()), list(items.values()))
+
+    @property
+    def fingerprint(self) -> str:
+        """:func:`catalog_fingerprint` of this catalog's ids, in order."""
+        return catalog_fingerprint(self.item_ids)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -74,19 +111,47 @@ class ItemCatalog:
         ]
 
     def save(self, directory: str | os.PathLike) -> str:
+        """Write ``item_catalog.json`` into ``directory``, atomically: a crash leaves the old file or the new one,
+        never half of one."""
         path = os.path.join(directory, CATALOG_FILE_NAME)
-        with open(path, "w", encoding="utf-8") as handle:
+        temporary = f"{path}.tmp-{os.getpid()}"
+        with open(temporary, "w", encoding="utf-8") as handle:
             json.dump({"items": self.to_records()}, handle, ensure_ascii=False, indent=0)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ItemCatalog:
-        """Load from a checkpoint folder or an ``item_catalog.json`` file."""
+        """Load from a checkpoint folder or an ``item_catalog.json`` file.
+
+        A truncated or hand-edited file is refused with its path and what is wrong, never half loaded.
+        """
+        path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, CATALOG_FILE_NAME)
-        with open(path, encoding="utf-8") as handle:
-            records = json.load(handle)["items"]
+        try:
+            with open(path, encoding="utf-8") as handle:
+                content = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path}:{error.lineno}:{error.colno}: not a valid item catalog ({error.msg}); the file is corrupt or "
+                "truncated: save the model with its catalog again"
+            ) from None
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}: not a valid item catalog (not UTF-8: {error.reason})") from None
+        if not isinstance(content, dict) or not isinstance(content.get("items"), list):
+            raise ValueError(f'{path}: not a valid item catalog: expected {{"items": [...]}}')
+        records = content["items"]
         for position, record in enumerate(records):
-            if record.get("index") != position:
-                raise ValueError(f"{path}: record {position} has index {record.get('index')!r}, expected {position}")
-        return cls([record["item_id"] for record in records], [record["text"] for record in records])
+            if not isinstance(record, dict) or not {"index", "item_id", "text"} <= set(record):
+                raise ValueError(f"{path}: record {position} must be an object with index, item_id and text")
+            if record["index"] != position:
+                raise ValueError(f"{path}: record {position} has index {record['index']!r}, expected {position}")
+            if not isinstance(record["item_id"], str):
+                raise ValueError(f"{path}: record {position} has item_id {record['item_id']!r}; expected a string")
+        try:
+            return cls([record["item_id"] for record in records], [record["text"] for record in records])
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None

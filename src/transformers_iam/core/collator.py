@@ -69,10 +69,21 @@ class IAMDataCollator:
     ):
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        if max_item_tokens < 1:
-            raise ValueError(f"max_item_tokens must be >= 1, got {max_item_tokens}")
-        if max_history_items is not None and max_history_items < 1:
-            raise ValueError(f"max_history_items must be >= 1, got {max_history_items}")
+        for name, value in (("max_length", max_length), ("max_item_tokens", max_item_tokens)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if max_history_items is not None and (
+            isinstance(max_history_items, bool) or not isinstance(max_history_items, int) or max_history_items < 1
+        ):
+            raise ValueError(f"max_history_items must be None or an int >= 1, got {max_history_items!r}")
+        try:  # a template without {text} would render every item as the same text
+            rendered = item_template.format(text="\0")
+        except (KeyError, IndexError, ValueError, AttributeError) as error:
+            raise ValueError(
+                f"item_template must be a format string with only {{text}}, got {item_template!r}"
+            ) from error
+        if "\0" not in rendered:
+            raise ValueError(f"item_template must contain {{text}}, got {item_template!r}")
         self.tokenizer = tokenizer
         self.catalog = catalog
         self.max_length = max_length
@@ -130,7 +141,13 @@ class IAMDataCollator:
         """The tokens of one item, identical wherever it appears in a prompt."""
         if catalog_index not in self._item_ids_cache:
             text = self.item_template.format(text=self.catalog.texts[catalog_index])
-            self._item_ids_cache[catalog_index] = self._encode(text)[: self.max_item_tokens]
+            token_ids = self._encode(text)[: self.max_item_tokens]
+            if not token_ids:  # an item with no tokens has no span: its segment id would silently vanish
+                raise ValueError(
+                    f"item {self.catalog.item_ids[catalog_index]!r} (catalog index {catalog_index}) tokenizes to no "
+                    f"tokens (rendered text {text!r}); every item needs at least one token"
+                )
+            self._item_ids_cache[catalog_index] = token_ids
         return self._item_ids_cache[catalog_index]
 
     def _catalog_index(self, item_id, example_index: int, example: dict, field: str) -> int:
@@ -144,8 +161,15 @@ class IAMDataCollator:
 
     def render(self, example: dict, example_index: int = 0) -> RenderedExample:
         """Token ids, segment ids, the whole history's catalog indices and those of the items kept in the prompt."""
+        if not isinstance(example, dict):
+            raise ValueError(
+                f'example {example_index} must be a dict {{"history": [...], "target": ...}}, got {example!r}'
+            )
         user = f" (user {example['user_id']})" if "user_id" in example else ""
         history = example.get("history")
+        if isinstance(history, (str, bytes)) or (history is not None and not isinstance(history, Sequence)):
+            # a string would be read one character per item
+            raise ValueError(f"example {example_index}{user}: history must be a list of item ids, got {history!r}")
         if history is None or len(history) == 0:
             raise ValueError(f"example {example_index}{user}: the history is empty; IAM needs at least one item")
         all_indices = [self._catalog_index(item, example_index, example, "history") for item in history]

@@ -54,6 +54,15 @@ def _check_layer_kinds(layer_types: list[str] | None) -> None:
         check_layer_types(layer_types)
 
 
+def _check_catalog_fingerprint(fingerprint: str | None) -> None:
+    if fingerprint is not None and (
+        len(fingerprint) != 64 or any(character not in "0123456789abcdef" for character in fingerprint)
+    ):
+        raise ValueError(
+            f"catalog_fingerprint must be a sha256 hex digest (64 lowercase hex digits), got {fingerprint!r}"
+        )
+
+
 @strict
 class IAMConfig(PreTrainedConfig):
     r"""
@@ -82,6 +91,9 @@ class IAMConfig(PreTrainedConfig):
         intra_implementation (`str`, *optional*, defaults to `"masked"`):
             How the leading intra layers run: `"masked"` (the whole prompt under an item-aware mask) or `"packed"`
             (each distinct item of the batch as a short sequence of its own; the same states, no mask).
+        catalog_fingerprint (`str`, *optional*):
+            sha256 of the catalog's item ids in order (`ItemCatalog.fingerprint`), set by `set_catalog`: loading
+            refuses an `item_catalog.json` that does not match it (docs/reliability.md).
 
     Example:
         >>> from transformers import LlamaConfig
@@ -102,6 +114,7 @@ class IAMConfig(PreTrainedConfig):
     initializer_range: int | float = interval(min=0.0)(default=0.02)
     readout: Literal["query", "last_item"] = "query"
     intra_implementation: Literal["masked", "packed"] = "masked"
+    catalog_fingerprint: str | None = validated_field(_check_catalog_fingerprint, default=None)
 
     def validate_layer_layout(self):
         """The layer kinds fit the backbone: one per layer, or a preset that can be built for its depth."""

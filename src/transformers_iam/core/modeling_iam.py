@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .attention import (
     current_attn_implementation,
@@ -25,6 +25,8 @@ from .loading import load_pretrained_decoder, optional_checkpoint_file
 from .masks import check_layer_types
 from .ranking import exclude_items
 from .readout import gather_states, item_end_positions, last_real_positions
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -158,6 +160,14 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         """
         if len(item_token_ids) != self.config.num_items:
             raise ValueError(f"got token ids for {len(item_token_ids)} items, the catalog has {self.config.num_items}")
+        # an item with no tokens would be a 0/0 mean, and the centring below would spread its NaN to every item
+        empty = [index for index, ids in enumerate(item_token_ids) if len(ids) == 0]
+        if empty:
+            names = self.catalog.ids_of(empty[:5]) if self.catalog is not None else empty[:5]
+            raise ValueError(
+                f"{len(empty)} items have no tokens (catalog indices {empty[:5]}, items {names}): every item "
+                "needs at least one token; give them a non-empty text"
+            )
         was_training = self.training
         self.eval()
         device = self.adapter.item_embeddings.weight.device
@@ -186,30 +196,63 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
 
     # -- catalog -----------------------------------------------------------------------------
     def set_catalog(self, catalog: ItemCatalog) -> None:
-        """Attach the catalog whose order the adapter's scores follow."""
+        """Attach the catalog whose order the adapter's scores follow, and record its fingerprint in the config.
+
+        A model whose config already records a fingerprint (trained, or loaded from a checkpoint) refuses a catalog
+        with other ids or another order: its adapter rows belong to the recorded one.
+        """
         if len(catalog) != self.config.num_items:
             raise ValueError(
                 f"The catalog has {len(catalog)} items but this model scores {self.config.num_items} "
                 "(config.num_items): they must be the same catalog, in the same order."
             )
+        _check_catalog_binding(self.config, catalog, "the catalog passed to set_catalog")
+        self.config.catalog_fingerprint = catalog.fingerprint
         self.catalog = catalog
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """Save as transformers does, plus ``item_catalog.json``; an older model's catalog file is removed first, so
+        a folder never pairs these weights with another model's catalog (docs/reliability.md)."""
+        is_main_process = kwargs.get("is_main_process", True)
+        stale = os.path.join(save_directory, CATALOG_FILE_NAME)
+        if is_main_process and os.path.isfile(stale):
+            os.remove(stale)
         super().save_pretrained(save_directory, *args, **kwargs)
-        if self.catalog is not None and kwargs.get("is_main_process", True):
+        if self.catalog is not None and is_main_process:
             self.catalog.save(save_directory)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load as transformers does, with the checkpoint's catalog; the catalog file is read and checked against
+        ``config.catalog_fingerprint`` *before* the weights are loaded."""
+        catalog, catalog_file = None, None
+        if pretrained_model_name_or_path is not None:
+            hub_kwargs = {
+                key: kwargs[key]
+                for key in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+                if key in kwargs
+            }
+            config = kwargs.get("config")
+            if not isinstance(config, IAMConfig):
+                config = IAMConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+            catalog_file = optional_checkpoint_file(pretrained_model_name_or_path, CATALOG_FILE_NAME, **hub_kwargs)
+            if catalog_file is not None:
+                catalog = ItemCatalog.load(catalog_file)  # a corrupt file is named here, before any weight
+                if len(catalog) != config.num_items:
+                    raise ValueError(
+                        f"{catalog_file}: the catalog has {len(catalog)} items but this model scores "
+                        f"{config.num_items} (config.num_items): the file belongs to another model"
+                    )
+                _check_catalog_binding(config, catalog, catalog_file)
+            elif config.catalog_fingerprint is not None:
+                logger.warning(
+                    f"{pretrained_model_name_or_path}: config.json records a catalog (catalog_fingerprint) but "
+                    f"{CATALOG_FILE_NAME} is missing: scores come by catalog index only, with no item ids. Attach "
+                    "the training catalog with model.set_catalog(catalog)."
+                )
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        hub_kwargs = {
-            key: kwargs[key]
-            for key in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
-            if key in kwargs
-        }
-        catalog_file = optional_checkpoint_file(pretrained_model_name_or_path, CATALOG_FILE_NAME, **hub_kwargs)
-        if catalog_file is not None:
-            model.set_catalog(ItemCatalog.load(catalog_file))
+        if catalog is not None:
+            model.set_catalog(catalog)
         return model
 
     @classmethod
@@ -298,6 +341,7 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
                 f"item_segment_ids has shape {tuple(item_segment_ids.shape)} "
                 f"but the inputs have {tuple(reference.shape[:2])}"
             )
+        _check_inputs(self.config, input_ids, attention_mask, item_segment_ids)
         if attention_mask is None:
             attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
         if position_ids is None:
@@ -504,8 +548,8 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
             >>> batch = collator([{"history": ["1", "7"]}])  # doctest: +SKIP
             >>> model.recommend(**batch, k=5, exclude_item_ids=batch["history_item_indices"]).item_ids  # doctest: +SKIP
         """
-        if not 1 <= k <= self.config.num_items:
-            raise ValueError(f"k must be in [1, {self.config.num_items}], got {k}")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.config.num_items:
+            raise ValueError(f"k must be an int in [1, {self.config.num_items}] (config.num_items), got {k!r}")
         kwargs.pop("labels", None)
         kwargs.pop("history_item_indices", None)
         logits = self(
@@ -513,9 +557,61 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         ).logits.float()
         if exclude_item_ids is not None:
             logits = exclude_items(logits, exclude_item_ids)
+            # topk would fill the missing places with excluded items at -inf: refuse instead
+            left = (logits != float("-inf")).sum(-1)
+            if bool((left < k).any()):
+                row = int((left < k).nonzero()[0, 0])
+                raise ValueError(
+                    f"k={k} but user {row} has only {int(left[row])} items left after excluding "
+                    f"{self.config.num_items - int(left[row])}; pass k <= {int(left.min())} (or exclude fewer items)"
+                )
         scores, indices = logits.topk(k, dim=-1)
         item_ids = [self.catalog.ids_of(row) for row in indices.tolist()] if self.catalog is not None else None
         return IAMRecommendations(scores=scores, indices=indices, item_ids=item_ids)
+
+
+def _check_catalog_binding(config: IAMConfig, catalog: ItemCatalog, source: str) -> None:
+    """Refuse a catalog whose ids (in order) differ from those the config records; say whether only the order
+    differs."""
+    if config.catalog_fingerprint is None or config.catalog_fingerprint == catalog.fingerprint:
+        return
+    raise ValueError(
+        f"{source} does not match this model's catalog: config.catalog_fingerprint is "
+        f"{config.catalog_fingerprint[:12]}..., the catalog's item ids in order give {catalog.fingerprint[:12]}... "
+        f"({len(catalog)} items). Each adapter row scores one item of the training catalog, in its order: a file "
+        "from another model, or the same items reordered, would put every score on the wrong item."
+    )
+
+
+def _check_inputs(
+    config: IAMConfig,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    item_segment_ids: torch.Tensor | None,
+) -> None:
+    """The checks whose failure would otherwise be silent (an all-padding row is pooled from a padding token) or an
+    error that names nothing (an index error deep in the embedding)."""
+    if input_ids is not None and input_ids.numel():
+        vocab_size = getattr(config.text_config, "vocab_size", None)
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or (vocab_size is not None and high >= vocab_size):
+            raise ValueError(
+                f"input_ids must be token ids in [0, {vocab_size}) (text_config.vocab_size), got [{low}, {high}]"
+            )
+    if attention_mask is not None:
+        reference = input_ids if input_ids is not None else None
+        if reference is not None and attention_mask.shape != reference.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(reference.shape)}"
+            )
+        empty = (attention_mask == 0).all(-1)
+        if bool(empty.any()):
+            raise ValueError(
+                f"attention_mask rows {empty.nonzero().view(-1).tolist()[:5]} are all padding: every row needs at "
+                "least its query token (the adapter reads the last real token)"
+            )
+    if item_segment_ids is not None and item_segment_ids.numel() and int(item_segment_ids.min()) < 0:
+        raise ValueError("item_segment_ids must be >= 0 (0 = context, 1..n = history items)")
 
 
 __all__ = [

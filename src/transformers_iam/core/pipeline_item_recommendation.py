@@ -21,7 +21,8 @@ class ItemRecommendationPipeline(Pipeline):
     also be an item's exact catalog text. The prompt is rendered as in training (the collator
     settings saved with the checkpoint). Returns, per user, ``top_k`` dicts with ``item_id``,
     ``text``, ``score`` and ``index`` (catalog index). History items are not recommended
-    unless ``exclude_history=False``.
+    unless ``exclude_history=False``; when they leave fewer than ``top_k`` items, those are
+    returned (never an excluded item). Unknown keyword arguments are an error.
 
     Example:
         >>> import transformers_iam
@@ -49,10 +50,19 @@ class ItemRecommendationPipeline(Pipeline):
             self._text_to_id.setdefault(text, item_id)
 
     def _sanitize_parameters(self, top_k: int | None = None, exclude_history: bool | None = None, **kwargs):
+        if kwargs:  # a misspelt option (topk=5) would otherwise be ignored without a word
+            raise TypeError(
+                f"{type(self).__name__} got unknown arguments {sorted(kwargs)}; it takes top_k and exclude_history"
+            )
         postprocess = {}
         if top_k is not None:
+            num_items = len(self.model.catalog) if getattr(self.model, "catalog", None) is not None else None
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1 or (num_items and top_k > num_items):
+                raise ValueError(f"top_k must be an int in [1, {num_items}] (the catalog's size), got {top_k!r}")
             postprocess["top_k"] = top_k
         if exclude_history is not None:
+            if not isinstance(exclude_history, bool):
+                raise ValueError(f"exclude_history must be True or False, got {exclude_history!r}")
             postprocess["exclude_history"] = exclude_history
         return {}, {}, postprocess
 
@@ -66,6 +76,8 @@ class ItemRecommendationPipeline(Pipeline):
     def preprocess(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
         if not isinstance(inputs, dict) or "history" not in inputs:
             raise ValueError('pass {"history": [item ids or texts, oldest first]}, or a list of such dicts')
+        if isinstance(inputs["history"], (str, bytes)):  # would be read one character per item
+            raise ValueError(f'"history" must be a list of item ids or texts, got the string {inputs["history"]!r}')
         history = [self._resolve(entry) for entry in inputs["history"]]
         return self.collator([{**inputs, "history": history, "target": None}])
 
@@ -80,9 +92,11 @@ class ItemRecommendationPipeline(Pipeline):
             scores = exclude_items(scores, model_outputs["history_item_indices"])
         values, indices = scores[0].topk(min(top_k, scores.shape[-1]))
         catalog = self.model.catalog
+        # fewer than top_k items may be left after the exclusion: return those, never an excluded item at -inf
         return [
             {"item_id": catalog.item_ids[index], "text": catalog.texts[index], "score": float(value), "index": index}
             for value, index in zip(values.tolist(), indices.tolist())
+            if value != float("-inf")
         ]
 
 

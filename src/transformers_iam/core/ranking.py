@@ -17,6 +17,12 @@ def exclude_items(scores: torch.Tensor, item_indices: torch.Tensor | list[list[i
         raise ValueError(
             f"an excluded item index ({int(item_indices.max())}) is outside the catalog ({scores.shape[1]})"
         )
+    if item_indices.numel() and int(item_indices.min()) < -1:
+        # -1 is the only padding value; any other negative index would silently exclude nothing
+        raise ValueError(
+            f"excluded item indices must be catalog indices in [0, {scores.shape[1]}) or -1 (padding), "
+            f"got {int(item_indices.min())}"
+        )
     valid = item_indices >= 0
     rows = torch.arange(scores.shape[0], device=scores.device)[:, None].expand_as(item_indices)
     scores = scores.clone()

@@ -154,7 +154,8 @@ def training_arguments(config: ExperimentConfig, num_train_examples: int, **over
         bf16=config.bf16 and torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
-        save_only_model=True,
+        # optimizer, scheduler and RNG states too: without them a resumed run is not the run it continues
+        save_only_model=False,
     )
     values.update(overrides)
     return TrainingArguments(**values)

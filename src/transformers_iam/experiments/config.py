@@ -9,9 +9,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
-from ..core.configuration_iam import layer_types_for_layout
+from ..core.configuration_iam import IAM_LAYOUTS, layer_types_for_layout
+from ..core.masks import check_layer_types
 
 EXPERIMENT_FILE = "experiment.json"
 
@@ -65,6 +67,7 @@ class ExperimentConfig:
     max_steps: int = -1
     seed: int = 0
     bf16: bool = False
+    resume: bool = False  # continue from the last complete checkpoint in <output_dir>/trainer
     command: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -98,6 +101,66 @@ class ExperimentConfig:
             bf16=True,
         ),
     }
+
+    def __post_init__(self):
+        """Check every knob before anything is loaded: a bad value is named with what is allowed, never turned into
+        another run (a negative freeze count, a zero batch size, an ablation of a layout it does not apply to)."""
+
+        def integer(name: str, minimum: int, optional: bool = False) -> None:
+            value = getattr(self, name)
+            if optional and value is None:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                allowed = f"an int >= {minimum}" + (" or None" if optional else "")
+                raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+        def positive(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+        if self.preset not in self.PRESETS:
+            raise ValueError(f"preset must be one of {sorted(self.PRESETS)}, got {self.preset!r}")
+        if not isinstance(self.output_dir, str) or not self.output_dir.strip():
+            raise ValueError(f"output_dir must be a folder path, got {self.output_dir!r}")
+        if (self.interactions_file or self.catalog_file) and not (
+            self.interactions_file and self.catalog_file and self.text_template
+        ):
+            raise ValueError("a plain table needs interactions_file, catalog_file and text_template together")
+        for name in ("max_history", "train_examples_per_user", "max_eval_users", "num_backbone_layers"):
+            integer(name, 1, optional=True)
+        for name in ("lora_rank", "max_item_tokens", "max_length", "batch_size", "eval_batch_size", "evaluations"):
+            integer(name, 1)
+        for name in ("freeze_bottom_layers", "warmup_steps", "seed"):
+            integer(name, 0)
+        integer("max_steps", -1)
+        if self.max_steps == 0:
+            raise ValueError("max_steps must be -1 (train for `epochs`) or an int >= 1, got 0")
+        for name in ("epochs", "learning_rate", "adapter_learning_rate"):
+            positive(name)
+        if self.max_item_tokens >= self.max_length:
+            raise ValueError(f"max_item_tokens ({self.max_item_tokens}) must be below max_length ({self.max_length})")
+        if self.num_backbone_layers is not None and self.freeze_bottom_layers > self.num_backbone_layers:
+            raise ValueError(
+                f"freeze_bottom_layers must be in [0, {self.num_backbone_layers}] (num_backbone_layers), "
+                f"got {self.freeze_bottom_layers}"
+            )
+        if self.iam_layout not in IAM_LAYOUTS:
+            raise ValueError(f"iam_layout must be one of {list(IAM_LAYOUTS)}, got {self.iam_layout!r}")
+        for name, allowed in (("supervision", ("last", "every_item")), ("intra_implementation", ("masked", "packed"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if self.iam_layer_types is not None:
+            check_layer_types(self.iam_layer_types, self.num_backbone_layers)
+        if self.ablation is not None:
+            if self.ablation not in ("no-intra", "no-inter"):
+                raise ValueError(f"ablation must be None, 'no-intra' or 'no-inter', got {self.ablation!r}")
+            if self.iam_layer_types is not None or self.iam_layout != "stacked":
+                # the ablations are defined on the stacked layout; another layout would be silently replaced
+                raise ValueError(
+                    f"ablation={self.ablation!r} applies to the stacked layout only; it cannot be combined with "
+                    f"iam_layout={self.iam_layout!r} or iam_layer_types"
+                )
 
     @classmethod
     def from_preset(cls, preset: str, **overrides) -> ExperimentConfig:

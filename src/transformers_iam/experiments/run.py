@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import time
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from ..core.collator import IAMDataCollator
@@ -43,10 +45,96 @@ def evaluate_split(trainer: Trainer, dataset, split: str) -> dict[str, float]:
     return {key[len(split) + 1 :]: value for key, value in metrics.items() if key.startswith(split + "_")}
 
 
-def run_experiment(config: ExperimentConfig) -> dict:
-    """Train on the training prefixes, select on validation, report test once. Returns what metrics.json holds."""
+# What may differ between an interrupted run and its resumption: everything else must be the same run.
+_RESUMABLE_DIFFERENCES = ("command", "notes", "resume")
+
+
+def complete_checkpoints(trainer_dir: str) -> list[str]:
+    """The Trainer's ``checkpoint-<step>`` folders that were written to the end, oldest first.
+
+    The Trainer writes a checkpoint in place and ``trainer_state.json`` last, so a folder without it was cut off
+    mid-save (its weights may be partial); the Trainer's own ``resume_from_checkpoint=True`` would pick it anyway.
+    """
+    if not os.path.isdir(trainer_dir):
+        return []
+    steps = []
+    for name in os.listdir(trainer_dir):
+        path = os.path.join(trainer_dir, name)
+        prefix = f"{PREFIX_CHECKPOINT_DIR}-"
+        if name.startswith(prefix) and name[len(prefix) :].isdigit() and os.path.isdir(path):
+            if os.path.isfile(os.path.join(path, "trainer_state.json")):
+                steps.append(int(name[len(prefix) :]))
+            else:
+                logger.warning(f"{path} was cut off mid-save (no trainer_state.json): removed, never resumed from")
+                shutil.rmtree(path)
+    return [os.path.join(trainer_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}") for step in sorted(steps)]
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """A crash leaves the old file or the new one, never a truncated one."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
+def _replace_directory(staging: str, final: str) -> None:
+    """Move a fully written folder into place. A crash in between leaves no ``final`` at all (and a ``.old``), never a
+    folder mixing two saves."""
+    old = f"{final}.old"
+    if os.path.exists(old):
+        shutil.rmtree(old)
+    if os.path.exists(final):
+        os.rename(final, old)
+    os.rename(staging, final)
+    if os.path.exists(old):
+        shutil.rmtree(old)
+
+
+def _check_resumable(config: ExperimentConfig, trainer_dir: str) -> str | None:
+    """The checkpoint to resume from (``config.resume``), after checking it belongs to this very run; refuses to
+    start a fresh run over an older run's checkpoints, which the Trainer would mix with the new ones."""
+    checkpoints = complete_checkpoints(trainer_dir)
+    if not config.resume:
+        if checkpoints:
+            raise FileExistsError(
+                f"{trainer_dir} holds checkpoints of an earlier run ({os.path.basename(checkpoints[-1])}): pass "
+                "--resume (resume=True) to continue it, or choose another --output-dir / remove that folder"
+            )
+        return None
+    if not checkpoints:
+        raise FileNotFoundError(f"resume: {trainer_dir} holds no complete checkpoint to resume from")
+    saved_path = os.path.join(config.output_dir, EXPERIMENT_FILE)
+    if os.path.isfile(saved_path):
+        with open(saved_path, encoding="utf-8") as handle:
+            saved = json.load(handle)
+        current = config.to_dict()
+        differing = sorted(
+            key
+            for key in set(saved) | set(current)
+            if key not in _RESUMABLE_DIFFERENCES and saved.get(key) != current.get(key)
+        )
+        if differing:
+            raise ValueError(
+                f"resume: {saved_path} records another run: {', '.join(differing)} differ; resume with the same "
+                "settings, or start a new run in another --output-dir"
+            )
+    return checkpoints[-1]
+
+
+def run_experiment(config: ExperimentConfig, callbacks: list[TrainerCallback] | None = None) -> dict:
+    """Train on the training prefixes, select on validation, report test once. Returns what metrics.json holds.
+
+    With ``config.resume`` the run continues from the last complete checkpoint in ``<output_dir>/trainer`` (model,
+    optimizer, scheduler, RNG and data order), and ends as the uninterrupted run would have (docs/reliability.md).
+    """
     started = time.time()
     os.makedirs(config.output_dir, exist_ok=True)
+    resume_from = _check_resumable(config, os.path.join(config.output_dir, "trainer"))  # before loading anything
+    if resume_from is None:
+        _write_atomically(os.path.join(config.output_dir, EXPERIMENT_FILE), json.dumps(config.to_dict(), indent=1))
+    else:
+        logger.info(f"resuming from {resume_from}")
     torch.manual_seed(config.seed)
     data = load_data(config)
     logger.info(data.describe())
@@ -73,10 +161,11 @@ def run_experiment(config: ExperimentConfig) -> dict:
         eval_dataset=valid,
         data_collator=collator,
         optimizers=(make_optimizer(model, config), None),
+        callbacks=callbacks,
         **ranking_evaluation(config.exclude_history),
     )
     train_started = time.time()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.time() - train_started
     best_step = trainer.state.best_global_step
     # The selected checkpoint was already evaluated on validation during training: reuse that pass.
@@ -124,26 +213,30 @@ def run_experiment(config: ExperimentConfig) -> dict:
     }
     if not trainer.is_world_process_zero():  # under accelerate/DDP, one process writes
         return results
+    # Each folder is written whole in a staging sibling, then moved into place (docs/reliability.md).
     checkpoint_dir = os.path.join(config.output_dir, "checkpoint")
     final_model = trainer.model
     if config.lora:
-        final_model.save_pretrained(os.path.join(config.output_dir, "lora-adapter"))  # adapter-only checkpoint
+        lora_dir = os.path.join(config.output_dir, "lora-adapter")
+        final_model.save_pretrained(f"{lora_dir}.staging")  # adapter-only checkpoint
+        _replace_directory(f"{lora_dir}.staging", lora_dir)
         final_model = final_model.merge_and_unload()
-    final_model.save_pretrained(checkpoint_dir)
-    collator.save_pretrained(checkpoint_dir)  # prompt settings + tokenizer, for evaluation and pipelines
-    with open(os.path.join(checkpoint_dir, EXPERIMENT_FILE), "w") as handle:
-        json.dump(config.to_dict(), handle, indent=1)
+    staging = f"{checkpoint_dir}.staging"
+    if os.path.exists(staging):  # left by a crash: never part of a checkpoint
+        shutil.rmtree(staging)
+    final_model.save_pretrained(staging)
+    collator.save_pretrained(staging)  # prompt settings + tokenizer, for evaluation and pipelines
+    _write_atomically(os.path.join(staging, EXPERIMENT_FILE), json.dumps(config.to_dict(), indent=1))
+    _replace_directory(staging, checkpoint_dir)
 
-    with open(os.path.join(config.output_dir, "metrics.json"), "w") as handle:
-        json.dump(results, handle, indent=1)
+    _write_atomically(os.path.join(config.output_dir, "metrics.json"), json.dumps(results, indent=1))
     plot_validation(
         trainer.state.log_history,
         os.path.join(config.output_dir, "validation_ndcg10.png"),
         reference={"popularity": popularity["valid"]["ndcg@10"]} if "valid" in popularity else None,
     )
     report = render_report(results)
-    with open(os.path.join(config.output_dir, "report.md"), "w") as handle:
-        handle.write(report)
+    _write_atomically(os.path.join(config.output_dir, "report.md"), report)
     logger.info(report)
     return results
 

@@ -7,6 +7,7 @@ target, and the test history includes the validation item.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -60,7 +61,8 @@ class LeaveOneOutData:
             f"({stats['items_with_interactions']} with interactions), {stats['interactions']} interactions; "
             f"history length min/median/mean/max {stats['history_min']}/{stats['history_median']}/"
             f"{stats['history_mean']:.1f}/{stats['history_max']}; {stats['timestamp_ties']} interactions share "
-            f"their user's timestamp with another (file order kept); {stats['dropped_users']} users dropped "
+            f"their user's timestamp with another (file order kept); {stats.get('duplicate_interactions', 0)} exact "
+            f"duplicate interactions (kept); {stats['dropped_users']} users dropped "
             f"(fewer than 3 interactions); {len(self.train)} training examples"
         )
 
@@ -91,10 +93,25 @@ def leave_one_out(
     ``max_history`` items plus the item after them, overlapping by one item, so that every
     training item but the user's first is a target exactly once.
     """
+    for argument, value in (("max_history", max_history), ("train_examples_per_user", train_examples_per_user)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{argument} must be None (no limit) or an int >= 1, got {value!r}")
     if not interactions:
         raise ValueError(f"{name}: no interactions")
     by_user: dict[str, list[Interaction]] = defaultdict(list)
+    seen, duplicates = set(), 0
     for interaction in interactions:
+        timestamp = interaction.timestamp
+        if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)) or not math.isfinite(timestamp):
+            # NaN compares false with everything: a stable sort would then reorder that user's whole history
+            raise DataFormatError(
+                f"{interaction.source}: user {interaction.user_id!r}, item {interaction.item_id!r}: the timestamp "
+                f"must be a finite number, got {interaction.timestamp!r}"
+            )
+        # an exact repeat (same user, item and time) is kept, as the data says it; it is counted and reported
+        key = (interaction.user_id, interaction.item_id, interaction.timestamp)
+        duplicates += key in seen
+        seen.add(key)
         if interaction.item_id not in catalog:
             raise DataFormatError(
                 f"{interaction.source}: user {interaction.user_id!r} interacted with item {interaction.item_id!r}, "
@@ -149,6 +166,7 @@ def leave_one_out(
         "history_max": lengths[-1],
         "timestamp_ties": ties,
         "dropped_users": dropped,
+        "duplicate_interactions": duplicates,
         "train_examples": len(train_rows),
         "max_history": max_history,
         "train_examples_per_user": train_examples_per_user,

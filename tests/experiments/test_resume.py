@@ -1,0 +1,65 @@
+"""A run killed part way and resumed ends exactly as the same run uninterrupted (tiny random backbone, seconds)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+import transformers_iam
+from transformers_iam.experiments import ExperimentConfig, run_experiment
+
+from ..testing_utils import tiny_run_files
+
+pytestmark = pytest.mark.slow  # three short training runs, one in a subprocess
+
+
+def test_killed_run_resumes_to_the_same_metrics_and_weights(tmp_path, caplog):
+    config = ExperimentConfig.from_preset("cpu-quick", output_dir=str(tmp_path / "killed"), **tiny_run_files(tmp_path))
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(config.to_dict()))
+    source = os.path.dirname(os.path.dirname(transformers_iam.__file__))
+    script = os.path.join(os.path.dirname(__file__), "interrupted_run_script.py")
+    env = {**os.environ, "PYTHONPATH": source + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    killed = subprocess.run([sys.executable, script, str(config_file), "4"], env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    trainer_dir = tmp_path / "killed" / "trainer"
+    assert (trainer_dir / "checkpoint-4" / "trainer_state.json").is_file()
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    with pytest.raises(FileExistsError, match="holds checkpoints of an earlier run"):
+        run_experiment(config)  # without resume, an older run's checkpoints are never mixed with a new run
+    with pytest.raises(ValueError, match="resume: .*experiment.json records another run: learning_rate differ"):
+        run_experiment(dataclasses.replace(config, resume=True, learning_rate=1e-3))
+
+    # a crash mid-save of step 6: a folder without trainer_state.json and with broken weights, never resumed from
+    (trainer_dir / "checkpoint-6").mkdir()
+    (trainer_dir / "checkpoint-6" / "model.safetensors").write_bytes(b"partial")
+    resumed = run_experiment(dataclasses.replace(config, resume=True))
+    assert "checkpoint-6 was cut off mid-save (no trainer_state.json): removed, never resumed from" in caplog.text
+    uninterrupted = run_experiment(dataclasses.replace(config, output_dir=str(tmp_path / "whole")))
+
+    assert resumed["best_step"] == uninterrupted["best_step"]
+    curve = [(entry["step"], entry["ndcg@10"]) for entry in resumed["validation_curve"]]
+    assert curve == [(entry["step"], pytest.approx(entry["ndcg@10"])) for entry in uninterrupted["validation_curve"]]
+    timings = ("runtime", "samples_per_second", "steps_per_second")
+    for split in ("valid", "test"):
+        ours = {key: value for key, value in resumed[split].items() if key not in timings}
+        assert ours == pytest.approx({key: uninterrupted[split][key] for key in ours}, abs=1e-6), split
+        assert "ndcg@10" in ours and "loss" in ours
+    assert [step for step, _ in curve] == [2, 4, 6]  # the evaluations before the kill are kept
+    weights = load_file(tmp_path / "killed" / "checkpoint" / "model.safetensors")
+    theirs = load_file(tmp_path / "whole" / "checkpoint" / "model.safetensors")
+    assert weights.keys() == theirs.keys()
+    for name in weights:
+        assert (weights[name] == theirs[name]).all(), name
+
+
+def test_resume_without_a_checkpoint_is_refused_before_anything_is_loaded(tmp_path):
+    config = ExperimentConfig(output_dir=str(tmp_path), resume=True, backbone=str(tmp_path / "no-such-backbone"))
+    with pytest.raises(FileNotFoundError, match=r"resume: .*trainer holds no complete checkpoint"):
+        run_experiment(config)
