@@ -145,7 +145,8 @@ def prepare(stage_dir: str, dry_run: bool = False, call_budget: int = CALL_BUDGE
         if dry_run:  # a small file: split it in the middle, so the join is tested on real parts
             first_part = os.path.getsize(weights) // 2
         else:
-            first_part = min(os.path.getsize(weights) // 2, call_budget - first_size)
+            # 64 KiB left for manifest.json, written after the split
+            first_part = min(os.path.getsize(weights) // 2, call_budget - first_size - 64 * 1024)
         manifest = split_file(weights, [first_part], [os.path.join(part1, "weights"), os.path.join(part2, "weights")])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
