@@ -130,3 +130,17 @@ def test_an_adapter_added_to_a_cached_layer_makes_the_cache_stale(tokenizer, cat
     lora = apply_lora(model, rank=2)
     with pytest.raises(RuntimeError, match="gained or lost weights"):
         lora(**collator(HISTORIES))
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "flex_attention"])
+def test_packed_intra_and_cache_on_the_other_backends(attn_implementation, tokenizer, catalog):
+    collator = make_collator(tokenizer, catalog, "left", max_length=40)
+    masked = frozen_model("llama", "hatllm", attn_implementation=attn_implementation)
+    packed = same_weights_with(masked, intra_implementation="packed", attn_implementation=attn_implementation)
+    packed.model.requires_grad_(False)
+    batch = collator(HISTORIES)
+    with torch.no_grad():
+        expected = masked(**batch).logits
+        torch.testing.assert_close(packed(**batch).logits, expected, atol=1e-4, rtol=1e-4)
+        masked.enable_item_cache(collator)
+        torch.testing.assert_close(masked(**batch).logits, expected, atol=1e-4, rtol=1e-4)

@@ -13,8 +13,9 @@ How it works (docs/architecture.md, "How it plugs into transformers"):
    the backbone's own mask (padding, sliding window, cache offsets) and then calls the
    stock backend. ``full`` modules run the stock backend untouched.
 
-A block-sparse GPU backend (``iam_flex_attention``) belongs in
-:data:`IAM_ATTENTION_IMPLEMENTATIONS`; it is not written yet.
+``iam_flex`` (:mod:`transformers_iam.core.flex_attention`) is the block-sparse backend for GPUs:
+``attn_implementation="flex_attention"`` maps to it. Its key is not ``iam_flex_attention``:
+transformers runs its own flex-support check on any key containing ``flex_attention``.
 """
 
 from __future__ import annotations
@@ -28,11 +29,16 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
+from .flex_attention import FLEX_IMPLEMENTATION, iam_flex_attention_forward, iam_flex_mask
 from .masks import check_layer_types, ensure_no_empty_rows, item_aware_mask
 
 # Stock implementation -> its item-aware twin. Never put "flash" in a key: transformers then
 # tries to fetch a kernel from the Hub.
-IAM_ATTENTION_IMPLEMENTATIONS: dict[str, str] = {"sdpa": "iam_sdpa", "eager": "iam_eager"}
+IAM_ATTENTION_IMPLEMENTATIONS: dict[str, str] = {
+    "sdpa": "iam_sdpa",
+    "eager": "iam_eager",
+    "flex_attention": FLEX_IMPLEMENTATION,
+}
 
 
 class ItemSegments:
@@ -134,6 +140,8 @@ AttentionInterface.register("iam_sdpa", iam_sdpa_attention_forward)
 AttentionInterface.register("iam_eager", iam_eager_attention_forward)
 AttentionMaskInterface.register("iam_sdpa", sdpa_mask)
 AttentionMaskInterface.register("iam_eager", eager_mask)
+AttentionInterface.register(FLEX_IMPLEMENTATION, iam_flex_attention_forward)
+AttentionMaskInterface.register(FLEX_IMPLEMENTATION, iam_flex_mask)
 
 
 def current_attn_implementation(config) -> str | None:
@@ -154,7 +162,7 @@ def item_aware_implementation(attn_implementation: str | None) -> str:
     if attn_implementation not in IAM_ATTENTION_IMPLEMENTATIONS:
         raise ValueError(
             f"attn_implementation={attn_implementation!r} has no item-aware version; "
-            f"supported: {sorted(IAM_ATTENTION_IMPLEMENTATIONS)} (flex attention is planned for GPUs)"
+            f"supported: {sorted(IAM_ATTENTION_IMPLEMENTATIONS)}"
         )
     return IAM_ATTENTION_IMPLEMENTATIONS[attn_implementation]
 

@@ -80,6 +80,8 @@ class IAMPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_attention_backend = True
+    # attn_implementation="flex_attention" must pass transformers' own check before __init__ maps it to iam_flex
+    _supports_flex_attn = True
     # Our forward takes **kwargs but computes a per-example mean loss itself: without this the
     # Trainer stops dividing the loss by the gradient accumulation steps (docs/architecture.md, "Traps").
     accepts_loss_kwargs = False
