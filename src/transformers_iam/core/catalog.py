@@ -155,3 +155,15 @@ class ItemCatalog:
             return cls([record["item_id"] for record in records], [record["text"] for record in records])
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
+
+
+def check_catalog_binding(config, catalog: ItemCatalog, source: str) -> None:
+    """Refuse a catalog whose ids (in order) differ from those an ``IAMConfig`` records (``catalog_fingerprint``)."""
+    if config.catalog_fingerprint is None or config.catalog_fingerprint == catalog.fingerprint:
+        return
+    raise ValueError(
+        f"{source} does not match this model's catalog: config.catalog_fingerprint is "
+        f"{config.catalog_fingerprint[:12]}..., the catalog's item ids in order give {catalog.fingerprint[:12]}... "
+        f"({len(catalog)} items). Each adapter row scores one item of the training catalog, in its order: a file "
+        "from another model, or the same items reordered, would put every score on the wrong item."
+    )

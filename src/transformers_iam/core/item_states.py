@@ -7,7 +7,8 @@ are the same wherever the item sits in a prompt (docs/architecture.md, "Compute 
 - **packed intra attention** runs that leading run on each distinct item of a batch as a short sequence of its own
   (positions from 0, no mask: rows of one length need none), instead of on the whole prompt under a
   (sequence x sequence) mask;
-- **the item-state cache** stores those states for every catalog item once, so a forward only runs the layers above.
+- **the item-state cache** (core/item_cache.py) stores those states for every catalog item once, so a forward only
+  runs the layers above.
 
 Context tokens (segment 0: prompt, query) are one segment whose intra states depend on their distance to each other,
 which changes with the history's length: they are always computed live, with their true positions (they are few).
@@ -23,11 +24,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .attention import ItemSegments, find_decoder_layers
+
+if TYPE_CHECKING:  # item_cache.py imports this module
+    from .item_cache import ItemStateCache
 
 
 def leading_intra_layers(layer_types: Sequence[str]) -> int:
@@ -139,84 +144,6 @@ def encode_items(
     return states
 
 
-def _weights_fingerprint(parameters: Sequence[torch.Tensor]) -> list[tuple[float, float]]:
-    with torch.no_grad():
-        return [(float(p.double().sum()), float(p.double().square().sum())) for p in parameters]
-
-
-class ItemStateCache:
-    """The states of every catalog item after the leading intra layers, keyed by the item's token ids.
-
-    Built by [`IAMForCausalRecommendation.enable_item_cache`]; an item whose tokens are not in the cache (another
-    rendering) is computed live, so a lookup is never wrong, only slower. The cache remembers the weights it was
-    built from and refuses to serve once they change.
-    """
-
-    def __init__(self, token_sequences: Sequence[Sequence[int]], states: Sequence[torch.Tensor], num_layers: int):
-        self.num_layers = num_layers
-        self.index = {tuple(tokens): position for position, tokens in enumerate(token_sequences)}
-        lengths = [len(tokens) for tokens in token_sequences]
-        self.offsets = [0]
-        for length in lengths:
-            self.offsets.append(self.offsets[-1] + length)
-        self.states = torch.cat([state.detach() for state in states])
-        self._modules: list[nn.Module] = []
-        self._parameters: list[torch.Tensor] = []
-        self._versions: list[int] = []
-        self._fingerprint: list[tuple[float, float]] = []
-
-    def bind(self, modules: Sequence[nn.Module]) -> None:
-        """Remember the weights the states were computed from (the token embeddings and the cached layers)."""
-        self._modules = list(modules)
-        self._parameters = self._current_parameters()
-        self._versions = [p._version for p in self._parameters]  # bumped by every in-place update (optimizer, load)
-        self._fingerprint = _weights_fingerprint(self._parameters)
-
-    def _current_parameters(self) -> list[torch.Tensor]:
-        return [parameter for module in self._modules for parameter in module.parameters()]
-
-    def check_fresh(self) -> None:
-        """Raise if a cached layer or the embeddings changed, gained weights or became trainable since the build."""
-        parameters = self._current_parameters()
-        if [id(p) for p in parameters] != [id(p) for p in self._parameters]:
-            raise RuntimeError(
-                "the cached layers gained or lost weights since enable_item_cache (an adapter such as LoRA was "
-                "added?): the cached item states are stale; call enable_item_cache(collator) again"
-            )
-        trainable = [p for p in parameters if p.requires_grad]
-        if trainable:
-            raise RuntimeError(
-                "a cached layer or the token embeddings became trainable (requires_grad) after enable_item_cache: "
-                "the cache would go stale as they train; freeze them again or call disable_item_cache()"
-            )
-        versions = [p._version for p in parameters]
-        if versions == self._versions:
-            return
-        # written to in place: a reload of identical weights (load_best_model_at_end) keeps the cache valid
-        if _weights_fingerprint(parameters) != self._fingerprint:
-            raise RuntimeError(
-                "the weights of the cached layers or of the token embeddings changed since enable_item_cache: "
-                "the cached item states are stale; call enable_item_cache(collator) again"
-            )
-        self._versions = versions
-
-    def lookup(self, tokens: tuple[int, ...]) -> int | None:
-        return self.index.get(tokens)
-
-    def states_of(self, position: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        if self.states.device != device or self.states.dtype != dtype:
-            self.states = self.states.to(device=device, dtype=dtype)
-        return self.states[self.offsets[position] : self.offsets[position + 1]]
-
-    @property
-    def num_items(self) -> int:
-        return len(self.index)
-
-    @property
-    def nbytes(self) -> int:
-        return self.states.numel() * self.states.element_size()
-
-
 def forward_from_item_states(
     model_backbone: nn.Module,
     input_ids: torch.Tensor,
@@ -289,4 +216,4 @@ def forward_from_item_states(
         )
 
 
-__all__ = ["ItemStateCache", "decoder_layers", "encode_items", "forward_from_item_states", "leading_intra_layers"]
+__all__ = ["decoder_layers", "encode_items", "forward_from_item_states", "item_spans", "leading_intra_layers"]

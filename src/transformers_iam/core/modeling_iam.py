@@ -11,16 +11,18 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 
+from .adapter import IAMRecommendationAdapter, log_popularity_prior, text_item_embeddings
 from .attention import (
     current_attn_implementation,
     enable_item_aware_attention,
-    find_decoder_layers,
     item_aware_implementation,
 )
-from .catalog import CATALOG_FILE_NAME, ItemCatalog
+from .catalog import CATALOG_FILE_NAME, ItemCatalog, check_catalog_binding
 from .collator import IAMDataCollator
 from .configuration_iam import IAMConfig
-from .item_states import ItemStateCache, encode_items, forward_from_item_states, leading_intra_layers
+from .inputs import check_forward_inputs
+from .item_cache import ItemStateCache, build_item_cache
+from .item_states import forward_from_item_states, leading_intra_layers
 from .loading import load_pretrained_decoder, optional_checkpoint_file
 from .masks import check_layer_types
 from .ranking import exclude_items
@@ -51,27 +53,6 @@ class IAMRecommendations(ModelOutput):
     scores: torch.FloatTensor | None = None
     indices: torch.LongTensor | None = None
     item_ids: list[list[str]] | None = None
-
-
-class IAMRecommendationAdapter(nn.Module):
-    """Maps the pooled final hidden state to one score per catalog item.
-
-    A projection (dense, GELU, LayerNorm) followed by a dot product with one learned
-    embedding per item; the bias is a learned per-item prior (popularity).
-    """
-
-    def __init__(self, config: IAMConfig):
-        super().__init__()
-        adapter_size = config.resolved_adapter_hidden_size
-        self.dropout = nn.Dropout(config.adapter_dropout)
-        self.dense = nn.Linear(config.text_config.hidden_size, adapter_size)
-        self.activation = nn.GELU()
-        self.norm = nn.LayerNorm(adapter_size)
-        self.item_embeddings = nn.Linear(adapter_size, config.num_items)
-
-    def forward(self, pooled_hidden_state: torch.Tensor) -> torch.Tensor:
-        projected = self.norm(self.activation(self.dense(self.dropout(pooled_hidden_state))))
-        return self.item_embeddings(projected)
 
 
 class IAMPreTrainedModel(PreTrainedModel):
@@ -138,63 +119,24 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         With a zero bias a fresh adapter ranks the catalog at random; starting from the
         training-split popularity lets training spend its steps on personalisation.
         """
-        item_counts = torch.as_tensor(item_counts, dtype=torch.float32).view(-1)
-        if item_counts.numel() != self.config.num_items:
-            raise ValueError(f"item_counts has {item_counts.numel()} entries for {self.config.num_items} catalog items")
-        if (item_counts < 0).any():
-            raise ValueError("item_counts must be non-negative")
-        prior = torch.log((item_counts + 1.0) / (item_counts + 1.0).sum())
         bias = self.adapter.item_embeddings.bias
-        bias.copy_((prior - prior.mean()).to(bias.dtype))
+        bias.copy_(log_popularity_prior(item_counts, self.config.num_items).to(bias.dtype))
 
     @torch.no_grad()
     def init_item_embeddings_from_text(
         self, item_token_ids: list[list[int]], batch_size: int = 64, scale: float = 0.1
     ) -> None:
-        """Start each item's embedding from the backbone's reading of the item's text.
-
-        Each item's tokens (e.g. ``collator.item_token_ids(index)``) are encoded alone, mean-pooled
-        and passed through the adapter's own projection, so a user state and an item text meet in
-        one space: items with similar text score alike before any training, and a catalog far
-        larger than the training set still gets informed embeddings. Each embedding gets norm
-        ``scale``: with the adapter's LayerNorm output of norm ``sqrt(hidden)``, initial scores are
-        ``scale * sqrt(hidden) * cosine`` (about +-2.4 for hidden 576), the spread of a log-popularity prior.
-        """
+        """Start each item's embedding from the backbone's reading of the item's text (``text_item_embeddings``)."""
         if len(item_token_ids) != self.config.num_items:
             raise ValueError(f"got token ids for {len(item_token_ids)} items, the catalog has {self.config.num_items}")
-        # an item with no tokens would be a 0/0 mean, and the centring below would spread its NaN to every item
-        empty = [index for index, ids in enumerate(item_token_ids) if len(ids) == 0]
-        if empty:
-            names = self.catalog.ids_of(empty[:5]) if self.catalog is not None else empty[:5]
-            raise ValueError(
-                f"{len(empty)} items have no tokens (catalog indices {empty[:5]}, items {names}): every item "
-                "needs at least one token; give them a non-empty text"
-            )
         was_training = self.training
         self.eval()
-        device = self.adapter.item_embeddings.weight.device
-        embeddings = []
-        for start in range(0, len(item_token_ids), batch_size):
-            chunk = item_token_ids[start : start + batch_size]
-            width = max(len(ids) for ids in chunk)
-            input_ids = torch.zeros(len(chunk), width, dtype=torch.long, device=device)
-            attention_mask = torch.zeros_like(input_ids)
-            for row, ids in enumerate(chunk):
-                input_ids[row, : len(ids)] = torch.tensor(ids, device=device)
-                attention_mask[row, : len(ids)] = 1
-            # segment 0 everywhere: every layer is plain causal for an item read on its own
-            states = self.model(
-                input_ids=input_ids, attention_mask=attention_mask, item_segment_ids=torch.zeros_like(input_ids)
-            ).last_hidden_state
-            pooled = (states * attention_mask[..., None]).sum(1) / attention_mask.sum(1, keepdim=True)
-            adapter = self.adapter
-            embeddings.append(adapter.norm(adapter.activation(adapter.dense(pooled))))
-        embeddings = torch.cat(embeddings)
-        embeddings = embeddings - embeddings.mean(0, keepdim=True)
-        embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+        try:
+            embeddings = text_item_embeddings(self.model, self.adapter, item_token_ids, batch_size, self.catalog)
+        finally:
+            self.train(was_training)
         weight = self.adapter.item_embeddings.weight
         weight.copy_((embeddings * scale).to(weight.dtype))
-        self.train(was_training)
 
     # -- catalog -----------------------------------------------------------------------------
     def set_catalog(self, catalog: ItemCatalog) -> None:
@@ -208,7 +150,7 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
                 f"The catalog has {len(catalog)} items but this model scores {self.config.num_items} "
                 "(config.num_items): they must be the same catalog, in the same order."
             )
-        _check_catalog_binding(self.config, catalog, "the catalog passed to set_catalog")
+        check_catalog_binding(self.config, catalog, "the catalog passed to set_catalog")
         self.config.catalog_fingerprint = catalog.fingerprint
         self.catalog = catalog
 
@@ -245,7 +187,7 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
                         f"{catalog_file}: the catalog has {len(catalog)} items but this model scores "
                         f"{config.num_items} (config.num_items): the file belongs to another model"
                     )
-                _check_catalog_binding(config, catalog, catalog_file)
+                check_catalog_binding(config, catalog, catalog_file)
             elif config.catalog_fingerprint is not None:
                 logger.warning(
                     f"{pretrained_model_name_or_path}: config.json records a catalog (catalog_fingerprint) but "
@@ -331,19 +273,7 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
                 Emitted by [`IAMDataCollator`] for evaluation (history exclusion); not used by the forward.
         """
         reference = input_ids if input_ids is not None else inputs_embeds
-        if reference is None:
-            raise ValueError("Pass input_ids or inputs_embeds")
-        if item_segment_ids is None and any(kind != "full" for kind in self.config.resolved_layer_types):
-            raise ValueError(
-                "item_segment_ids is required: this model has item-aware layers "
-                f"({self.config.resolved_layer_types}). IAMDataCollator emits it."
-            )
-        if item_segment_ids is not None and item_segment_ids.shape != reference.shape[:2]:
-            raise ValueError(
-                f"item_segment_ids has shape {tuple(item_segment_ids.shape)} "
-                f"but the inputs have {tuple(reference.shape[:2])}"
-            )
-        _check_inputs(self.config, input_ids, attention_mask, item_segment_ids)
+        check_forward_inputs(self.config, input_ids, inputs_embeds, attention_mask, item_segment_ids)
         if attention_mask is None:
             attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
         if position_ids is None:
@@ -460,75 +390,18 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         relative: the forward, `recommend`, evaluation inside the `Trainer` and the pipeline then run only the layers
         above for item tokens. Refused, with the reason, when it could not be exact: no leading intra run, positions
         that are not rotary, or trainable cached layers or token embeddings (freeze them first). The cache checks at
-        each forward that those weights have not changed since.
+        each forward that those weights have not changed since (docs/architecture.md, "Compute once").
 
         Example:
             >>> model.model.requires_grad_(False)  # doctest: +SKIP
             >>> model.enable_item_cache(collator)  # doctest: +SKIP
         """
-        num_layers = self.num_leading_intra_layers
-        if num_layers == 0:
-            raise ValueError(
-                f"no leading intra run to cache: the layers are {self.config.resolved_layer_types}; the item-state "
-                "cache needs the bottom layer(s) to be intra"
-            )
-        if getattr(self.model, "rotary_emb", None) is None:
-            raise ValueError(
-                f"{type(self.model).__name__} has no rotary position embedding: with absolute positions an item's "
-                "states depend on where it sits, so they cannot be cached"
-            )
-        if self.catalog is not None and collator.catalog != self.catalog:
-            raise ValueError("the collator's catalog is not this model's catalog: the cache would describe other items")
-        _, layers = find_decoder_layers(self.model)
-        cached_modules = [self.model.get_input_embeddings(), *layers[:num_layers]]
-        named = list(cached_modules[0].named_parameters(prefix="embeddings"))
-        for index in range(num_layers):
-            named += list(layers[index].named_parameters(prefix=f"layers.{index}"))
-        trainable = [name for name, parameter in named if parameter.requires_grad]
-        if trainable:
-            raise ValueError(
-                f"cached weights are trainable ({', '.join(trainable[:3])}{', ...' if len(trainable) > 3 else ''}): "
-                f"freeze the token embeddings and the first {num_layers} layers (requires_grad_(False)) so the "
-                "cached states cannot go stale"
-            )
-        sequences = [collator.item_token_ids(index) for index in range(len(collator.catalog))]
-        with torch.no_grad():
-            states = encode_items(self.model, sequences, num_layers, batch_size=batch_size)
-        cache = ItemStateCache(sequences, states, num_layers)
-        cache.bind(cached_modules)
-        self._check_item_states_exact(collator, cache)
-        self.item_cache = cache
-        return cache
+        self.item_cache = build_item_cache(self, collator, batch_size)
+        return self.item_cache
 
     def disable_item_cache(self) -> None:
         """Drop the item-state cache (the leading intra layers run again in every forward)."""
         self.item_cache = None
-
-    @torch.no_grad()
-    def _check_item_states_exact(self, collator: IAMDataCollator, cache: ItemStateCache) -> None:
-        """Refuse a backbone for which feeding states as ``inputs_embeds`` is not the same forward (one that scales
-        its embeddings inside the forward, say): compare both paths on a probe batch."""
-        items = collator.catalog.item_ids
-        probe = collator([{"history": items[:3]}, {"history": items[-2:]}])
-        device = self.adapter.dense.weight.device
-        probe = {key: value.to(device) for key, value in probe.items() if key != "history_item_indices"}
-        attention_mask = probe["attention_mask"]
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        saved, self.item_cache = self.item_cache, cache
-        try:
-            arguments = (probe["input_ids"], attention_mask, position_ids, probe["item_segment_ids"])
-            cached = self._backbone_outputs(*arguments, use_item_states=True).last_hidden_state
-            masked = self._backbone_outputs(*arguments, use_item_states=False).last_hidden_state
-        finally:
-            self.item_cache = saved
-        real = attention_mask.bool()
-        difference = float((cached - masked)[real].abs().max())
-        tolerance = 1e-3 if cached.dtype == torch.float32 else 5e-2
-        if difference > tolerance:
-            raise ValueError(
-                f"cached item states do not reproduce this backbone's forward (max difference {difference:.2e}): "
-                f"{type(self.model).__name__} may transform inputs_embeds inside its forward; the cache is not used"
-            )
 
     @torch.no_grad()
     def recommend(
@@ -572,54 +445,9 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         return IAMRecommendations(scores=scores, indices=indices, item_ids=item_ids)
 
 
-def _check_catalog_binding(config: IAMConfig, catalog: ItemCatalog, source: str) -> None:
-    """Refuse a catalog whose ids (in order) differ from those the config records; say whether only the order
-    differs."""
-    if config.catalog_fingerprint is None or config.catalog_fingerprint == catalog.fingerprint:
-        return
-    raise ValueError(
-        f"{source} does not match this model's catalog: config.catalog_fingerprint is "
-        f"{config.catalog_fingerprint[:12]}..., the catalog's item ids in order give {catalog.fingerprint[:12]}... "
-        f"({len(catalog)} items). Each adapter row scores one item of the training catalog, in its order: a file "
-        "from another model, or the same items reordered, would put every score on the wrong item."
-    )
-
-
-def _check_inputs(
-    config: IAMConfig,
-    input_ids: torch.Tensor | None,
-    attention_mask: torch.Tensor | None,
-    item_segment_ids: torch.Tensor | None,
-) -> None:
-    """The checks whose failure would otherwise be silent (an all-padding row is pooled from a padding token) or an
-    error that names nothing (an index error deep in the embedding)."""
-    if input_ids is not None and input_ids.numel():
-        vocab_size = getattr(config.text_config, "vocab_size", None)
-        low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or (vocab_size is not None and high >= vocab_size):
-            raise ValueError(
-                f"input_ids must be token ids in [0, {vocab_size}) (text_config.vocab_size), got [{low}, {high}]"
-            )
-    if attention_mask is not None:
-        reference = input_ids if input_ids is not None else None
-        if reference is not None and attention_mask.shape != reference.shape:
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(reference.shape)}"
-            )
-        empty = (attention_mask == 0).all(-1)
-        if bool(empty.any()):
-            raise ValueError(
-                f"attention_mask rows {empty.nonzero().view(-1).tolist()[:5]} are all padding: every row needs at "
-                "least its query token (the adapter reads the last real token)"
-            )
-    if item_segment_ids is not None and item_segment_ids.numel() and int(item_segment_ids.min()) < 0:
-        raise ValueError("item_segment_ids must be >= 0 (0 = context, 1..n = history items)")
-
-
 __all__ = [
     "IAMForCausalRecommendation",
     "IAMPreTrainedModel",
-    "IAMRecommendationAdapter",
     "IAMRecommendationOutput",
     "IAMRecommendations",
 ]
