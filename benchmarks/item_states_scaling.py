@@ -143,6 +143,7 @@ def measure_growth(num_history: int, num_catalog: int, args) -> dict:
     return dict(history=num_history, catalog=num_catalog, tokens=batch["input_ids"].shape[1],
                 serve_s_per_user=serve_s / BATCH, step_s_per_user=step_s / BATCH,
                 serve_peak_mib=(serve_rss - baseline) / 1024, step_peak_mib=(step_rss - baseline) / 1024,
+                process_peak_mib=step_rss / 1024,
                 model_mib=sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
                 cache_mib=cache_bytes / 2**20, cache=cache_source,
                 item_states="cache" if model.item_cache is not None else "packed")  # fmt: skip
@@ -163,13 +164,14 @@ def growth(args) -> list[dict]:
     where = "one process, peaks are max so far (--quick)" if args.quick else "one process per row"
     print(f"\n### How cost grows (batch 8, {where}; peak RSS above the built model, MiB)")
     print("| history items | catalog | tokens | serve s/user | train s/user | serve peak MiB | train peak MiB | "
-          "model MiB | item states | item cache MiB |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "process peak MiB | model MiB | item states | item cache MiB |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         print(
             f"| {r['history']} | {r['catalog']:,} | {r['tokens']} | {r['serve_s_per_user']:.4f} | "
             f"{r['step_s_per_user']:.4f} | {r['serve_peak_mib']:.0f} | {r['step_peak_mib']:.0f} | "
-            f"{r['model_mib']:.0f} | {r['item_states']} | {r['cache_mib']:,.0f} ({r['cache']}) |"
+            f"{r['process_peak_mib']:.0f} | {r['model_mib']:.0f} | {r['item_states']} | "
+            f"{r['cache_mib']:,.0f} ({r['cache']}) |"
         )
     return results
 
