@@ -1,4 +1,4 @@
-"""Every knob of a run and the named presets (cpu-quick, cpu-full, gpu), saved as ``experiment.json`` beside a checkpoint.
+"""Every knob of a run and the named presets (cpu-quick, cpu-full, gpu), saved as ``experiment.json`` by a checkpoint.
 
 Example:
     >>> config = ExperimentConfig.from_preset("cpu-quick", output_dir="runs/quick")

@@ -113,7 +113,7 @@ def render_report(results: dict) -> str:
         f"- training {results['train_seconds']} s, wall {results['wall_seconds']} s on {results['machine']}"
         + (f", peak RSS {results['peak_rss_mib']:.0f} MiB" if "peak_rss_mib" in results else "")
         + (f", peak GPU memory {results['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in results else ""),
-        f"- figure: `validation_ndcg10.png` (training loss; validation NDCG@10 per evaluation with popularity"
+        "- figure: `validation_ndcg10.png` (training loss; validation NDCG@10 per evaluation with popularity"
         + (" and SASRec" if sasrec else "")
         + " as lines; both axes from 0)",
         f"- command: `{config['command']}`",

@@ -215,7 +215,9 @@ def run_experiment(config: ExperimentConfig, callbacks: list[TrainerCallback] | 
     }
     paired = {
         split: {
-            metric: paired_comparison(ranks[split]["model"], ranks[split]["popularity"], metric, seed=config.seed).to_dict()
+            metric: paired_comparison(
+                ranks[split]["model"], ranks[split]["popularity"], metric, seed=config.seed
+            ).to_dict()
             for metric in ("ndcg@10", "hr@10")
         }
         for split in ("valid", "test")
@@ -240,7 +242,9 @@ def run_experiment(config: ExperimentConfig, callbacks: list[TrainerCallback] | 
         "test": test_metrics,
         "popularity": popularity,
         "paired_vs_popularity": paired,
-        "sasrec": find_sasrec_reference(config, data.statistics, {split: list(ranks[split]["model"]) for split in ranks}),
+        "sasrec": find_sasrec_reference(
+            config, data.statistics, {split: list(ranks[split]["model"]) for split in ranks}
+        ),
         "validation_curve": [
             {"step": entry["step"], "ndcg@10": entry["eval_ndcg@10"]}
             for entry in trainer.state.log_history

@@ -113,8 +113,10 @@ def paired_comparison(
         sums_a[start : start + count] = a[indices].sum(1)
         sums_b[start : start + count] = b[indices].sum(1)
     differences = (sums_a - sums_b) / len(users)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        relatives = np.where(sums_b > 0, sums_a / np.where(sums_b > 0, sums_b, 1.0) - 1.0, np.nan)
+    # a resample where both means are 0 shows no difference (0); where only B's is 0 the ratio is undefined
+    relatives = np.where(
+        sums_b > 0, sums_a / np.where(sums_b > 0, sums_b, 1.0) - 1.0, np.where(sums_a == 0, 0.0, np.nan)
+    )
     mean_a, mean_b = float(a.mean()), float(b.mean())
     wins, losses = int((a > b).sum()), int((a < b).sum())
 
@@ -148,8 +150,8 @@ def format_paired_table(rows: Mapping[str, PairedResult]) -> str:
     lines = [
         PAIRED_PROTOCOL.format(resamples=first.resamples, seed=first.seed) + ".",
         "",
-        "| comparison | users | A | B | A - B | 95% interval | relative | 95% interval (relative) | A wins / loses / ties "
-        "| sign test p |",
+        "| comparison | users | A | B | A - B | 95% interval | relative | 95% interval (relative) "
+        "| A wins / loses / ties | sign test p |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in rows.items():
