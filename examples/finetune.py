@@ -1,6 +1,7 @@
 """Fine-tune and evaluate IAM on MovieLens-100k (or your own data) with a pretrained LLM.
 
     python examples/finetune.py                          # cpu-quick preset: <= 15 min on 2 CPU cores
+    python examples/finetune.py --preset cpu-full        # 12 layers, every-item windows: ~2 h on 2 cores (estimate)
     python examples/finetune.py --preset gpu             # full backbone, several epochs
     python examples/finetune.py --layout vanilla         # the same LLM without IAM (baseline)
     python examples/finetune.py --ablation no-inter      # stacked layout, inter layers made full
@@ -64,6 +65,9 @@ def parse_args(argv=None) -> ExperimentConfig:
     train.add_argument("--adapter-learning-rate", type=float)
     train.add_argument("--evaluations", type=int, help="validation passes during training")
     train.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--sasrec-metrics", help="SASRec's sasrec_metrics.json for the figure (default: runs/sasrec beside the run)"
+    )
     train.add_argument(
         "--resume", action="store_true", help="continue the run in --output-dir from its last complete checkpoint"
     )

@@ -20,7 +20,7 @@ DATASET = "ml-100k-loo"
 MAX_HISTORY = 50
 
 
-def sasrec_config(data_path: str, epochs: int, device: str) -> str:
+def sasrec_config(data_path: str, epochs: int, device: str, patience: int = 10) -> str:
     # RecBole's default sequential config samples negatives; CE loss needs train_neg_sample_args: ~
     return f"""# SASRec on our leave-one-out split of ml-100k (RecBole 1.2.1)
 data_path: {data_path}
@@ -42,11 +42,14 @@ attn_dropout_prob: 0.5
 hidden_act: gelu
 layer_norm_eps: 1.0e-12
 initializer_range: 0.02
+# trained to convergence: validation NDCG@10 after every epoch, stop after `stopping_step` epochs without a better
+# one, keep the best; `epochs` is only a cap
 epochs: {epochs}
+eval_step: 1
 train_batch_size: 256
 eval_batch_size: 256
 learning_rate: 0.001
-stopping_step: 10
+stopping_step: {patience}
 eval_args:
   group_by: user
   order: TO
@@ -65,9 +68,12 @@ show_progress: true
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="runs/sasrec")
-    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=300, help="a cap: early stopping ends the run")
+    parser.add_argument("--patience", type=int, default=10, help="epochs without a better validation NDCG@10 (>= 5)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
+    if args.patience < 5:
+        parser.error("--patience must be >= 5: validation NDCG@10 is noisy over 943 users")
     data = load_recbole_atomic(movielens_100k_directory(), max_history=MAX_HISTORY, train_examples_per_user=None)
     print(data.describe())
     folder = os.path.join(args.out, DATASET)
@@ -79,7 +85,7 @@ def main() -> None:
                 history = row["history"][-MAX_HISTORY:]
                 handle.write(f"{row['user_id']}\t{' '.join(history)}\t{row['target']}\n")
     with open(os.path.join(args.out, "sasrec.yaml"), "w") as handle:
-        handle.write(sasrec_config(os.path.abspath(args.out), args.epochs, args.device))
+        handle.write(sasrec_config(os.path.abspath(args.out), args.epochs, args.device, args.patience))
     with open(os.path.join(args.out, "split.json"), "w") as handle:
         json.dump(data.statistics, handle, indent=1)
     print(f"wrote {folder} and {os.path.join(args.out, 'sasrec.yaml')}")

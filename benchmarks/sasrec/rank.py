@@ -30,7 +30,7 @@ def main() -> None:
     if missing:
         print(f"{len(missing)} catalog items unknown to RecBole get -inf: {missing[:10]}")
     columns = np.array([recbole_index.get(item, 0) for item in catalog.item_ids])
-    results = {}
+    results, ranks_by_user = {}, {}
     for split in ("valid", "test"):
         raw = np.load(os.path.join(args.out, f"scores_{split}.npy"))
         scores = torch.from_numpy(raw[:, columns])
@@ -46,9 +46,15 @@ def main() -> None:
         history = [catalog.indices_of(visible[u]) for u in users] if not args.keep_history else None
         ranks = target_ranks(scores, torch.tensor(catalog.indices_of(dumped[f"{split}_targets"])), history)
         results[f"SASRec, {split}"] = metrics_from_ranks(ranks)
+        # per-user ranks, for paired comparisons (benchmarks/paired.py) and the runs' figure and report
+        ranks_by_user[split] = {"model": {str(user): int(rank) for user, rank in zip(users, ranks.tolist())}}
     print(protocol_line(not args.keep_history, "valid and test"))
     print(format_metrics_table(results))
     print("RecBole's own test metrics:", dumped["recbole_test"])
+    # the split these ranks are on (a run only draws SASRec when it matches) and how long SASRec trained
+    results["dataset"] = data.statistics
+    results["training"] = dumped.get("training", {})
+    results["ranks"] = ranks_by_user
     name = "sasrec_metrics_history_kept.json" if args.keep_history else "sasrec_metrics.json"
     with open(os.path.join(args.out, name), "w") as handle:
         json.dump(results, handle, indent=1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # RecBole checkpoints on torch >= 2.6
 
@@ -40,6 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="runs/sasrec")
     args = parser.parse_args()
+    script_started = time.time()
     args.out = os.path.abspath(args.out)
     os.chdir(args.out)  # RecBole writes log/ and log_tensorboard/ into the working directory
     config = Config(model="SASRec", config_file_list=[os.path.join(args.out, "sasrec.yaml")])
@@ -51,15 +53,44 @@ def main() -> None:
     train_data, valid_data, test_data = data_preparation(config, dataset)
     model = SASRec(config, train_data.dataset).to(config["device"])
     trainer = Trainer(config, model)
-    best_valid, best_result = trainer.fit(train_data, valid_data, show_progress=config["show_progress"])
+    # to convergence: RecBole stops after `stopping_step` validations without a better valid_metric (NDCG@10) and
+    # keeps the best epoch; `epochs` is only a cap. RecBole calls this after each validation.
+    valid_scores: list[tuple[int, float]] = []
+    started = time.time()
+    best_valid, best_result = trainer.fit(
+        train_data,
+        valid_data,
+        show_progress=config["show_progress"],
+        callback_fn=lambda epoch, score: valid_scores.append((int(epoch), float(score))),
+    )
+    train_seconds = time.time() - started
     recbole_test = trainer.evaluate(test_data, load_best_model=True, show_progress=config["show_progress"])
     print("RecBole's own test metrics:", dict(recbole_test))
     item_tokens = list(dataset.field2id_token["item_id"])  # index = RecBole internal id; 0 is [PAD]
-    result = {"item_tokens": item_tokens, "recbole_valid": dict(best_result), "recbole_test": dict(recbole_test)}
+    best_epoch = max(valid_scores, key=lambda pair: pair[1])[0] if valid_scores else None  # first best: RecBole's
+    training = {
+        "epochs_cap": config["epochs"],
+        "stopping_step": config["stopping_step"],
+        "valid_metric": config["valid_metric"],
+        "epochs_run": valid_scores[-1][0] + 1 if valid_scores else None,
+        "best_epoch": best_epoch,  # 0-based, as RecBole logs it
+        "stopped_early": bool(valid_scores) and valid_scores[-1][0] + 1 < config["epochs"],
+        "train_seconds": round(train_seconds, 1),
+        "valid_curve": valid_scores,
+        "device": str(config["device"]),
+    }
+    print("training:", {key: value for key, value in training.items() if key != "valid_curve"})
+    result = {
+        "item_tokens": item_tokens,
+        "recbole_valid": dict(best_result),
+        "recbole_test": dict(recbole_test),
+        "training": training,
+    }
     for split, loader in (("valid", valid_data), ("test", test_data)):
         scores, users, targets = scores_for(trainer.model, loader, dataset, config["device"])
         np.save(os.path.join(args.out, f"scores_{split}.npy"), scores.astype(np.float32))
         result[f"{split}_users"], result[f"{split}_targets"] = users, targets
+    training["wall_seconds"] = round(time.time() - script_started, 1)  # data loading, training, scoring
     with open(os.path.join(args.out, "sasrec_scores.json"), "w") as handle:
         json.dump(result, handle, default=float)
     print("scores written to", args.out)

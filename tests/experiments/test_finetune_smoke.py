@@ -54,6 +54,12 @@ def test_main_job_writes_checkpoint_metrics_report_and_plot(smoke_run):
     assert saved["dataset"]["users"] == 943
     report = (output_dir / "report.md").read_text()
     assert "full-catalog ranking" in report and "history items excluded" in report and "smoke run" in report
+    # per-user ranks of the model and of popularity for every evaluated user, keyed by user id (the first 24)
+    for split in ("valid", "test"):
+        users = set(saved["ranks"][split]["model"])
+        assert len(users) == 24 and users == set(saved["ranks"][split]["popularity"])
+        assert saved["popularity"][split]["users"] == 24  # popularity on the same users: the comparison is paired
+    assert " NDCG@10 over popularity on test (" in report and "95% paired bootstrap interval" in report
 
 
 def test_checkpoint_loads_with_auto_model_and_evaluates_the_same(smoke_run):

@@ -1,4 +1,4 @@
-"""Every knob of a run and the named presets (cpu-quick, gpu), saved as ``experiment.json`` beside a checkpoint.
+"""Every knob of a run and the named presets (cpu-quick, cpu-full, gpu), saved as ``experiment.json`` by a checkpoint.
 
 Example:
     >>> config = ExperimentConfig.from_preset("cpu-quick", output_dir="runs/quick")
@@ -11,11 +11,72 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..core.configuration_iam import IAM_LAYOUTS, layer_types_for_layout
 from ..core.masks import check_layer_types
 
 EXPERIMENT_FILE = "experiment.json"
+
+# The named presets: each is only a set of overrides of ExperimentConfig's defaults, so retuning one is editing its
+# dict (a key left out keeps the default above it in the dataclass); `ExperimentConfig.from_preset(name, **overrides)`
+# and every command-line flag of examples/finetune.py override them in turn. tests/experiments/test_experiment.py
+# checks what each preset promises (its layer counts, its evaluation points), not its tuning.
+PRESETS: dict[str, dict] = {
+    # <= 15 minutes end to end on 2 CPU cores: 6 of 30 layers (the 3 intra layers kept as pretrained),
+    # 10-item histories, three prefixes per user, item embeddings fixed at their text init.
+    # 5 validation passes (the curve's points; each ~1 min on 2 cores, 943 users): measured at 2 passes in
+    # docs/results.md (9:56 wall), so about 13 minutes with 5 (an estimate, not yet run).
+    "cpu-quick": dict(
+        num_backbone_layers=6,
+        max_history=10,
+        train_examples_per_user=3,
+        freeze_embeddings=True,
+        freeze_item_embeddings=True,
+        freeze_bottom_layers=3,
+        epochs=1.0,
+        batch_size=8,
+        learning_rate=2e-4,
+        evaluations=5,
+        evaluate_before_training=False,
+    ),
+    # ESTIMATE, NOT YET RUN: "at most 2 hours end to end on the same 2 cores".
+    # The full 30-layer backbone costs ~1.5 s per sample on this CPU, so: the first 12 of 30 layers, the bottom 6
+    # (the stacked layout's 6 intra layers) and the token embeddings frozen, so the exact item-state cache computes
+    # each item's states once and training runs forward+backward through 6 inter layers only. Every-item supervision
+    # over 20-item windows: every training interaction is a target once per epoch (~97k targets in ~5.3k windows
+    # on ml-100k). Estimate from cpu-quick's measured 0.14 s per 10-item example through 3 trained layers: a 20-item
+    # window through 6 trained layers ~0.45 s, ~40 minutes per epoch; 2 epochs ~80 min, plus 8+1 validation passes
+    # and the test pass at ~2 min each ~20 min: ~1 h 45 min. If the first epoch takes longer, cut `epochs`.
+    "cpu-full": dict(
+        num_backbone_layers=12,
+        max_history=20,
+        train_examples_per_user=None,
+        supervision="every_item",
+        freeze_embeddings=True,
+        freeze_item_embeddings=True,
+        freeze_bottom_layers=6,
+        item_cache=True,
+        epochs=2.0,
+        batch_size=8,
+        learning_rate=2e-4,
+        evaluations=8,
+        evaluate_before_training=True,  # the untrained model (text init + popularity prior) is the curve's start
+    ),
+    # A GPU: the full backbone, 20-item histories, every prefix, several epochs.
+    "gpu": dict(
+        num_backbone_layers=None,
+        max_history=20,
+        train_examples_per_user=None,
+        freeze_embeddings=False,
+        epochs=3.0,
+        batch_size=32,
+        eval_batch_size=128,
+        learning_rate=5e-5,
+        evaluations=6,
+        bf16=True,
+    ),
+}
 
 
 @dataclass
@@ -67,40 +128,15 @@ class ExperimentConfig:
     max_steps: int = -1
     seed: int = 0
     bf16: bool = False
+    # SASRec's metrics on the same split (benchmarks/sasrec/rank.py), drawn as a line in the figure and named in the
+    # report; default: <output_dir>/../sasrec/sasrec_metrics.json when it exists (runs/sasrec beside runs/<run>)
+    sasrec_metrics: str | None = None
     resume: bool = False  # continue from the last complete checkpoint in <output_dir>/trainer
     command: str = ""
     notes: list[str] = field(default_factory=list)
 
-    PRESETS = {
-        # <= 15 minutes end to end on 2 CPU cores: 6 of 30 layers (the 3 intra layers kept as pretrained),
-        # 10-item histories, three prefixes per user, item embeddings fixed at their text init.
-        "cpu-quick": dict(
-            num_backbone_layers=6,
-            max_history=10,
-            train_examples_per_user=3,
-            freeze_embeddings=True,
-            freeze_item_embeddings=True,
-            freeze_bottom_layers=3,
-            epochs=1.0,
-            batch_size=8,
-            learning_rate=2e-4,
-            evaluations=2,
-            evaluate_before_training=False,
-        ),
-        # A GPU: the full backbone, 20-item histories, every prefix, several epochs.
-        "gpu": dict(
-            num_backbone_layers=None,
-            max_history=20,
-            train_examples_per_user=None,
-            freeze_embeddings=False,
-            epochs=3.0,
-            batch_size=32,
-            eval_batch_size=128,
-            learning_rate=5e-5,
-            evaluations=6,
-            bf16=True,
-        ),
-    }
+    # the named presets (module level, below the class docs: edit them there)
+    PRESETS: ClassVar[dict[str, dict]] = PRESETS
 
     def __post_init__(self):
         """Check every knob before anything is loaded: a bad value is named with what is allowed, never turned into

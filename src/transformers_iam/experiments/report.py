@@ -1,32 +1,65 @@
-"""What a run leaves for a person: the report (markdown) and the validation plot."""
+"""What a run leaves for a person: the report (markdown), the comparison with popularity in words, and the figure
+(``plots.py``)."""
 
 from __future__ import annotations
 
-from ..recsys.metrics import DEFAULT_KS, format_metrics_table
+import json
+import os
+
+from ..recsys.metrics import DEFAULT_KS, format_metrics_table, metrics_from_ranks
+from ..recsys.paired import PairedResult, comparison_sentence
 from ..recsys.results import results_rows, run_name
+from .config import ExperimentConfig
+from .plots import plot_validation
+
+__all__ = ["find_sasrec_reference", "plot_validation", "render_report"]
+
+SASREC_METRICS = "sasrec_metrics.json"
 
 
-def plot_validation(
-    log_history: list[dict], path: str, metric: str = "ndcg@10", reference: dict[str, float] | None = None
-) -> None:
-    import matplotlib
+def sasrec_metrics_path(config: ExperimentConfig) -> str:
+    """``config.sasrec_metrics``, or by default ``sasrec/sasrec_metrics.json`` beside the run's folder (``runs/sasrec``
+    for ``runs/cpu-quick-stacked``), where ``benchmarks/sasrec/rank.py`` writes it."""
+    if config.sasrec_metrics:
+        return config.sasrec_metrics
+    parent = os.path.dirname(os.path.abspath(config.output_dir))
+    return os.path.join(parent, "sasrec", SASREC_METRICS)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    points = [(entry["step"], entry[f"eval_{metric}"]) for entry in log_history if f"eval_{metric}" in entry]
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.plot([step for step, _ in points], [value for _, value in points], marker="o", label="IAM checkpoints")
-    for label, value in (reference or {}).items():
-        axis.axhline(value, linestyle="--", color="gray", label=label)
-    axis.legend(loc="best")
-    axis.set_xlabel("training step")
-    axis.set_ylabel(f"validation {metric.upper()}")
-    axis.set_title("IAM on the validation split (full-catalog ranking)")
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+def find_sasrec_reference(
+    config: ExperimentConfig, statistics: dict, users: dict[str, list[str]] | None = None
+) -> dict | None:
+    """SASRec's validation and test metrics for the plot and the report, only when they are for the same split.
+
+    The same split: the file's dataset (name, users, items, interactions; recorded by ``rank.py``) matches the run's,
+    or, for an older file without it, its user count does. With per-user ranks in the file, the metrics are
+    recomputed over the run's own evaluated ``users`` (a smoke run evaluates a few); without them, only a run that
+    evaluated every user gets a reference. None when there is no file or it does not match.
+    """
+    path = sasrec_metrics_path(config)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        saved = json.load(handle)
+    recorded = saved.get("dataset")
+    if recorded is not None:
+        if any(recorded.get(key) != statistics.get(key) for key in ("name", "users", "items", "interactions")):
+            return None
+    elif saved.get("SASRec, valid", {}).get("users") != statistics.get("users"):
+        return None
+    reference = {"path": path}
+    for split in ("valid", "test"):
+        split_ranks = saved.get("ranks", {}).get(split, {}).get("model")
+        wanted = (users or {}).get(split)
+        if split_ranks is not None and wanted is not None:
+            if not set(wanted) <= set(split_ranks):
+                return None
+            reference[split] = metrics_from_ranks([split_ranks[user] for user in wanted])
+        elif wanted is None or len(wanted) == statistics.get("users"):
+            reference[split] = saved[f"SASRec, {split}"]
+        else:
+            return None
+    return reference
 
 
 def render_report(results: dict) -> str:
@@ -41,6 +74,27 @@ def render_report(results: dict) -> str:
         "Checkpoint selected on validation NDCG@10 (step "
         f"{results['best_step']}); test evaluated once on it. K = {', '.join(map(str, DEFAULT_KS))}.",
         "",
+    ]
+    paired = results.get("paired_vs_popularity", {})
+    for split in ("test", "valid"):
+        if "ndcg@10" in paired.get(split, {}):
+            lines.append(comparison_sentence(PairedResult(**paired[split]["ndcg@10"]), name, "popularity", split) + ".")
+    if paired:
+        first = next(iter(next(iter(paired.values())).values()))
+        lines += [
+            f"(Paired over the same users: {first['resamples']:,} bootstrap resamples of users, seed {first['seed']}; "
+            "sign test over the users whose NDCG@10 differs; `python benchmarks/paired.py <run>/metrics.json` for "
+            "HR@10 and other pairs.)",
+            "",
+        ]
+    sasrec = results.get("sasrec")
+    if sasrec:
+        lines += [
+            f"SASRec on the same split ({sasrec['path']}): NDCG@10 {sasrec['test']['ndcg@10']:.4f} on test, "
+            f"{sasrec['valid']['ndcg@10']:.4f} on validation.",
+            "",
+        ]
+    lines += [
         format_metrics_table(rows),
         "",
         f"- data: {stats['users']} users, {stats['items']} items, {stats['interactions']} interactions; "
@@ -56,7 +110,12 @@ def render_report(results: dict) -> str:
         f"{results['model']['trained_parameters']:,} of {results['model']['total_parameters']:,} parameters trained"
         + (" (LoRA)" if results["model"]["lora"] else "")
         + ("; item-state cache on" if results["model"].get("item_cache") else ""),
-        f"- training {results['train_seconds']} s, wall {results['wall_seconds']} s on {results['machine']}",
+        f"- training {results['train_seconds']} s, wall {results['wall_seconds']} s on {results['machine']}"
+        + (f", peak RSS {results['peak_rss_mib']:.0f} MiB" if "peak_rss_mib" in results else "")
+        + (f", peak GPU memory {results['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in results else ""),
+        "- figure: `validation_ndcg10.png` (training loss; validation NDCG@10 per evaluation with popularity"
+        + (" and SASRec" if sasrec else "")
+        + " as lines; both axes from 0)",
         f"- command: `{config['command']}`",
     ]
     lines += [f"- note: {note}" for note in config["notes"]]

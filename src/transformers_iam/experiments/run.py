@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import shutil
 import time
 
@@ -20,8 +21,9 @@ from transformers.utils import logging
 
 from ..core.collator import IAMDataCollator
 from ..recsys.baselines import evaluate_popularity
-from ..recsys.evaluation import ranking_evaluation
+from ..recsys.evaluation import ValidationRanks, ranking_evaluation
 from ..recsys.metrics import format_metrics_table, protocol_line
+from ..recsys.paired import paired_comparison
 from .build import (
     backbone_name,
     build_collator,
@@ -35,18 +37,38 @@ from .build import (
     training_arguments,
 )
 from .config import EXPERIMENT_FILE, ExperimentConfig
-from .report import plot_validation, render_report
+from .report import find_sasrec_reference, plot_validation, render_report
 
 logger = logging.get_logger(__name__)
 
 
-def evaluate_split(trainer: Trainer, dataset, split: str) -> dict[str, float]:
-    metrics = trainer.evaluate(dataset, metric_key_prefix=split)
-    return {key[len(split) + 1 :]: value for key, value in metrics.items() if key.startswith(split + "_")}
+def evaluate_split(trainer: Trainer, dataset, split: str) -> tuple[dict[str, float], dict[str, int]]:
+    """The split's metrics and each user's rank of its target (``{user_id: rank}``), from one pass: ``predict``
+    returns the ranks ``preprocess_logits_for_metrics`` computed, in dataset order, and the metrics made from them."""
+    output = trainer.predict(dataset, metric_key_prefix=split)
+    metrics = {key[len(split) + 1 :]: value for key, value in output.metrics.items() if key.startswith(split + "_")}
+    return metrics, user_ranks(dataset, output.predictions)
+
+
+def user_ranks(dataset, ranks) -> dict[str, int]:
+    """``{user_id: rank}`` from ranks in dataset order (user ids as strings: they are JSON keys)."""
+    ranks = ranks[0] if isinstance(ranks, (tuple, list)) else ranks
+    ranks = [int(rank) for rank in ranks.reshape(-1)]
+    if len(ranks) != len(dataset):
+        raise ValueError(f"{len(ranks)} ranks for {len(dataset)} users")
+    return {str(user): rank for user, rank in zip(dataset["user_id"], ranks)}
+
+
+def peak_memory() -> dict[str, float]:
+    """Peak resident memory of this process (and peak GPU memory allocated by torch), in MiB."""
+    peak = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # KiB on Linux
+    if torch.cuda.is_available():
+        peak["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak
 
 
 # What may differ between an interrupted run and its resumption: everything else must be the same run.
-_RESUMABLE_DIFFERENCES = ("command", "notes", "resume")
+_RESUMABLE_DIFFERENCES = ("command", "notes", "resume", "sasrec_metrics")
 
 
 def complete_checkpoints(trainer_dir: str) -> list[str]:
@@ -154,6 +176,7 @@ def run_experiment(config: ExperimentConfig, callbacks: list[TrainerCallback] | 
         config.notes.append(f"smoke run: only the first {config.max_eval_users} users are evaluated")
 
     args = training_arguments(config, len(data.train))
+    validation_ranks = ValidationRanks()
     trainer = Trainer(
         model=model,
         args=args,
@@ -161,8 +184,8 @@ def run_experiment(config: ExperimentConfig, callbacks: list[TrainerCallback] | 
         eval_dataset=valid,
         data_collator=collator,
         optimizers=(make_optimizer(model, config), None),
-        callbacks=callbacks,
-        **ranking_evaluation(config.exclude_history),
+        callbacks=[*(callbacks or []), validation_ranks],
+        **ranking_evaluation(config.exclude_history, ranks=validation_ranks),
     )
     train_started = time.time()
     trainer.train(resume_from_checkpoint=resume_from)
@@ -174,12 +197,30 @@ def run_experiment(config: ExperimentConfig, callbacks: list[TrainerCallback] | 
         for entry in trainer.state.log_history
         if entry.get("step") == best_step and "eval_ndcg@10" in entry
     )
-    test_metrics = evaluate_split(trainer, test, "test")  # once, on the checkpoint validation chose
+    if best_step in validation_ranks.by_step:
+        valid_ranks = user_ranks(valid, validation_ranks.by_step[best_step])
+    else:  # resumed after that pass: the Trainer loaded the selected checkpoint, rank validation again with it
+        valid_ranks = evaluate_split(trainer, valid, "eval")[1]
+    test_metrics, test_ranks = evaluate_split(trainer, test, "test")  # once, on the checkpoint validation chose
 
-    popularity = {
-        split: evaluate_popularity(data, split, config.exclude_history)
+    # popularity on exactly the users the model was evaluated on, so that the comparison is paired
+    popularity, popularity_ranks = {}, {}
+    for split, dataset in (("valid", valid), ("test", test)):
+        popularity[split], popularity_ranks[split] = evaluate_popularity(
+            data, split, config.exclude_history, dataset=dataset, return_ranks=True
+        )
+    ranks = {
+        "valid": {"model": valid_ranks, "popularity": popularity_ranks["valid"]},
+        "test": {"model": test_ranks, "popularity": popularity_ranks["test"]},
+    }
+    paired = {
+        split: {
+            metric: paired_comparison(
+                ranks[split]["model"], ranks[split]["popularity"], metric, seed=config.seed
+            ).to_dict()
+            for metric in ("ndcg@10", "hr@10")
+        }
         for split in ("valid", "test")
-        if config.max_eval_users is None
     }
     results = {
         "protocol": protocol_line(config.exclude_history, "test"),
@@ -200,6 +241,10 @@ def run_experiment(config: ExperimentConfig, callbacks: list[TrainerCallback] | 
         "valid": valid_metrics,
         "test": test_metrics,
         "popularity": popularity,
+        "paired_vs_popularity": paired,
+        "sasrec": find_sasrec_reference(
+            config, data.statistics, {split: list(ranks[split]["model"]) for split in ranks}
+        ),
         "validation_curve": [
             {"step": entry["step"], "ndcg@10": entry["eval_ndcg@10"]}
             for entry in trainer.state.log_history
@@ -207,9 +252,11 @@ def run_experiment(config: ExperimentConfig, callbacks: list[TrainerCallback] | 
         ],
         "train_seconds": round(train_seconds, 1),
         "wall_seconds": round(time.time() - started, 1),
+        **peak_memory(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         + (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"),
         "config": config.to_dict(),
+        "ranks": ranks,  # {split: {"model" | "popularity": {user_id: rank}}}, for paired comparisons
     }
     if not trainer.is_world_process_zero():  # under accelerate/DDP, one process writes
         return results
@@ -230,10 +277,11 @@ def run_experiment(config: ExperimentConfig, callbacks: list[TrainerCallback] | 
     _replace_directory(staging, checkpoint_dir)
 
     _write_atomically(os.path.join(config.output_dir, "metrics.json"), json.dumps(results, indent=1))
+    reference = {"popularity": popularity["valid"]["ndcg@10"]}
+    if results["sasrec"] is not None:
+        reference["SASRec"] = results["sasrec"]["valid"]["ndcg@10"]
     plot_validation(
-        trainer.state.log_history,
-        os.path.join(config.output_dir, "validation_ndcg10.png"),
-        reference={"popularity": popularity["valid"]["ndcg@10"]} if "valid" in popularity else None,
+        trainer.state.log_history, os.path.join(config.output_dir, "validation_ndcg10.png"), reference=reference
     )
     report = render_report(results)
     _write_atomically(os.path.join(config.output_dir, "report.md"), report)
@@ -271,7 +319,7 @@ def evaluate_checkpoint(checkpoint_dir: str, split: str = "test", exclude_histor
         eval_on_start=False,
     )
     trainer = Trainer(model=model, args=args, data_collator=collator, **ranking_evaluation(config.exclude_history))
-    metrics = evaluate_split(trainer, dataset, split)
+    metrics, _ = evaluate_split(trainer, dataset, split)
     logger.info(protocol_line(config.exclude_history, split))
     logger.info(format_metrics_table({f"{checkpoint_dir}, {split}": metrics}))
     return metrics

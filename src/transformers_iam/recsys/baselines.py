@@ -17,16 +17,36 @@ def popularity_scores(sequences: dict[str, list[str]], catalog: ItemCatalog) -> 
     return torch.tensor([float(counts.get(item_id, 0)) for item_id in catalog.item_ids])
 
 
-def evaluate_popularity(data: LeaveOneOutData, split: str, exclude_history: bool, ks=DEFAULT_KS) -> dict[str, float]:
-    """Rank the catalog by popularity among the interactions visible before the split's targets.
+def popularity_ranks(data: LeaveOneOutData, split: str, exclude_history: bool, dataset=None) -> torch.Tensor:
+    """Each user's rank of its target when the catalog is ranked by popularity among the interactions visible
+    before the split's targets, in the order of ``dataset`` (default: the whole split; pass a subset of it to rank
+    the same users as a model).
 
     For ``valid`` that is every training sequence; for ``test`` the training sequences plus
     the validation items.
     """
     visible = data.visible_sequences(split)
     scores = popularity_scores(visible, data.catalog)
-    dataset = data.split(split)
+    dataset = data.split(split) if dataset is None else dataset
     targets = torch.tensor(data.catalog.indices_of(dataset["target"]))
     histories = [data.catalog.indices_of(visible[user]) for user in dataset["user_id"]] if exclude_history else None
-    ranks = target_ranks(scores.expand(len(dataset), -1), targets, histories)
-    return metrics_from_ranks(ranks, ks)
+    return target_ranks(scores.expand(len(dataset), -1), targets, histories)
+
+
+def evaluate_popularity(
+    data: LeaveOneOutData, split: str, exclude_history: bool, ks=DEFAULT_KS, dataset=None, return_ranks: bool = False
+) -> dict[str, float] | tuple[dict[str, float], dict[str, int]]:
+    """Popularity's metrics on a split (or on ``dataset``, a subset of it), from :func:`popularity_ranks`; with
+    ``return_ranks`` also ``{user_id: rank}``, for paired comparisons (``recsys/paired.py``).
+
+    Example:
+        >>> metrics, ranks = evaluate_popularity(data, "test", True, return_ranks=True)  # doctest: +SKIP
+        >>> metrics["users"] == len(ranks)  # doctest: +SKIP
+        True
+    """
+    dataset = data.split(split) if dataset is None else dataset
+    ranks = popularity_ranks(data, split, exclude_history, dataset)
+    metrics = metrics_from_ranks(ranks, ks)
+    if not return_ranks:
+        return metrics
+    return metrics, {str(user): rank for user, rank in zip(dataset["user_id"], ranks.tolist())}

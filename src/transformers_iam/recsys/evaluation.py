@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
-from transformers import EvalPrediction
+from transformers import EvalPrediction, TrainerCallback
 
 from .metrics import DEFAULT_KS, metrics_from_ranks, target_ranks
 
@@ -48,18 +49,58 @@ def rank_preprocessor(exclude_history: bool) -> Callable:
     return preprocess_logits_for_metrics
 
 
-def ranking_metrics(ks: Sequence[int] = DEFAULT_KS) -> Callable[[EvalPrediction], dict[str, float]]:
+class ValidationRanks(TrainerCallback):
+    """Keeps the per-user ranks of every validation pass during training, by training step.
+
+    ``compute_metrics`` already holds each pass's ranks (in dataset order); this keeps them, so the ranks of the
+    checkpoint validation selects need no second pass over the data. Passes under another metric key prefix than
+    ``eval`` (a test evaluation) are not kept.
+
+    Example:
+        >>> ranks = ValidationRanks()
+        >>> trainer = Trainer(..., callbacks=[ranks], **ranking_evaluation(True, ranks=ranks))  # doctest: +SKIP
+        >>> trainer.train()  # doctest: +SKIP
+        >>> ranks.by_step[trainer.state.best_global_step]  # doctest: +SKIP
+        array([ 12, 840,   3, ...])
+    """
+
+    def __init__(self):
+        self.by_step: dict[int, np.ndarray] = {}
+        self._last: np.ndarray | None = None
+
+    def record(self, ranks: np.ndarray) -> None:
+        self._last = np.asarray(ranks).reshape(-1).copy()
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        # the Trainer calls compute_metrics, then on_evaluate with the pass's metrics: the step is known only here
+        if self._last is not None and metrics and any(key.startswith("eval_") for key in metrics):
+            self.by_step[state.global_step] = self._last
+        self._last = None
+
+
+def ranking_metrics(
+    ks: Sequence[int] = DEFAULT_KS, ranks: ValidationRanks | None = None
+) -> Callable[[EvalPrediction], dict[str, float]]:
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
-        ranks = prediction.predictions
-        ranks = ranks[0] if isinstance(ranks, (tuple, list)) else ranks
-        return metrics_from_ranks(ranks, ks)
+        values = prediction.predictions
+        values = values[0] if isinstance(values, (tuple, list)) else values
+        if ranks is not None:
+            ranks.record(values)
+        return metrics_from_ranks(values, ks)
 
     return compute_metrics
 
 
-def ranking_evaluation(exclude_history: bool, ks: Sequence[int] = DEFAULT_KS) -> dict:
+def ranking_evaluation(
+    exclude_history: bool, ks: Sequence[int] = DEFAULT_KS, ranks: ValidationRanks | None = None
+) -> dict:
     """Keyword arguments for ``Trainer(...)`` that make its evaluation a full-catalog ranking.
 
     Pair them with ``TrainingArguments(label_names=EVAL_LABEL_NAMES, remove_unused_columns=False)``.
+    ``trainer.predict(dataset).predictions`` are then the per-user ranks in dataset order; pass ``ranks`` (also given
+    to the Trainer as a callback) to keep those of each validation pass during training.
     """
-    return {"compute_metrics": ranking_metrics(ks), "preprocess_logits_for_metrics": rank_preprocessor(exclude_history)}
+    return {
+        "compute_metrics": ranking_metrics(ks, ranks),
+        "preprocess_logits_for_metrics": rank_preprocessor(exclude_history),
+    }

@@ -1,0 +1,123 @@
+"""Per-user ranks in metrics.json, the popularity sentence and figure of the report, the paired-comparison script and
+the results table (a tiny random backbone: one run of seconds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from transformers_iam.experiments import ExperimentConfig, run_experiment
+from transformers_iam.experiments.build import training_arguments
+from transformers_iam.experiments.plots import plot_validation
+from transformers_iam.recsys.metrics import metrics_from_ranks
+
+from ..testing_utils import tiny_run_files
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+
+import paired as paired_script  # noqa: E402
+import results_table  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    files = tiny_run_files(root)
+    # a SASRec reference beside the run, with per-user ranks: the run draws it over its own users
+    sasrec_dir = root / "sasrec"
+    sasrec_dir.mkdir()
+    users = [f"u{i}" for i in range(10)]
+    sasrec = {
+        "SASRec, valid": metrics_from_ranks([1] * 10),
+        "SASRec, test": metrics_from_ranks([3] * 10),
+        "dataset": None,  # filled below from the run's own statistics
+        "training": {"epochs_run": 17, "best_epoch": 6, "stopping_step": 10, "train_seconds": 120.0},
+        "ranks": {split: {"model": {user: rank for user in users}} for split, rank in (("valid", 1), ("test", 3))},
+    }
+    config = ExperimentConfig.from_preset("cpu-quick", output_dir=str(root / "tiny"), **{**files, "evaluations": 5})
+    from transformers_iam.experiments.build import load_data
+
+    sasrec["dataset"] = load_data(config).statistics
+    (sasrec_dir / "sasrec_metrics.json").write_text(json.dumps(sasrec))
+    return root, run_experiment(config)
+
+
+def test_metrics_json_keeps_every_users_rank_for_model_and_popularity(tiny_run):
+    root, results = tiny_run
+    saved = json.loads((root / "tiny" / "metrics.json").read_text())
+    users = {f"u{i}" for i in range(10)}
+    for split in ("valid", "test"):
+        for which in ("model", "popularity"):
+            ranks = saved["ranks"][split][which]
+            assert set(ranks) == users and all(isinstance(rank, int) and rank >= 1 for rank in ranks.values())
+        # the kept ranks are the ones the reported metrics came from
+        model_metrics = metrics_from_ranks(list(saved["ranks"][split]["model"].values()))
+        assert model_metrics["ndcg@10"] == pytest.approx(saved[split]["ndcg@10"])
+        popularity_metrics = metrics_from_ranks(list(saved["ranks"][split]["popularity"].values()))
+        assert popularity_metrics == pytest.approx(saved["popularity"][split])
+        assert saved["paired_vs_popularity"][split]["ndcg@10"]["users"] == 10
+    assert saved["peak_rss_mib"] > 0 and len(saved["validation_curve"]) >= 5
+    assert saved["sasrec"]["test"]["ndcg@10"] == pytest.approx(0.5)  # rank 3 for every user
+
+
+def test_report_names_the_comparison_with_popularity_and_the_figure_is_written(tiny_run):
+    root, results = tiny_run
+    report = (root / "tiny" / "report.md").read_text()
+    assert " NDCG@10 over popularity on test (" in report
+    assert "95% paired bootstrap interval of the relative difference [" in report
+    assert "SASRec on the same split" in report and "peak RSS" in report
+    assert os.path.getsize(root / "tiny" / "validation_ndcg10.png") > 10_000
+
+
+def test_paired_script_compares_a_run_with_its_popularity_and_with_itself(tiny_run, capsys):
+    root, results = tiny_run
+    path = str(root / "tiny" / "metrics.json")
+    rows = paired_script.main([path, "--resamples", "200"])
+    assert list(rows) == ["tiny vs popularity (tiny), NDCG@10", "tiny vs popularity (tiny), HR@10"]
+    assert rows["tiny vs popularity (tiny), NDCG@10"].difference == pytest.approx(
+        results["test"]["ndcg@10"] - results["popularity"]["test"]["ndcg@10"]
+    )
+    assert "test split; paired over the same users" in capsys.readouterr().out
+    same = paired_script.compare(path, path, split="valid")
+    assert all(r.difference == 0 and r.interval == (0.0, 0.0) and r.p_value == 1.0 for r in same.values())
+    sasrec = paired_script.compare(str(root / "sasrec" / "sasrec_metrics.json"), f"{path}:popularity")
+    assert next(iter(sasrec.values())).users == 10
+
+
+def test_results_table_shows_new_fields_and_reads_older_metrics(tiny_run, tmp_path):
+    root, results = tiny_run
+    text = results_table.main(str(root))
+    assert "SASRec (RecBole 1.2.1, 17 epochs)" in text and "epoch 6" in text and "MiB RSS" in text
+    assert "early stopping, patience 10" in text
+    # a metrics.json from before this change: no ranks, no paired comparison, no peak memory
+    old = {key: value for key, value in results.items() if key not in ("ranks", "paired_vs_popularity", "sasrec")}
+    old.pop("peak_rss_mib")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "metrics.json").write_text(json.dumps(old))
+    assert "IAM stacked" in results_table.main(str(tmp_path))
+
+
+def test_the_figure_takes_many_points_and_a_run_without_logged_loss(tmp_path):
+    log = [{"step": step, "eval_ndcg@10": 0.03 + step * 1e-5} for step in range(0, 400, 10)]
+    log += [{"step": step, "loss": 7 - step / 100} for step in range(5, 400, 5)]
+    plot_validation(log, str(tmp_path / "many.png"), reference={"popularity": 0.034, "SASRec": 0.10})
+    plot_validation(log[:2], str(tmp_path / "few.png"))
+    assert (tmp_path / "many.png").is_file() and (tmp_path / "few.png").is_file()
+
+
+@pytest.mark.parametrize("preset", sorted(ExperimentConfig.PRESETS))
+def test_every_preset_gives_a_curve_of_at_least_five_points(preset, tmp_path):
+    config = ExperimentConfig.from_preset(preset, output_dir=str(tmp_path))
+    assert config.evaluations + config.evaluate_before_training >= 5
+    args = training_arguments(config, num_train_examples=5000)
+    assert args.eval_steps == args.save_steps
+
+
+def test_cpu_full_preset_uses_the_item_cache_over_a_frozen_intra_half():
+    config = ExperimentConfig.from_preset("cpu-full")
+    assert (config.num_backbone_layers, config.freeze_bottom_layers, config.max_history) == (12, 6, 20)
+    assert config.supervision == "every_item" and config.item_cache and config.freeze_embeddings
+    assert config.evaluations == 8
