@@ -51,6 +51,9 @@ def parse_args(argv=None) -> ExperimentConfig:
     model.add_argument("--layer-types", dest="iam_layer_types", help="comma list, one kind per layer")
     model.add_argument("--ablation", choices=["no-intra", "no-inter"])
     model.add_argument("--no-item-cache", action="store_true", help="run the frozen intra layers in every forward")
+    model.add_argument(
+        "--train-item-embeddings", action="store_true", help="train the adapter's item embeddings (default: fixed)"
+    )
     model.add_argument("--intra-implementation", choices=["masked", "packed"], help="how the leading intra layers run")
     model.add_argument("--lora", action="store_true", help="LoRA on attention and MLP, adapter trained in full")
     model.add_argument("--lora-rank", type=int)
@@ -75,7 +78,7 @@ def parse_args(argv=None) -> ExperimentConfig:
     values = {
         key: value
         for key, value in vars(args).items()
-        if key not in ("preset", "keep_history", "lora", "resume", "no_item_cache")
+        if key not in ("preset", "keep_history", "lora", "resume", "no_item_cache", "train_item_embeddings")
     }
     if args.iam_layer_types:
         values["iam_layer_types"] = [kind.strip() for kind in args.iam_layer_types.split(",")]
@@ -89,6 +92,7 @@ def parse_args(argv=None) -> ExperimentConfig:
             lora=args.lora,
             resume=args.resume,
             item_cache=not args.no_item_cache,
+            **({"freeze_item_embeddings": False} if args.train_item_embeddings else {}),
             **values,
         )
     except ValueError as error:

@@ -109,9 +109,9 @@ def test_the_figure_takes_many_points_and_a_run_without_logged_loss(tmp_path):
 
 
 @pytest.mark.parametrize("preset", sorted(ExperimentConfig.PRESETS))
-def test_every_preset_gives_a_curve_of_at_least_five_points(preset, tmp_path):
+def test_every_preset_gives_a_curve_of_at_least_four_points(preset, tmp_path):
     config = ExperimentConfig.from_preset(preset, output_dir=str(tmp_path))
-    assert config.evaluations + config.evaluate_before_training >= 5
+    assert config.evaluations + config.evaluate_before_training >= 4  # a CPU validation pass costs ~75 s
     args = training_arguments(config, num_train_examples=5000)
     assert args.eval_steps == args.save_steps
 

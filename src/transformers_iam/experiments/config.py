@@ -23,21 +23,24 @@ EXPERIMENT_FILE = "experiment.json"
 # and every command-line flag of examples/finetune.py override them in turn. tests/experiments/test_experiment.py
 # checks what each preset promises (its layer counts, its evaluation points), not its tuning.
 PRESETS: dict[str, dict] = {
-    # <= 15 minutes end to end on 2 CPU cores: 6 of 30 layers (the 3 intra layers kept as pretrained),
-    # 10-item histories, three prefixes per user, item embeddings fixed at their text init.
-    # 5 validation passes (the curve's points; each ~1 min on 2 cores, 943 users): measured at 2 passes in
-    # docs/results.md (9:56 wall), so about 13 minutes with 5 (an estimate, not yet run).
+    # <= 15 minutes end to end on 2 CPU cores (measured: docs/results.md): 6 of 30 layers, the 3 intra layers and
+    # the token embeddings kept as pretrained, so the exact item-state cache serves them; every-item supervision over
+    # 3 random 10-item windows per user, 70% of an epoch (~17.6k targets, ~6x the 2,829 of one target per example);
+    # item embeddings fixed at their text init; 4 validation passes (~75 s each with the cache: the curve's points).
+    # The same recipe with a whole epoch took 16:35 end to end: over the budget.
     "cpu-quick": dict(
         num_backbone_layers=6,
         max_history=10,
         train_examples_per_user=3,
+        supervision="every_item",
+        item_cache=True,
         freeze_embeddings=True,
         freeze_item_embeddings=True,
         freeze_bottom_layers=3,
-        epochs=1.0,
+        epochs=0.7,
         batch_size=8,
         learning_rate=2e-4,
-        evaluations=5,
+        evaluations=4,
         evaluate_before_training=False,
     ),
     # ESTIMATE, NOT YET RUN: "at most 2 hours end to end on the same 2 cores".
