@@ -28,7 +28,8 @@ from speed_memory import smollm2_like, timed
 from transformers import LlamaConfig
 
 from transformers_iam import IAMConfig, IAMForCausalRecommendation
-from transformers_iam.core.item_states import ItemStateCache, encode_items
+from transformers_iam.core.item_cache import ItemStateCache
+from transformers_iam.core.item_states import encode_items
 
 PROMPT, QUERY, BATCH = 12, 10, 8
 
