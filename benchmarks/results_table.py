@@ -34,6 +34,8 @@ def collect(folder: str = "runs") -> dict:
         if "config" not in results:
             continue
         name = run_name(results["config"])
+        if name in test_rows:  # two runs of one configuration: name each by its folder, never overwrite one
+            name = f"{name} ({os.path.basename(os.path.dirname(path))})"
         test_rows[name], valid_rows[name] = results["test"], results["valid"]
         for split, metrics in results.get("popularity", {}).items():
             (test_rows if split == "test" else valid_rows)["popularity"] = metrics

@@ -121,3 +121,13 @@ def test_cpu_full_preset_uses_the_item_cache_over_a_frozen_intra_half():
     assert (config.num_backbone_layers, config.freeze_bottom_layers, config.max_history) == (12, 6, 20)
     assert config.supervision == "every_item" and config.item_cache and config.freeze_embeddings
     assert config.evaluations == 8
+
+
+def test_results_table_keeps_two_runs_of_one_configuration_apart(tiny_run, tmp_path):
+    _, results = tiny_run
+    for folder, ndcg in (("first", 0.0123), ("second", 0.0456)):
+        (tmp_path / folder).mkdir()
+        copy = {**results, "test": {**results["test"], "ndcg@10": ndcg}}
+        (tmp_path / folder / "metrics.json").write_text(json.dumps(copy))
+    text = results_table.main(str(tmp_path))
+    assert "0.0123" in text and "0.0456" in text and "IAM stacked (second)" in text
