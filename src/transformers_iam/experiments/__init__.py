@@ -2,6 +2,7 @@
 
 from .build import SMOLLM2_GGUF, smollm2_directory
 from .config import ExperimentConfig
-from .run import evaluate_checkpoint, run_experiment
+from .evaluate import evaluate_checkpoint
+from .run import run_experiment
 
 __all__ = ["SMOLLM2_GGUF", "ExperimentConfig", "evaluate_checkpoint", "run_experiment", "smollm2_directory"]

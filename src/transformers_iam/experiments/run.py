@@ -16,13 +16,11 @@ import time
 
 import torch
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from ..core.collator import IAMDataCollator
 from ..recsys.baselines import evaluate_popularity
 from ..recsys.evaluation import ValidationRanks, ranking_evaluation
-from ..recsys.metrics import format_metrics_table, protocol_line
+from ..recsys.metrics import protocol_line
 from ..recsys.paired import paired_comparison
 from .build import (
     backbone_name,
@@ -36,6 +34,7 @@ from .build import (
     make_optimizer,
     training_arguments,
 )
+from .checkpoints import _check_resumable, _replace_directory, _write_atomically
 from .config import EXPERIMENT_FILE, ExperimentConfig
 from .report import find_sasrec_reference, plot_validation, render_report
 
@@ -68,82 +67,6 @@ def peak_memory() -> dict[str, float]:
 
 
 # What may differ between an interrupted run and its resumption: everything else must be the same run.
-_RESUMABLE_DIFFERENCES = ("command", "notes", "resume", "sasrec_metrics")
-
-
-def complete_checkpoints(trainer_dir: str) -> list[str]:
-    """The Trainer's ``checkpoint-<step>`` folders that were written to the end, oldest first.
-
-    The Trainer writes a checkpoint in place and ``trainer_state.json`` last, so a folder without it was cut off
-    mid-save (its weights may be partial); the Trainer's own ``resume_from_checkpoint=True`` would pick it anyway.
-    """
-    if not os.path.isdir(trainer_dir):
-        return []
-    steps = []
-    for name in os.listdir(trainer_dir):
-        path = os.path.join(trainer_dir, name)
-        prefix = f"{PREFIX_CHECKPOINT_DIR}-"
-        if name.startswith(prefix) and name[len(prefix) :].isdigit() and os.path.isdir(path):
-            if os.path.isfile(os.path.join(path, "trainer_state.json")):
-                steps.append(int(name[len(prefix) :]))
-            else:
-                logger.warning(f"{path} was cut off mid-save (no trainer_state.json): removed, never resumed from")
-                shutil.rmtree(path)
-    return [os.path.join(trainer_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}") for step in sorted(steps)]
-
-
-def _write_atomically(path: str, text: str) -> None:
-    """A crash leaves the old file or the new one, never a truncated one."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
-
-
-def _replace_directory(staging: str, final: str) -> None:
-    """Move a fully written folder into place. A crash in between leaves no ``final`` at all (and a ``.old``), never a
-    folder mixing two saves."""
-    old = f"{final}.old"
-    if os.path.exists(old):
-        shutil.rmtree(old)
-    if os.path.exists(final):
-        os.rename(final, old)
-    os.rename(staging, final)
-    if os.path.exists(old):
-        shutil.rmtree(old)
-
-
-def _check_resumable(config: ExperimentConfig, trainer_dir: str) -> str | None:
-    """The checkpoint to resume from (``config.resume``), after checking it belongs to this very run; refuses to
-    start a fresh run over an older run's checkpoints, which the Trainer would mix with the new ones."""
-    checkpoints = complete_checkpoints(trainer_dir)
-    if not config.resume:
-        if checkpoints:
-            raise FileExistsError(
-                f"{trainer_dir} holds checkpoints of an earlier run ({os.path.basename(checkpoints[-1])}): pass "
-                "--resume (resume=True) to continue it, or choose another --output-dir / remove that folder"
-            )
-        return None
-    if not checkpoints:
-        raise FileNotFoundError(f"resume: {trainer_dir} holds no complete checkpoint to resume from")
-    saved_path = os.path.join(config.output_dir, EXPERIMENT_FILE)
-    if os.path.isfile(saved_path):
-        with open(saved_path, encoding="utf-8") as handle:
-            saved = json.load(handle)
-        current = config.to_dict()
-        differing = sorted(
-            key
-            for key in set(saved) | set(current)
-            if key not in _RESUMABLE_DIFFERENCES and saved.get(key) != current.get(key)
-        )
-        if differing:
-            raise ValueError(
-                f"resume: {saved_path} records another run: {', '.join(differing)} differ; resume with the same "
-                "settings, or start a new run in another --output-dir"
-            )
-    return checkpoints[-1]
-
-
 def run_experiment(config: ExperimentConfig, callbacks: list[TrainerCallback] | None = None) -> dict:
     """Train on the training prefixes, select on validation, report test once. Returns what metrics.json holds.
 
@@ -287,39 +210,3 @@ def run_experiment(config: ExperimentConfig, callbacks: list[TrainerCallback] | 
     _write_atomically(os.path.join(config.output_dir, "report.md"), report)
     logger.info(report)
     return results
-
-
-def evaluate_checkpoint(checkpoint_dir: str, split: str = "test", exclude_history: bool | None = None) -> dict:
-    """Evaluate a saved checkpoint on the split it was trained for, with the run's own data and prompt settings."""
-    from transformers import AutoModel
-
-    with open(os.path.join(checkpoint_dir, EXPERIMENT_FILE)) as handle:
-        values = json.load(handle)
-    config = ExperimentConfig(
-        **{key: value for key, value in values.items() if key in ExperimentConfig.__dataclass_fields__}
-    )
-    if exclude_history is not None:
-        config.exclude_history = exclude_history
-    data = load_data(config)
-    model = AutoModel.from_pretrained(checkpoint_dir)
-    if model.catalog != data.catalog:
-        raise ValueError(f"{checkpoint_dir}: the checkpoint's catalog differs from the data's catalog")
-    collator = IAMDataCollator.from_pretrained(checkpoint_dir, catalog=data.catalog)
-    model.requires_grad_(False)  # inference only: the item-state cache can then serve the frozen intra layers
-    if config.item_cache and model.num_leading_intra_layers > 0:
-        model.enable_item_cache(collator)
-    dataset = eval_subset(data.split(split), config)
-    args = training_arguments(
-        config,
-        1,
-        output_dir=os.path.join(checkpoint_dir, "eval-tmp"),
-        eval_strategy="no",
-        save_strategy="no",
-        load_best_model_at_end=False,
-        eval_on_start=False,
-    )
-    trainer = Trainer(model=model, args=args, data_collator=collator, **ranking_evaluation(config.exclude_history))
-    metrics, _ = evaluate_split(trainer, dataset, split)
-    logger.info(protocol_line(config.exclude_history, split))
-    logger.info(format_metrics_table({f"{checkpoint_dir}, {split}": metrics}))
-    return metrics

@@ -1,0 +1,54 @@
+"""Evaluating a saved checkpoint again, on its run's split, with the run's own data and prompt settings."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from transformers import Trainer
+from transformers.utils import logging
+
+from ..core.collator import IAMDataCollator
+from ..recsys.evaluation import ranking_evaluation
+from ..recsys.metrics import format_metrics_table, protocol_line
+from .build import eval_subset, load_data, training_arguments
+from .config import EXPERIMENT_FILE, ExperimentConfig
+from .run import evaluate_split
+
+logger = logging.get_logger(__name__)
+
+
+def evaluate_checkpoint(checkpoint_dir: str, split: str = "test", exclude_history: bool | None = None) -> dict:
+    """Evaluate a saved checkpoint on the split it was trained for, with the run's own data and prompt settings."""
+    from transformers import AutoModel
+
+    with open(os.path.join(checkpoint_dir, EXPERIMENT_FILE)) as handle:
+        values = json.load(handle)
+    config = ExperimentConfig(
+        **{key: value for key, value in values.items() if key in ExperimentConfig.__dataclass_fields__}
+    )
+    if exclude_history is not None:
+        config.exclude_history = exclude_history
+    data = load_data(config)
+    model = AutoModel.from_pretrained(checkpoint_dir)
+    if model.catalog != data.catalog:
+        raise ValueError(f"{checkpoint_dir}: the checkpoint's catalog differs from the data's catalog")
+    collator = IAMDataCollator.from_pretrained(checkpoint_dir, catalog=data.catalog)
+    model.requires_grad_(False)  # inference only: the item-state cache can then serve the frozen intra layers
+    if config.item_cache and model.num_leading_intra_layers > 0:
+        model.enable_item_cache(collator)
+    dataset = eval_subset(data.split(split), config)
+    args = training_arguments(
+        config,
+        1,
+        output_dir=os.path.join(checkpoint_dir, "eval-tmp"),
+        eval_strategy="no",
+        save_strategy="no",
+        load_best_model_at_end=False,
+        eval_on_start=False,
+    )
+    trainer = Trainer(model=model, args=args, data_collator=collator, **ranking_evaluation(config.exclude_history))
+    metrics, _ = evaluate_split(trainer, dataset, split)
+    logger.info(protocol_line(config.exclude_history, split))
+    logger.info(format_metrics_table({f"{checkpoint_dir}, {split}": metrics}))
+    return metrics
