@@ -23,6 +23,11 @@ from recbole.model.sequential_recommender import SASRec
 from recbole.trainer import Trainer
 from recbole.utils import init_logger, init_seed
 
+# recbole/model/sequential_recommender/sine.py turns on autograd anomaly detection for the whole process when the
+# package is imported: every backward then stores stacks and checks for NaNs (measured on this CPU: 1.6 against 2.3
+# training steps a second). It only checks, so switching it off changes no number.
+torch.autograd.set_detect_anomaly(False)
+
 
 def scores_for(model, loader, dataset, device):
     users, targets, rows = [], [], []
