@@ -66,6 +66,9 @@ def parse_args(argv=None) -> ExperimentConfig:
     train.add_argument("--batch-size", type=int)
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--adapter-learning-rate", type=float)
+    train.add_argument(
+        "--item-embedding-learning-rate", type=float, help="with --train-item-embeddings (default: the adapter's)"
+    )
     train.add_argument("--evaluations", type=int, help="validation passes during training")
     train.add_argument("--seed", type=int)
     parser.add_argument(

@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
-from transformers_iam.experiments.build import training_arguments
+from transformers_iam.experiments.build import make_optimizer, training_arguments
 from transformers_iam.experiments.config import ExperimentConfig
 from transformers_iam.recsys.results import run_name
+
+from ..testing_utils import IAMModelTester
 
 
 def test_gpu_preset_resolves_to_a_full_backbone_run(tmp_path):
@@ -70,3 +73,25 @@ def test_library_users_get_the_same_checks():
         ExperimentConfig(batch_size=0)
     with pytest.raises(ValueError, match=r"learning_rate must be a finite number > 0, got -1"):
         ExperimentConfig.from_preset("gpu", learning_rate=-1)
+
+
+def test_item_embeddings_train_at_their_own_rate_and_the_bias_at_the_adapters():
+    # Adam's first step moves every weight with a gradient by about its learning rate: the step sizes show which
+    # group each parameter landed in
+    tester = IAMModelTester()
+    model = tester.create_model()
+    _, inputs = tester.prepare_config_and_inputs()
+    config = ExperimentConfig(learning_rate=1e-4, adapter_learning_rate=1e-2, item_embedding_learning_rate=1e-6)
+    optimizer = make_optimizer(model, config)
+    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    model(**inputs, labels=torch.arange(inputs["input_ids"].shape[0])).loss.backward()
+    optimizer.step()
+    step = {name: (value.detach() - before[name]).abs().max().item() for name, value in model.named_parameters()}
+    assert step["adapter.item_embeddings.weight"] == pytest.approx(1e-6, rel=0.1)
+    assert step["adapter.item_embeddings.bias"] == pytest.approx(1e-2, rel=0.1)
+    assert step["adapter.dense.weight"] == pytest.approx(1e-2, rel=0.1)
+    backbone_steps = [size for name, size in step.items() if not name.startswith("adapter.") and size > 0]
+    assert backbone_steps and max(backbone_steps) == pytest.approx(1e-4, rel=0.1)
+
+    with pytest.raises(ValueError, match=r"item_embedding_learning_rate must be a finite number > 0, got 0"):
+        ExperimentConfig(item_embedding_learning_rate=0)

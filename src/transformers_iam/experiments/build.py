@@ -162,12 +162,21 @@ def training_arguments(config: ExperimentConfig, num_train_examples: int, **over
 
 
 def make_optimizer(model: torch.nn.Module, config: ExperimentConfig) -> torch.optim.Optimizer:
-    """AdamW with a higher learning rate for the freshly initialised adapter than for the pretrained backbone."""
-    adapter, backbone = [], []
+    """AdamW with a higher learning rate for the freshly initialised adapter than for the pretrained backbone, and
+    the item embeddings' own rate when the config sets one."""
+    item_embeddings, adapter, backbone = [], [], []
     for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
+        if not parameter.requires_grad:
+            continue
+        if name.endswith("adapter.item_embeddings.weight") and config.item_embedding_learning_rate is not None:
+            item_embeddings.append(parameter)
+        else:
             (adapter if "adapter." in name else backbone).append(parameter)
-    groups = [{"params": backbone, "lr": config.learning_rate}, {"params": adapter, "lr": config.adapter_learning_rate}]
+    groups = [
+        {"params": backbone, "lr": config.learning_rate},
+        {"params": adapter, "lr": config.adapter_learning_rate},
+        {"params": item_embeddings, "lr": config.item_embedding_learning_rate},
+    ]
     return torch.optim.AdamW([group for group in groups if group["params"]], weight_decay=0.0)
 
 

@@ -125,6 +125,9 @@ class ExperimentConfig:
     eval_batch_size: int = 32
     learning_rate: float = 1e-4
     adapter_learning_rate: float = 1e-3
+    # the adapter's item embeddings (not its per-item bias), when trained: their text init is small (0.1 x unit
+    # norm, ~0.004 per weight), so at the adapter's 1e-3 Adam erases it within a few steps; None: the adapter's rate
+    item_embedding_learning_rate: float | None = None
     warmup_steps: int = 20
     evaluations: int = 2  # validation passes during training
     evaluate_before_training: bool = True  # one more validation pass at step 0 (the curve's starting point)
@@ -177,6 +180,8 @@ class ExperimentConfig:
             raise ValueError("max_steps must be -1 (train for `epochs`) or an int >= 1, got 0")
         for name in ("epochs", "learning_rate", "adapter_learning_rate"):
             positive(name)
+        if self.item_embedding_learning_rate is not None:
+            positive("item_embedding_learning_rate")
         if self.max_item_tokens >= self.max_length:
             raise ValueError(f"max_item_tokens ({self.max_item_tokens}) must be below max_length ({self.max_length})")
         if self.num_backbone_layers is not None and self.freeze_bottom_layers > self.num_backbone_layers:
