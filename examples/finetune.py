@@ -52,7 +52,9 @@ def parse_args(argv=None) -> ExperimentConfig:
     model.add_argument("--ablation", choices=["no-intra", "no-inter"])
     model.add_argument("--no-item-cache", action="store_true", help="run the frozen intra layers in every forward")
     model.add_argument(
-        "--train-item-embeddings", action="store_true", help="train the adapter's item embeddings (default: fixed)"
+        "--train-item-embeddings",
+        action=argparse.BooleanOptionalAction,
+        help="train the adapter's item embeddings from their text init, or keep them fixed (default: the preset's)",
     )
     model.add_argument("--intra-implementation", choices=["masked", "packed"], help="how the leading intra layers run")
     model.add_argument("--lora", action="store_true", help="LoRA on attention and MLP, adapter trained in full")
@@ -67,7 +69,7 @@ def parse_args(argv=None) -> ExperimentConfig:
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--adapter-learning-rate", type=float)
     train.add_argument(
-        "--item-embedding-learning-rate", type=float, help="with --train-item-embeddings (default: the adapter's)"
+        "--item-embedding-learning-rate", type=float, help="when they train (cpu presets: 1e-4; default: the adapter's)"
     )
     train.add_argument("--evaluations", type=int, help="validation passes during training")
     train.add_argument("--seed", type=int)
@@ -95,7 +97,7 @@ def parse_args(argv=None) -> ExperimentConfig:
             lora=args.lora,
             resume=args.resume,
             item_cache=not args.no_item_cache,
-            **({"freeze_item_embeddings": False} if args.train_item_embeddings else {}),
+            freeze_item_embeddings=None if args.train_item_embeddings is None else not args.train_item_embeddings,
             **values,
         )
     except ValueError as error:

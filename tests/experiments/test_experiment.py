@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 
 import pytest
 import torch
@@ -41,6 +43,14 @@ def test_ablations_come_from_the_layout_switch():
     assert run_name({"ablation": "no-intra", "iam_layout": "stacked"}) == "IAM without intra layers"
 
 
+def finetune_script():
+    """examples/finetune.py as a module (its parse_args is what a user's flags go through)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
+    import finetune
+
+    return finetune
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -56,16 +66,21 @@ def test_ablations_come_from_the_layout_switch():
     ],
 )
 def test_finetune_flags_are_checked_before_anything_is_loaded(argv, message, capsys):
-    import os
-    import sys
-
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
-    import finetune
-
+    finetune = finetune_script()
     with pytest.raises(SystemExit) as exit_info:
         finetune.parse_args(argv)
     assert exit_info.value.code == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "argv, frozen", [([], False), (["--no-train-item-embeddings"], True), (["--train-item-embeddings"], False)]
+)
+def test_item_embeddings_flag_leaves_the_preset_alone_unless_given(argv, frozen):
+    finetune = finetune_script()
+    config = finetune.parse_args(["--preset", "cpu-quick", *argv])
+    assert config.freeze_item_embeddings is frozen
+    assert config.item_embedding_learning_rate == ExperimentConfig.PRESETS["cpu-quick"]["item_embedding_learning_rate"]
 
 
 def test_library_users_get_the_same_checks():

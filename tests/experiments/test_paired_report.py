@@ -3,12 +3,14 @@ the results table (a tiny random backbone: one run of seconds)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
 
 import pytest
 
+from transformers_iam.core.configuration_iam import layer_types_for_layout
 from transformers_iam.experiments import ExperimentConfig, run_experiment
 from transformers_iam.experiments.build import training_arguments
 from transformers_iam.experiments.plots import plot_validation
@@ -116,11 +118,18 @@ def test_every_preset_gives_a_curve_of_at_least_four_points(preset, tmp_path):
     assert args.eval_steps == args.save_steps
 
 
-def test_cpu_full_preset_uses_the_item_cache_over_a_frozen_intra_half():
+def test_cpu_full_preset_trains_item_embeddings_over_a_cached_frozen_intra_half():
+    # what the preset promises a user: the exact item-state cache applies (its frozen bottom covers the leading intra
+    # run, embeddings frozen), every window of every user is trained on, and the item embeddings learn at a rate
+    # below the adapter's
     config = ExperimentConfig.from_preset("cpu-full")
-    assert (config.num_backbone_layers, config.freeze_bottom_layers, config.max_history) == (12, 6, 20)
-    assert config.supervision == "every_item" and config.item_cache and config.freeze_embeddings
-    assert config.evaluations == 8
+    kinds = layer_types_for_layout(config.iam_layout, config.num_backbone_layers)
+    leading_intra = len(list(itertools.takewhile(lambda kind: kind == "intra", kinds)))
+    assert 0 < leading_intra <= config.freeze_bottom_layers
+    assert config.item_cache and config.freeze_embeddings and config.supervision == "every_item"
+    assert config.train_examples_per_user is None
+    assert not config.freeze_item_embeddings
+    assert config.item_embedding_learning_rate < config.adapter_learning_rate
 
 
 def test_results_table_keeps_two_runs_of_one_configuration_apart(tiny_run, tmp_path):
