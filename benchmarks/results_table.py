@@ -28,14 +28,16 @@ def _minutes(seconds) -> str:
 def collect(folder: str = "runs") -> dict:
     """The tables' rows from every run under ``folder``: test and valid metrics, and one line of facts per run."""
     test_rows, valid_rows, runs = {}, {}, []
+    loaded = []
     for path in sorted(glob.glob(os.path.join(folder, "*", "metrics.json"))):
         with open(path) as handle:
             results = json.load(handle)
-        if "config" not in results:
-            continue
-        name = run_name(results["config"])
-        if name in test_rows:  # two runs of one configuration: name each by its folder, never overwrite one
-            name = f"{name} ({os.path.basename(os.path.dirname(path))})"
+        if "config" in results:
+            loaded.append((os.path.basename(os.path.dirname(path)), results))
+    names = [run_name(results["config"]) for _, results in loaded]
+    for (run_folder, results), name in zip(loaded, names):
+        if names.count(name) > 1:  # runs of one configuration (or one layout): each named by its folder
+            name = f"{name} ({run_folder})"
         test_rows[name], valid_rows[name] = results["test"], results["valid"]
         for split, metrics in results.get("popularity", {}).items():
             (test_rows if split == "test" else valid_rows)["popularity"] = metrics
