@@ -1,7 +1,7 @@
 """Fine-tune and evaluate IAM on MovieLens-100k (or your own data) with a pretrained LLM.
 
     python examples/finetune.py                          # cpu-quick preset: <= 15 min on 2 CPU cores
-    python examples/finetune.py --preset cpu-full        # 12 layers, every-item windows: ~2 h on 2 cores (estimate)
+    python examples/finetune.py --preset cpu-full        # every window of every user: 52 min on 2 cores
     python examples/finetune.py --preset gpu             # full backbone, several epochs
     python examples/finetune.py --layout vanilla         # the same LLM without IAM (baseline)
     python examples/finetune.py --ablation no-inter      # stacked layout, inter layers made full
@@ -69,7 +69,9 @@ def parse_args(argv=None) -> ExperimentConfig:
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--adapter-learning-rate", type=float)
     train.add_argument(
-        "--item-embedding-learning-rate", type=float, help="when they train (cpu presets: 1e-4; default: the adapter's)"
+        "--item-embedding-learning-rate",
+        type=float,
+        help="when they train (cpu presets: 1e-4; default: the adapter's); unused with --no-train-item-embeddings",
     )
     train.add_argument("--evaluations", type=int, help="validation passes during training")
     train.add_argument("--seed", type=int)

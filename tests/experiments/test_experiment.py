@@ -15,6 +15,10 @@ from transformers_iam.recsys.results import run_name
 
 from ..testing_utils import IAMModelTester
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
+
+import finetune  # noqa: E402  (examples/finetune.py: its parse_args is what a user's flags go through)
+
 
 def test_gpu_preset_resolves_to_a_full_backbone_run(tmp_path):
     config = ExperimentConfig.from_preset("gpu", output_dir=str(tmp_path))
@@ -43,14 +47,6 @@ def test_ablations_come_from_the_layout_switch():
     assert run_name({"ablation": "no-intra", "iam_layout": "stacked"}) == "IAM without intra layers"
 
 
-def finetune_script():
-    """examples/finetune.py as a module (its parse_args is what a user's flags go through)."""
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
-    import finetune
-
-    return finetune
-
-
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -66,7 +62,6 @@ def finetune_script():
     ],
 )
 def test_finetune_flags_are_checked_before_anything_is_loaded(argv, message, capsys):
-    finetune = finetune_script()
     with pytest.raises(SystemExit) as exit_info:
         finetune.parse_args(argv)
     assert exit_info.value.code == 2
@@ -77,7 +72,6 @@ def test_finetune_flags_are_checked_before_anything_is_loaded(argv, message, cap
     "argv, frozen", [([], False), (["--no-train-item-embeddings"], True), (["--train-item-embeddings"], False)]
 )
 def test_item_embeddings_flag_leaves_the_preset_alone_unless_given(argv, frozen):
-    finetune = finetune_script()
     config = finetune.parse_args(["--preset", "cpu-quick", *argv])
     assert config.freeze_item_embeddings is frozen
     assert config.item_embedding_learning_rate == ExperimentConfig.PRESETS["cpu-quick"]["item_embedding_learning_rate"]
@@ -90,11 +84,16 @@ def test_library_users_get_the_same_checks():
         ExperimentConfig.from_preset("gpu", learning_rate=-1)
 
 
-def test_item_embeddings_train_at_their_own_rate_and_the_bias_at_the_adapters():
+@pytest.mark.parametrize("lora", [False, True])
+def test_item_embeddings_train_at_their_own_rate_and_the_bias_at_the_adapters(lora):
     # Adam's first step moves every weight with a gradient by about its learning rate: the step sizes show which
-    # group each parameter landed in
+    # group each parameter landed in (under LoRA, PEFT trains a renamed copy of the adapter)
     tester = IAMModelTester()
     model = tester.create_model()
+    if lora:
+        from transformers_iam.integrations.peft import apply_lora
+
+        model = apply_lora(model, rank=4)
     _, inputs = tester.prepare_config_and_inputs()
     config = ExperimentConfig(learning_rate=1e-4, adapter_learning_rate=1e-2, item_embedding_learning_rate=1e-6)
     optimizer = make_optimizer(model, config)
@@ -102,10 +101,16 @@ def test_item_embeddings_train_at_their_own_rate_and_the_bias_at_the_adapters():
     model(**inputs, labels=torch.arange(inputs["input_ids"].shape[0])).loss.backward()
     optimizer.step()
     step = {name: (value.detach() - before[name]).abs().max().item() for name, value in model.named_parameters()}
-    assert step["adapter.item_embeddings.weight"] == pytest.approx(1e-6, rel=0.1)
-    assert step["adapter.item_embeddings.bias"] == pytest.approx(1e-2, rel=0.1)
-    assert step["adapter.dense.weight"] == pytest.approx(1e-2, rel=0.1)
-    backbone_steps = [size for name, size in step.items() if not name.startswith("adapter.") and size > 0]
+    trained = {name: size for name, size in step.items() if size > 0}
+
+    def step_of(suffix: str) -> float:
+        (size,) = [size for name, size in trained.items() if name.endswith(suffix)]
+        return size
+
+    assert step_of("item_embeddings.weight") == pytest.approx(1e-6, rel=0.1)
+    assert step_of("item_embeddings.bias") == pytest.approx(1e-2, rel=0.1)
+    assert step_of("dense.weight") == pytest.approx(1e-2, rel=0.1)
+    backbone_steps = [size for name, size in trained.items() if "adapter." not in name]
     assert backbone_steps and max(backbone_steps) == pytest.approx(1e-4, rel=0.1)
 
     with pytest.raises(ValueError, match=r"item_embedding_learning_rate must be a finite number > 0, got 0"):

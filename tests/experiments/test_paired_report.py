@@ -139,4 +139,4 @@ def test_results_table_keeps_two_runs_of_one_configuration_apart(tiny_run, tmp_p
         copy = {**results, "test": {**results["test"], "ndcg@10": ndcg}}
         (tmp_path / folder / "metrics.json").write_text(json.dumps(copy))
     text = results_table.main(str(tmp_path))
-    assert "0.0123" in text and "0.0456" in text and "IAM stacked (second)" in text
+    assert "0.0123" in text and "0.0456" in text and "IAM stacked (second)" in text and "IAM stacked (first)" in text
