@@ -168,12 +168,12 @@ def make_optimizer(model: torch.nn.Module, config: ExperimentConfig) -> torch.op
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
+        in_adapter = "adapter." in name
         # by name suffix: under LoRA, PEFT trains a copy named "adapter.modules_to_save.default.item_embeddings..."
-        is_item_embeddings = "adapter." in name and name.endswith("item_embeddings.weight")
-        if is_item_embeddings and config.item_embedding_learning_rate is not None:
+        if in_adapter and name.endswith("item_embeddings.weight") and config.item_embedding_learning_rate is not None:
             item_embeddings.append(parameter)
         else:
-            (adapter if "adapter." in name else backbone).append(parameter)
+            (adapter if in_adapter else backbone).append(parameter)
     groups = [
         {"params": backbone, "lr": config.learning_rate},
         {"params": adapter, "lr": config.adapter_learning_rate},

@@ -155,8 +155,10 @@ class ExperimentConfig:
                 allowed = f"an int >= {minimum}" + (" or None" if optional else "")
                 raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
-        def positive(name: str) -> None:
+        def positive(name: str, optional: bool = False) -> None:
             value = getattr(self, name)
+            if optional and value is None:
+                return
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
@@ -179,8 +181,7 @@ class ExperimentConfig:
             raise ValueError("max_steps must be -1 (train for `epochs`) or an int >= 1, got 0")
         for name in ("epochs", "learning_rate", "adapter_learning_rate"):
             positive(name)
-        if self.item_embedding_learning_rate is not None:
-            positive("item_embedding_learning_rate")
+        positive("item_embedding_learning_rate", optional=True)
         if self.max_item_tokens >= self.max_length:
             raise ValueError(f"max_item_tokens ({self.max_item_tokens}) must be below max_length ({self.max_length})")
         if self.num_backbone_layers is not None and self.freeze_bottom_layers > self.num_backbone_layers:
