@@ -8,6 +8,8 @@ import sys
 
 import pytest
 import torch
+from torch.utils.data import Dataset
+from transformers import Trainer, TrainerCallback
 
 from transformers_iam.experiments.build import make_optimizer, training_arguments
 from transformers_iam.experiments.config import ExperimentConfig
@@ -25,9 +27,60 @@ def test_gpu_preset_resolves_to_a_full_backbone_run(tmp_path):
     assert config.num_backbone_layers is None and config.train_examples_per_user is None and config.epochs >= 3
     args = training_arguments(config, num_train_examples=97171)
     steps = -(-97171 // config.batch_size) * 3
-    assert args.eval_steps == steps // config.evaluations and args.load_best_model_at_end
+    assert args.eval_steps == -(-steps // config.evaluations) and args.load_best_model_at_end
     assert args.metric_for_best_model == "ndcg@10" and args.label_names == ["labels", "history_item_indices"]
     assert args.bf16 is False and args.use_cpu  # no CUDA here: the preset falls back to fp32 on the CPU
+
+
+class _Regression(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, labels):
+        return {"loss": ((self.weight * x - labels) ** 2).mean(), "logits": self.weight * x}
+
+
+class _Points(Dataset):
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict:
+        return {"x": torch.tensor(float(index % 7)), "labels": torch.tensor(2.0 * (index % 7))}
+
+
+class _CountValidations(TrainerCallback):
+    def __init__(self):
+        self.steps = []
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+@pytest.mark.parametrize(
+    "examples, fields, expected_steps",
+    [
+        # cpu-quick's shape: 2,729 windows, 70% of an epoch; the run used to validate at 59, 118, 177, 236 and 240
+        (2729, dict(epochs=0.7, evaluations=4), [60, 120, 180, 240]),
+        (101, dict(epochs=1.5, evaluations=5), [4, 8, 12, 16, 20]),
+        (101, dict(max_steps=22, evaluations=2), [11, 22]),
+    ],
+)
+def test_evaluations_is_the_number_of_validation_passes_the_trainer_makes(tmp_path, examples, fields, expected_steps):
+    # run by the real Trainer (on a one-weight model): it rounds a fractional epoch up and validates at its last step
+    config = ExperimentConfig(output_dir=str(tmp_path), batch_size=8, evaluate_before_training=False, **fields)
+    args = training_arguments(
+        config, examples, metric_for_best_model="loss", greater_is_better=False, label_names=["labels"]
+    )
+    counter = _CountValidations()
+    trainer = Trainer(
+        model=_Regression(), args=args, train_dataset=_Points(examples), eval_dataset=_Points(8), callbacks=[counter]
+    )
+    trainer.train()
+    assert counter.steps == expected_steps
 
 
 def test_cpu_quick_is_the_default_and_overrides_win(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 
 import torch
@@ -125,9 +126,11 @@ def eval_subset(dataset, config: ExperimentConfig):
 
 
 def training_arguments(config: ExperimentConfig, num_train_examples: int, **overrides) -> TrainingArguments:
-    steps_per_epoch = max(1, -(-num_train_examples // config.batch_size))
-    total_steps = config.max_steps if config.max_steps > 0 else int(steps_per_epoch * config.epochs)
-    eval_steps = max(1, total_steps // max(1, config.evaluations))
+    steps_per_epoch = max(1, math.ceil(num_train_examples / config.batch_size))
+    # the Trainer's own count (it rounds a fractional epoch up) ...
+    total_steps = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.epochs)
+    # ... and it validates at its last step too: rounding up makes that step the last of exactly `evaluations` passes
+    eval_steps = max(1, math.ceil(total_steps / max(1, config.evaluations)))
     values = dict(
         output_dir=os.path.join(config.output_dir, "trainer"),
         per_device_train_batch_size=config.batch_size,
