@@ -67,6 +67,8 @@ class _CountValidations(TrainerCallback):
         (2729, dict(epochs=0.7, evaluations=4), [60, 120, 180, 240]),
         (101, dict(epochs=1.5, evaluations=5), [4, 8, 12, 16, 20]),
         (101, dict(max_steps=22, evaluations=2), [11, 22]),
+        # too short for 5 evenly spaced passes: the nearest count, 6 (3 would halve the curve)
+        (101, dict(max_steps=6, evaluations=5), [1, 2, 3, 4, 5, 6]),
     ],
 )
 def test_evaluations_is_the_number_of_validation_passes_the_trainer_makes(tmp_path, examples, fields, expected_steps):

@@ -125,12 +125,32 @@ def eval_subset(dataset, config: ExperimentConfig):
     return dataset.select(range(config.max_eval_users))
 
 
+def validation_interval(total_steps: int, evaluations: int) -> int:
+    """The ``eval_steps`` that gives ``evaluations`` validation passes over ``total_steps``, or as close as evenly
+    spaced passes allow (6 steps cannot hold 5 evenly spaced passes: they get 6).
+
+    The Trainer validates every ``eval_steps`` steps and once more at its last step if that is not a multiple, so
+    ``eval_steps = i`` makes ``ceil(total_steps / i)`` passes; among the intervals closest to the count asked for,
+    the one nearest ``total_steps / evaluations``.
+
+        >>> validation_interval(240, 4), validation_interval(239, 4), validation_interval(6, 5)
+        (60, 60, 1)
+    """
+    evaluations = max(1, evaluations)
+    return min(
+        range(1, max(1, total_steps) + 1),
+        key=lambda interval: (
+            abs(math.ceil(total_steps / interval) - evaluations),
+            abs(interval - total_steps / evaluations),
+        ),
+    )
+
+
 def training_arguments(config: ExperimentConfig, num_train_examples: int, **overrides) -> TrainingArguments:
     steps_per_epoch = max(1, math.ceil(num_train_examples / config.batch_size))
-    # the Trainer's own count (it rounds a fractional epoch up) ...
+    # the Trainer's own count: it rounds a fractional epoch up
     total_steps = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.epochs)
-    # ... and it validates at its last step too: rounding up makes that step the last of exactly `evaluations` passes
-    eval_steps = max(1, math.ceil(total_steps / max(1, config.evaluations)))
+    eval_steps = validation_interval(total_steps, config.evaluations)
     values = dict(
         output_dir=os.path.join(config.output_dir, "trainer"),
         per_device_train_batch_size=config.batch_size,
