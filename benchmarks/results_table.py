@@ -25,6 +25,13 @@ def _minutes(seconds) -> str:
     return "" if seconds is None else f"{seconds / 60:.1f} min"
 
 
+def _run_length(config: dict) -> str:
+    # --max-steps overrides the preset's epochs: a budgeted run is as long as its steps
+    if (config.get("max_steps") or -1) > 0:
+        return f"{config['max_steps']} steps"
+    return _cell(config.get("epochs"), "{} epochs")
+
+
 def collect(folder: str = "runs") -> dict:
     """The tables' rows from every run under ``folder``: test and valid metrics, and one line of facts per run."""
     test_rows, valid_rows, runs = {}, {}, []
@@ -47,7 +54,7 @@ def collect(folder: str = "runs") -> dict:
                 "run": name,
                 "command": f"`{results['config']['command']}`",
                 "preset": results["config"].get("preset"),
-                "epochs": results["config"].get("epochs"),
+                "length": _run_length(results["config"]),
                 "best": f"step {results['best_step']}",
                 "training": _minutes(results.get("train_seconds")),
                 "wall": _minutes(results.get("wall_seconds")),
@@ -74,7 +81,7 @@ def collect(folder: str = "runs") -> dict:
                 "run": name,
                 "command": "`benchmarks/sasrec/` (export.py, train_score.py, rank.py)",
                 "preset": "",
-                "epochs": _cell(training.get("epochs_run"))
+                "length": _cell(training.get("epochs_run"), "{} epochs")
                 + _cell(training.get("stopping_step"), " (early stopping, patience {})"),
                 "best": "" if best is None else f"epoch {best}",
                 "training": _minutes(training.get("train_seconds")),

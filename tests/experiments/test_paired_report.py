@@ -93,13 +93,17 @@ def test_results_table_shows_new_fields_and_reads_older_metrics(tiny_run, tmp_pa
     root, results = tiny_run
     text = results_table.main(str(root))
     assert "SASRec (RecBole 1.2.1, 17 epochs)" in text and "epoch 6" in text and "MiB RSS" in text
-    assert "early stopping, patience 10" in text
+    assert "17 epochs (early stopping, patience 10)" in text
+    assert "| 6 steps |" in text  # a budgeted run (--max-steps) is as long as its steps, whatever its epochs say
     # a metrics.json from before this change: no ranks, no paired comparison, no peak memory
     old = {key: value for key, value in results.items() if key not in ("ranks", "paired_vs_popularity", "sasrec")}
     old.pop("peak_rss_mib")
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "metrics.json").write_text(json.dumps(old))
     assert "IAM stacked" in results_table.main(str(tmp_path))
+    old["config"]["max_steps"] = -1
+    (tmp_path / "old" / "metrics.json").write_text(json.dumps(old))
+    assert f"| {old['config']['epochs']} epochs |" in results_table.main(str(tmp_path))
 
 
 def test_the_figure_takes_many_points_and_a_run_without_logged_loss(tmp_path):
