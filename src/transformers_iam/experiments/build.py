@@ -126,8 +126,8 @@ def eval_subset(dataset, config: ExperimentConfig):
 
 
 def validation_interval(total_steps: int, evaluations: int) -> int:
-    """The ``eval_steps`` that gives ``evaluations`` validation passes over ``total_steps``, or as close as evenly
-    spaced passes allow (6 steps cannot hold 5 evenly spaced passes: they get 6).
+    """The ``eval_steps`` that gives ``evaluations`` validation passes over ``total_steps``, or as close as a fixed
+    interval allows (6 steps cannot hold 5 passes at a fixed interval: they get 6; the last gap may be shorter).
 
     The Trainer validates every ``eval_steps`` steps and once more at its last step if that is not a multiple, so
     ``eval_steps = i`` makes ``ceil(total_steps / i)`` passes; among the intervals closest to the count asked for,

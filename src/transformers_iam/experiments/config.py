@@ -128,7 +128,7 @@ class ExperimentConfig:
     # norm, ~0.004 per weight), so at the adapter's 1e-3 Adam erases it within a few steps; None: the adapter's rate
     item_embedding_learning_rate: float | None = None
     warmup_steps: int = 20
-    evaluations: int = 2  # validation passes, evenly spaced, the last at the final step (as near as spacing allows)
+    evaluations: int = 2  # validation passes (as near as a fixed interval allows), the last at the final step
     evaluate_before_training: bool = True  # one more validation pass at step 0 (the curve's starting point)
     max_steps: int = -1
     seed: int = 0
