@@ -28,8 +28,6 @@ from speed_memory import smollm2_like, timed
 from transformers import LlamaConfig
 
 from transformers_iam import IAMConfig, IAMForCausalRecommendation
-from transformers_iam.core.item_cache import ItemStateCache
-from transformers_iam.core.item_states import encode_items
 
 PROMPT, QUERY, BATCH = 12, 10, 8
 
@@ -121,10 +119,8 @@ def measure_growth(num_history: int, num_catalog: int, args) -> dict:
     catalog_tokens = sum(len(tokens) for tokens in items)
     cache_bytes, cache_source = catalog_tokens * config.text_config.hidden_size * 4, "extrapolated"
     if num_catalog <= args.cache_limit:
-        with torch.no_grad():
-            cache = ItemStateCache(items, encode_items(model.model, items, layers), layers)
-        cache.bind([model.model.get_input_embeddings(), *model.model.layers[:layers]])
-        model.item_cache, cache_bytes, cache_source = cache, cache.nbytes, "measured"
+        cache = model.enable_item_cache(items)
+        cache_bytes, cache_source = cache.nbytes, "measured"
     batch, picked = histories(items, num_history)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model.eval()

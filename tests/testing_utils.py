@@ -28,6 +28,8 @@ BACKBONES = {
     "mistral": lambda layers: MistralConfig(num_hidden_layers=layers, sliding_window=256, **TINY),
 }
 LAYOUTS = ("stacked", "alternating", "hatllm", "vanilla")
+# the ways to run one model: the reference (masked) first, then the fast paths tested against it
+PATHS = ("masked", "packed", "cached", "flex")
 
 # context (2 tokens) | item 1 (3) | item 2 (2) | item 3 (2) | query (2)
 SEGMENTS = torch.tensor([[0, 0, 1, 1, 1, 2, 2, 3, 3, 0, 0]])
@@ -83,6 +85,24 @@ def same_weights_with(model: IAMForCausalRecommendation, **overrides) -> IAMForC
         other.set_attn_implementation(attn_implementation)
     other.load_state_dict(model.state_dict())
     return other
+
+
+def path_model(model: IAMForCausalRecommendation, path: str, collator=None) -> IAMForCausalRecommendation:
+    """``model`` run another way, with the same weights: ``"masked"`` (the model itself), ``"packed"`` (leading intra
+    layers per item), ``"cached"`` (frozen, with the item-state cache of ``collator``'s rendering) or ``"flex"``
+    (FlexAttention; inference only on CPU)."""
+    if path == "masked":
+        return model
+    if path == "packed":
+        return same_weights_with(model, intra_implementation="packed")
+    if path == "flex":
+        return same_weights_with(model, attn_implementation="flex_attention")
+    if path != "cached":
+        raise ValueError(f"unknown path {path!r}")
+    cached = same_weights_with(model)
+    cached.model.requires_grad_(False)
+    cached.enable_item_cache(collator)
+    return cached
 
 
 def random_ids(length: int = SEGMENTS.shape[1], seed: int = 1) -> torch.Tensor:

@@ -3,6 +3,7 @@ embeddings and per-item bias start."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -11,12 +12,17 @@ from torch import nn
 from .catalog import ItemCatalog
 from .configuration_iam import IAMConfig
 
+# HLLM and CLIP start a learned temperature at 1 / 0.07 and cap it at 100
+_INITIAL_LOGIT_SCALE = math.log(1 / 0.07)
+_MAX_LOGIT_SCALE = math.log(100.0)
+
 
 class IAMRecommendationAdapter(nn.Module):
     """Maps the pooled final hidden state to one score per catalog item.
 
-    A projection (dense, GELU, LayerNorm) followed by a dot product with one learned
-    embedding per item; the bias is a learned per-item prior (popularity).
+    A projection (dense, GELU, LayerNorm), then one learned embedding per item: scored by dot product
+    (``config.adapter_scoring="dot"``) or by cosine similarity times a learned temperature (``"cosine"``); the bias
+    is a learned per-item prior (popularity).
     """
 
     def __init__(self, config: IAMConfig):
@@ -27,10 +33,23 @@ class IAMRecommendationAdapter(nn.Module):
         self.activation = nn.GELU()
         self.norm = nn.LayerNorm(adapter_size)
         self.item_embeddings = nn.Linear(adapter_size, config.num_items)
+        self.scoring = config.adapter_scoring
+        if self.scoring == "cosine":
+            self.logit_scale = nn.Parameter(torch.tensor(_INITIAL_LOGIT_SCALE))
+
+    def project(self, pooled_hidden_state: torch.Tensor) -> torch.Tensor:
+        """The user state in the item embeddings' space."""
+        return self.norm(self.activation(self.dense(self.dropout(pooled_hidden_state))))
 
     def forward(self, pooled_hidden_state: torch.Tensor) -> torch.Tensor:
-        projected = self.norm(self.activation(self.dense(self.dropout(pooled_hidden_state))))
-        return self.item_embeddings(projected)
+        projected = self.project(pooled_hidden_state)
+        if self.scoring == "dot":
+            return self.item_embeddings(projected)
+        scale = self.logit_scale.clamp(max=_MAX_LOGIT_SCALE).exp()
+        cosine = (
+            nn.functional.normalize(projected, dim=-1) @ nn.functional.normalize(self.item_embeddings.weight, dim=-1).T
+        )
+        return scale * cosine + self.item_embeddings.bias
 
 
 def log_popularity_prior(item_counts: torch.Tensor | Sequence[float], num_items: int) -> torch.Tensor:
@@ -88,7 +107,7 @@ def text_item_embeddings(
             input_ids=input_ids, attention_mask=attention_mask, item_segment_ids=torch.zeros_like(input_ids)
         ).last_hidden_state
         pooled = (states * attention_mask[..., None]).sum(1) / attention_mask.sum(1, keepdim=True)
-        embeddings.append(adapter.norm(adapter.activation(adapter.dense(pooled))))
+        embeddings.append(adapter.project(pooled))
     embeddings = torch.cat(embeddings)
     embeddings = embeddings - embeddings.mean(0, keepdim=True)
     return embeddings / embeddings.norm(dim=-1, keepdim=True).clamp(min=1e-6)

@@ -8,6 +8,12 @@ import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
+from transformers.utils import logging
+
+from .loading import hub_arguments, optional_checkpoint_file
+
+logger = logging.get_logger(__name__)
+
 CATALOG_FILE_NAME = "item_catalog.json"
 
 
@@ -167,3 +173,35 @@ def check_catalog_binding(config, catalog: ItemCatalog, source: str) -> None:
         f"({len(catalog)} items). Each adapter row scores one item of the training catalog, in its order: a file "
         "from another model, or the same items reordered, would put every score on the wrong item."
     )
+
+
+def checkpoint_catalog(pretrained_model_name_or_path, config, **kwargs) -> ItemCatalog | None:
+    """The catalog saved with a checkpoint (a folder or a Hub repo), read and checked against its config before any
+    weight is loaded: a corrupt file, another size or another order of ids is refused with the file's name. ``None``
+    when the checkpoint has no catalog file (a loud warning if its config records one). ``kwargs``: the Hub arguments
+    of ``from_pretrained`` (others are ignored)."""
+    catalog_file = optional_checkpoint_file(pretrained_model_name_or_path, CATALOG_FILE_NAME, **hub_arguments(kwargs))
+    if catalog_file is None:
+        if config.catalog_fingerprint is not None:
+            logger.warning(
+                f"{pretrained_model_name_or_path}: config.json records a catalog (catalog_fingerprint) but "
+                f"{CATALOG_FILE_NAME} is missing: scores come by catalog index only, with no item ids. Attach "
+                "the training catalog with model.set_catalog(catalog)."
+            )
+        return None
+    catalog = ItemCatalog.load(catalog_file)  # a corrupt file is named here, before any weight
+    if len(catalog) != config.num_items:
+        raise ValueError(
+            f"{catalog_file}: the catalog has {len(catalog)} items but this model scores "
+            f"{config.num_items} (config.num_items): the file belongs to another model"
+        )
+    check_catalog_binding(config, catalog, catalog_file)
+    return catalog
+
+
+def remove_stale_catalog(save_directory: str | os.PathLike) -> None:
+    """Remove an older model's catalog file from a folder about to receive another model, so that a folder never
+    pairs these weights with another model's catalog (docs/reliability.md)."""
+    stale = os.path.join(save_directory, CATALOG_FILE_NAME)
+    if os.path.isfile(stale):
+        os.remove(stale)

@@ -45,9 +45,10 @@ class IAMDataCollator:
 
     Emits ``input_ids``, ``attention_mask``, ``item_segment_ids``, ``labels`` (catalog index
     of the target; with ``every_item_targets``, ``(batch, items)``: after each kept item the next one,
-    after the last the target, ``-100`` padding) and ``history_item_indices``: the catalog
-    indices of *every* history item, including those the prompt had no room for (``-1`` pads),
-    so that excluding the history from a ranking excludes all of it.
+    after the last the target, ``-100`` padding), ``segment_item_indices`` (the catalog index of the
+    item in segment ``j + 1``, ``-1`` pads: what item id embeddings read) and ``history_item_indices``:
+    the catalog indices of *every* history item, including those the prompt had no room for (``-1``
+    pads), so that excluding the history from a ranking excludes all of it.
 
     Example:
         >>> collator = IAMDataCollator(tokenizer, catalog, max_length=256)  # doctest: +SKIP
@@ -217,8 +218,16 @@ class IAMDataCollator:
                 "item_segment_ids": ([r.segment_ids for r in rendered], 0),
             }
         )
-        # exclusion lists and per-item targets pad on the right, whatever the token padding side
-        tensors.update(self.pad({"history_item_indices": ([r.history_indices for r in rendered], -1)}, side="right"))
+        # exclusion lists, the items of the segments and per-item targets pad on the right, whatever the token side
+        tensors.update(
+            self.pad(
+                {
+                    "history_item_indices": ([r.history_indices for r in rendered], -1),
+                    "segment_item_indices": ([r.kept_indices for r in rendered], -1),
+                },
+                side="right",
+            )
+        )
         if all(has_target):
             targets = [
                 self._catalog_index(example["target"], position, example, "target")

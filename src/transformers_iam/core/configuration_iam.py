@@ -49,6 +49,20 @@ def layer_types_for_layout(layout: str, num_layers: int) -> list[str]:
     return ["full"] * num_layers
 
 
+def check_item_level_options(config: "IAMConfig", layer_types: list[str]) -> None:
+    """Refuse ``num_item_tokens`` and item id embeddings on layer kinds without a leading intra run: the states they
+    act on are an item's own only after intra layers."""
+    if layer_types and layer_types[0] == "intra":
+        return
+    for name in ("num_item_tokens", "use_item_id_embeddings"):
+        value = getattr(config, name)
+        if value not in (None, False):
+            raise ValueError(
+                f"{name}={value!r} needs a leading run of intra layers (an item's states are its own only after "
+                f"intra layers); the layers are {layer_types}"
+            )
+
+
 def _check_layer_kinds(layer_types: list[str] | None) -> None:
     if layer_types is not None:
         check_layer_types(layer_types)
@@ -88,9 +102,28 @@ class IAMConfig(PreTrainedConfig):
         readout (`str`, *optional*, defaults to `"query"`):
             Which token's state the adapter reads: `"query"` (the last token of the query suffix) or `"last_item"`
             (the last token of the last history item; every-item supervision reads each item's last token).
+        supervision (`str`, *optional*, defaults to `"last"`):
+            What `labels` are: `"last"`, one catalog index per example `(batch,)`; `"every_item"`, a target after
+            every history item `(batch, items)` (`-100` where there is none), read at each item's last token (needs
+            `readout="last_item"`).
         intra_implementation (`str`, *optional*, defaults to `"masked"`):
             How the leading intra layers run: `"masked"` (the whole prompt under an item-aware mask) or `"packed"`
             (each distinct item of the batch as a short sequence of its own; the same states, no mask).
+        num_item_tokens (`int`, *optional*):
+            The item-level inter half: the layers above the leading intra run see each history item through its
+            last `num_item_tokens` token states only (1: one vector per item). `None` keeps every token (the paper's
+            token-level model). Needs a leading intra run.
+        item_token_positions (`str`, *optional*, defaults to `"original"`):
+            With `num_item_tokens`, the position ids of the kept states in the layers above: `"original"` (their
+            place in the prompt) or `"renumbered"` (counting only the states those layers see).
+        use_item_id_embeddings (`bool`, *optional*, defaults to `False`):
+            One learned vector per catalog item, added to the item's states where they enter the first layer above
+            the leading intra run. Zero-initialised: an untrained model equals the text-only model, and an item with
+            no training interactions keeps its zero vector. Needs `segment_item_indices` in the forward
+            ([`IAMDataCollator`] emits it).
+        adapter_scoring (`str`, *optional*, defaults to `"dot"`):
+            How the adapter scores an item: `"dot"` (dot product with its embedding, plus its bias) or `"cosine"`
+            (cosine similarity times a learned temperature, plus its bias).
         catalog_fingerprint (`str`, *optional*):
             sha256 of the catalog's item ids in order (`ItemCatalog.fingerprint`), set by `set_catalog`: loading
             refuses an `item_catalog.json` that does not match it (docs/reliability.md).
@@ -113,13 +146,29 @@ class IAMConfig(PreTrainedConfig):
     adapter_dropout: int | float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
     initializer_range: int | float = interval(min=0.0)(default=0.02)
     readout: Literal["query", "last_item"] = "query"
+    supervision: Literal["last", "every_item"] = "last"
     intra_implementation: Literal["masked", "packed"] = "masked"
+    num_item_tokens: int | None = positive_int_field(default=None)
+    item_token_positions: Literal["original", "renumbered"] = "original"
+    use_item_id_embeddings: bool = False
+    adapter_scoring: Literal["dot", "cosine"] = "dot"
     catalog_fingerprint: str | None = validated_field(_check_catalog_fingerprint, default=None)
 
     def validate_layer_layout(self):
-        """The layer kinds fit the backbone: one per layer, or a preset that can be built for its depth."""
-        if not self.resolved_layer_types:
+        """The layer kinds fit the backbone: one per layer, or a preset that can be built for its depth; the options
+        that need a leading intra run have one."""
+        layer_types = self.resolved_layer_types
+        if not layer_types:
             raise ValueError("the backbone has no layers (text_config.num_hidden_layers = 0)")
+        check_item_level_options(self, layer_types)
+
+    def validate_supervision(self):
+        """Every-item targets are read at item ends: evaluation must read the same kind of position."""
+        if self.supervision == "every_item" and self.readout != "last_item":
+            raise ValueError(
+                "supervision='every_item' reads a target after every item at the item's last token: set "
+                "readout='last_item' so that evaluation reads the same kind of position"
+            )
 
     @property
     def num_backbone_layers(self) -> int:

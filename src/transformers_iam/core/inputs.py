@@ -1,4 +1,5 @@
-"""The checks on a forward's inputs whose failure would otherwise be silent or name nothing."""
+"""The checks on a forward's inputs whose failure would otherwise be silent or name nothing, made the same way for
+every path (masked, packed, cached, flex), and the position ids every path uses."""
 
 from __future__ import annotations
 
@@ -7,49 +8,126 @@ import torch
 from .configuration_iam import IAMConfig
 
 
+def default_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that count real tokens only, so a user's states do not depend on how much padding precedes them.
+
+    Example:
+        >>> default_position_ids(torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]])).tolist()
+        [[0, 0, 0, 1, 2], [0, 1, 2, 3, 3]]
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _noncontiguous_rows(segments: torch.Tensor) -> torch.Tensor:
+    """Per row: an item segment id occurs in more than one run (the item is split), with no host sync."""
+    previous = torch.nn.functional.pad(segments[:, :-1], (1, 0))
+    runs = ((segments > 0) & (segments != previous)).sum(-1)
+    ordered = segments.sort(-1).values
+    distinct = ((ordered > 0) & (ordered != torch.nn.functional.pad(ordered[:, :-1], (1, 0)))).sum(-1)
+    return runs > distinct
+
+
 def check_forward_inputs(
     config: IAMConfig,
     input_ids: torch.Tensor | None,
     inputs_embeds: torch.Tensor | None,
     attention_mask: torch.Tensor | None,
     item_segment_ids: torch.Tensor | None,
+    segment_item_indices: torch.Tensor | None = None,
 ) -> None:
-    """The checks whose failure would otherwise be silent (an all-padding row is pooled from a padding token) or an
-    error that names nothing (an index error deep in the embedding)."""
+    """Refuse what every path would otherwise treat differently or silently: out-of-vocabulary ids, all-padding rows,
+    negative or non-contiguous item segments, item indices outside the catalog. The checks are gathered into one
+    tensor and read back once (one host sync per forward, not one per check); the messages are built only on failure.
+    """
     reference = input_ids if input_ids is not None else inputs_embeds
     if reference is None:
         raise ValueError("Pass input_ids or inputs_embeds")
+    shape = tuple(reference.shape[:2])
     if item_segment_ids is None and any(kind != "full" for kind in config.resolved_layer_types):
         raise ValueError(
             "item_segment_ids is required: this model has item-aware layers "
             f"({config.resolved_layer_types}). IAMDataCollator emits it."
         )
-    if item_segment_ids is not None and item_segment_ids.shape != reference.shape[:2]:
+    for name, tensor in (("item_segment_ids", item_segment_ids), ("attention_mask", attention_mask)):
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(tensor.shape)} but the inputs have {shape}")
+    if config.use_item_id_embeddings and segment_item_indices is None:
         raise ValueError(
-            f"item_segment_ids has shape {tuple(item_segment_ids.shape)} "
-            f"but the inputs have {tuple(reference.shape[:2])}"
+            "this model adds item id embeddings (config.use_item_id_embeddings): pass segment_item_indices, the "
+            "catalog index of each history item (IAMDataCollator emits it)"
         )
-    if input_ids is not None and input_ids.numel():
-        vocab_size = getattr(config.text_config, "vocab_size", None)
+    if segment_item_indices is not None and (
+        segment_item_indices.dim() != 2 or segment_item_indices.shape[0] != shape[0]
+    ):
+        raise ValueError(
+            f"segment_item_indices must have shape (batch, items) with batch {shape[0]}, got "
+            f"{tuple(segment_item_indices.shape)}"
+        )
+
+    device = reference.device
+    false = torch.zeros((), dtype=torch.bool, device=device)
+    vocab_size = getattr(config.text_config, "vocab_size", None)
+    has_ids = input_ids is not None and input_ids.numel() > 0
+    checks = {
+        "ids_low": (input_ids.min() < 0) if has_ids else false,
+        "ids_high": (input_ids.max() >= vocab_size) if has_ids and vocab_size is not None else false,
+        "empty_rows": (attention_mask == 0).all(-1).any() if attention_mask is not None else false,
+        "negative_segments": (item_segment_ids < 0).any() if item_segment_ids is not None else false,
+        "noncontiguous": false,
+        "segments_beyond_indices": false,
+        "indices_outside": false,
+        "unindexed_items": false,
+    }
+    if item_segment_ids is not None and item_segment_ids.numel():
+        real = attention_mask.long() if attention_mask is not None else torch.ones_like(item_segment_ids)
+        segments = item_segment_ids.long() * real
+        checks["noncontiguous"] = _noncontiguous_rows(segments).any()
+        if segment_item_indices is not None:
+            checks["segments_beyond_indices"] = segments.max() > segment_item_indices.shape[1]
+            used = segment_item_indices >= 0
+            checks["indices_outside"] = (used & (segment_item_indices >= config.num_items)).any() | (
+                segment_item_indices < -1
+            ).any()
+            if segment_item_indices.shape[1]:
+                columns = (segments - 1).clamp(0, segment_item_indices.shape[1] - 1)
+                checks["unindexed_items"] = ((segments > 0) & (segment_item_indices.gather(1, columns) < 0)).any()
+    failed = dict(zip(checks, torch.stack(list(checks.values())).tolist()))
+    if not any(failed.values()):
+        return
+    if failed["ids_low"] or failed["ids_high"]:
         low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or (vocab_size is not None and high >= vocab_size):
-            raise ValueError(
-                f"input_ids must be token ids in [0, {vocab_size}) (text_config.vocab_size), got [{low}, {high}]"
-            )
-    if attention_mask is not None:
-        if attention_mask.shape != reference.shape[:2]:
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)} "
-                f"but the inputs have {tuple(reference.shape[:2])}"
-            )
+        raise ValueError(
+            f"input_ids must be token ids in [0, {vocab_size}) (text_config.vocab_size), got [{low}, {high}]"
+        )
+    if failed["empty_rows"]:
         empty = (attention_mask == 0).all(-1)
-        if bool(empty.any()):
-            raise ValueError(
-                f"attention_mask rows {empty.nonzero().view(-1).tolist()[:5]} are all padding: every row needs at "
-                "least its query token (the adapter reads the last real token)"
-            )
-    if item_segment_ids is not None and item_segment_ids.numel() and int(item_segment_ids.min()) < 0:
+        raise ValueError(
+            f"attention_mask rows {empty.nonzero().view(-1).tolist()[:5]} are all padding: every row needs at "
+            "least its query token (the adapter reads the last real token)"
+        )
+    if failed["negative_segments"]:
         raise ValueError("item_segment_ids must be >= 0 (0 = context, 1..n = history items)")
+    if failed["noncontiguous"]:
+        row = int(_noncontiguous_rows(segments).nonzero()[0, 0])
+        raise ValueError(
+            f"row {row}: an item segment is not contiguous (item_segment_ids {segments[row].tolist()}): every item "
+            "must be one span of tokens"
+        )
+    if failed["segments_beyond_indices"]:
+        raise ValueError(
+            f"item_segment_ids go up to {int(segments.max())} but segment_item_indices has "
+            f"{segment_item_indices.shape[1]} columns: one catalog index per item segment"
+        )
+    if failed["unindexed_items"] and not failed["indices_outside"]:
+        raise ValueError(
+            "an item segment has no catalog index in segment_item_indices (-1): every history item needs its "
+            "catalog index for its item id embedding"
+        )
+    bad = segment_item_indices[(segment_item_indices < -1) | (segment_item_indices >= config.num_items)]
+    raise ValueError(
+        f"segment_item_indices must be catalog indices in [0, {config.num_items}) or -1 (padding), got "
+        f"{bad.tolist()[:5]}"
+    )
 
 
-__all__ = ["check_forward_inputs"]
+__all__ = ["check_forward_inputs", "default_position_ids"]

@@ -1,159 +1,363 @@
 """The exact item-state cache: every catalog item's states after the leading intra layers, computed once.
 
-Why it is exact, and when it is refused: docs/architecture.md, "Compute once, supervise everywhere". The packed
-computation it stores is :func:`~transformers_iam.core.item_states.encode_items`; a forward reads it through
-:func:`~transformers_iam.core.item_states.forward_from_item_states`.
+Why it is exact, and when it is refused: docs/architecture.md, "Compute once, supervise everywhere". The cache
+records what its states were computed for (the leading intra layers, the attention implementation, how many states
+per item the layers above read, the rendering of the catalog, and a digest of the token embeddings, the cached
+layers and the rotary buffers) and checks it before every forward that reads it: stale states are never served.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.utils import logging
 
-from .attention import find_decoder_layers
-from .collator import IAMDataCollator
-from .item_states import encode_items
+from .attention import current_attn_implementation
+from .decoder import decoder_parts
+from .item_spans import distinct_sequences, token_sequence_keys
+from .item_states import encode_item_sequences
+
+logger = logging.get_logger(__name__)
+
+# Elements of each cached weight compared at every forward: catches most writes that bypass PyTorch's version
+# counter (``param.data[...] = ...``); ordinary in-place updates bump the counter and trigger the full digest.
+_SAMPLED_ELEMENTS = 64
 
 
-def _weights_fingerprint(parameters: Sequence[torch.Tensor]) -> list[tuple[float, float]]:
-    with torch.no_grad():
-        return [(float(p.double().sum()), float(p.double().square().sum())) for p in parameters]
+def weights_digest(tensors: Sequence[torch.Tensor]) -> str:
+    """A sha256 of the exact bytes (and shapes) of ``tensors``: any change, a permutation included, changes it."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        data = tensor.detach().contiguous().cpu()
+        digest.update(str((tuple(data.shape), str(data.dtype))).encode())
+        digest.update(data.view(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def _token_table(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+    width = max(len(tokens) for tokens in sequences)
+    table = torch.full((len(sequences), width), -1, dtype=torch.long)
+    for row, tokens in enumerate(sequences):
+        table[row, : len(tokens)] = torch.as_tensor(list(tokens), dtype=torch.long)
+    return table
+
+
+@dataclass(frozen=True)
+class CacheRecord:
+    """What a cache's states were computed for; a model that differs in any of these cannot use them."""
+
+    num_layers: int
+    num_item_tokens: int | None
+    attn_implementation: str
+    rendering_digest: str
+    weights_digest: str
+
+    def differences(self, other: CacheRecord) -> list[str]:
+        names = {
+            "num_layers": "the leading intra layers",
+            "num_item_tokens": "the states per item the layers above read (num_item_tokens)",
+            "attn_implementation": "the attention implementation",
+            "rendering_digest": "the rendering of the catalog",
+            "weights_digest": "the token embeddings, the cached layers or the rotary settings",
+        }
+        return [
+            f"{description} ({getattr(self, name)!r:.40} -> {getattr(other, name)!r:.40})"
+            for name, description in names.items()
+            if getattr(self, name) != getattr(other, name)
+        ]
 
 
 class ItemStateCache:
-    """The states of every catalog item after the leading intra layers, keyed by the item's token ids.
+    """The states of every distinct catalog item after the leading intra layers, found by the item's token ids.
 
-    Built by [`IAMForCausalRecommendation.enable_item_cache`]; an item whose tokens are not in the cache (another
-    rendering) is computed live, so a lookup is never wrong, only slower. The cache remembers the weights it was
-    built from and refuses to serve once they change.
+    Built by [`IAMForCausalRecommendation.enable_item_cache`]. Only the states the layers above read are stored:
+    every token's, or an item's last ``num_item_tokens`` (the item-level inter half). An item whose tokens are not in
+    the cache (another rendering) is computed live, so a lookup is never wrong, only slower.
+
+    Example:
+        >>> cache = model.enable_item_cache(collator)  # doctest: +SKIP
+        >>> cache.num_items, cache.nbytes  # doctest: +SKIP
+        (1682, 3874816)
     """
 
-    def __init__(self, token_sequences: Sequence[Sequence[int]], states: Sequence[torch.Tensor], num_layers: int):
-        self.num_layers = num_layers
-        self.index = {tuple(tokens): position for position, tokens in enumerate(token_sequences)}
-        lengths = [len(tokens) for tokens in token_sequences]
-        self.offsets = [0]
-        for length in lengths:
-            self.offsets.append(self.offsets[-1] + length)
-        self.states = torch.cat([state.detach() for state in states])
+    def __init__(
+        self,
+        token_sequences: Sequence[Sequence[int]],
+        states: Sequence[torch.Tensor],
+        num_layers: int,
+        num_item_tokens: int | None = None,
+    ):
+        if len(token_sequences) != len(states):
+            raise ValueError(f"{len(token_sequences)} token sequences but {len(states)} states")
+        self.num_layers, self.num_item_tokens = num_layers, num_item_tokens
+        self.token_sequences = [tuple(tokens) for tokens in token_sequences]
+        table = _token_table(self.token_sequences)
+        first, inverse = distinct_sequences(table)
+        self.catalog_entries = inverse  # entry of each given sequence (catalog order)
+        self.tokens = table[first]
+        self.lengths = (self.tokens >= 0).sum(-1)
+        kept = [states[index].detach() for index in first.tolist()]
+        if num_item_tokens is not None:
+            kept = [state[-num_item_tokens:] for state in kept]
+        self.stored = torch.tensor([len(state) for state in kept], dtype=torch.long)
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.stored.cumsum(0)])
+        self.states = torch.cat(kept)
+        keys = token_sequence_keys(self.tokens)
+        self.sorted_keys, self.key_entries = keys.sort()
+        self.record: CacheRecord | None = None
         self._modules: list[nn.Module] = []
         self._parameters: list[torch.Tensor] = []
-        self._versions: list[int] = []
-        self._fingerprint: list[tuple[float, float]] = []
+        self._fast_check: list[tuple] = []
+        self._samples: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._on_device: dict[tuple, dict[str, torch.Tensor]] = {}
+        self._lock = threading.Lock()
 
-    def bind(self, modules: Sequence[nn.Module]) -> None:
-        """Remember the weights the states were computed from (the token embeddings and the cached layers)."""
-        self._modules = list(modules)
-        self._parameters = self._current_parameters()
-        self._versions = [p._version for p in self._parameters]  # bumped by every in-place update (optimizer, load)
-        self._fingerprint = _weights_fingerprint(self._parameters)
-
-    def _current_parameters(self) -> list[torch.Tensor]:
-        return [parameter for module in self._modules for parameter in module.parameters()]
-
-    def check_fresh(self) -> None:
-        """Raise if a cached layer or the embeddings changed, gained weights or became trainable since the build."""
-        parameters = self._current_parameters()
-        if [id(p) for p in parameters] != [id(p) for p in self._parameters]:
-            raise RuntimeError(
-                "the cached layers gained or lost weights since enable_item_cache (an adapter such as LoRA was "
-                "added?): the cached item states are stale; call enable_item_cache(collator) again"
-            )
-        trainable = [p for p in parameters if p.requires_grad]
-        if trainable:
-            raise RuntimeError(
-                "a cached layer or the token embeddings became trainable (requires_grad) after enable_item_cache: "
-                "the cache would go stale as they train; freeze them again or call disable_item_cache()"
-            )
-        versions = [p._version for p in parameters]
-        if versions == self._versions:
-            return
-        # written to in place: a reload of identical weights (load_best_model_at_end) keeps the cache valid
-        if _weights_fingerprint(parameters) != self._fingerprint:
-            raise RuntimeError(
-                "the weights of the cached layers or of the token embeddings changed since enable_item_cache: "
-                "the cached item states are stale; call enable_item_cache(collator) again"
-            )
-        self._versions = versions
-
-    def lookup(self, tokens: tuple[int, ...]) -> int | None:
-        return self.index.get(tokens)
-
-    def states_of(self, position: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        if self.states.device != device or self.states.dtype != dtype:
-            self.states = self.states.to(device=device, dtype=dtype)
-        return self.states[self.offsets[position] : self.offsets[position + 1]]
+    @property
+    def rendering_digest(self) -> str:
+        return hashlib.sha256(repr(self.token_sequences).encode()).hexdigest()
 
     @property
     def num_items(self) -> int:
-        return len(self.index)
+        """Distinct item token sequences held."""
+        return self.tokens.shape[0]
 
     @property
     def nbytes(self) -> int:
         return self.states.numel() * self.states.element_size()
 
+    # -- what it was built for -------------------------------------------------------------------------------
+    def bind(self, modules: Sequence[nn.Module], buffers: Sequence[torch.Tensor], attn_implementation: str) -> None:
+        """Remember the weights the states were computed from (token embeddings, cached layers, rotary buffers)."""
+        self._modules = list(modules)
+        self._buffers = list(buffers)
+        self._parameters = self._current_tensors()
+        self.record = CacheRecord(
+            self.num_layers,
+            self.num_item_tokens,
+            attn_implementation,
+            self.rendering_digest,
+            weights_digest(self._parameters),
+        )
+        self._fast_check = self._fast_state(self._parameters)
+        generator = torch.Generator().manual_seed(0)
+        self._samples = []
+        for tensor in self._parameters:
+            flat = tensor.detach().reshape(-1)
+            index = torch.randint(0, max(1, flat.numel()), (min(_SAMPLED_ELEMENTS, flat.numel()),), generator=generator)
+            self._samples.append((index.to(flat.device), flat[index.to(flat.device)].clone()))
 
-def build_item_cache(model, collator: IAMDataCollator, batch_size: int = 256) -> ItemStateCache:
-    """The cache of ``model`` (an ``IAMForCausalRecommendation``) for ``collator``'s rendering of its catalog.
+    def _current_tensors(self) -> list[torch.Tensor]:
+        return [p for module in self._modules for p in module.parameters()] + list(self._buffers)
 
-    Refuses, with the reason, when it could not be exact (see ``IAMForCausalRecommendation.enable_item_cache``).
-    """
+    @staticmethod
+    def _fast_state(tensors: Sequence[torch.Tensor]) -> list[tuple]:
+        # bumped by every ordinary in-place update (an optimizer step, load_state_dict, a row swap under no_grad)
+        return [(id(t), t._version, t.data_ptr(), t.requires_grad) for t in tensors]
+
+    def check(self, num_layers: int, num_item_tokens: int | None, attn_implementation: str) -> None:
+        """Raise unless the cache still describes the model: same leading intra layers, states per item, attention
+        implementation, and cached weights (checked by version counters and sampled values at every call, by the full
+        digest whenever a version moved)."""
+        if self.record is None:
+            raise RuntimeError("this item-state cache was never bound to a model (use model.enable_item_cache)")
+        wanted = CacheRecord(
+            num_layers, num_item_tokens, attn_implementation, self.record.rendering_digest, self.record.weights_digest
+        )
+        differences = self.record.differences(wanted)
+        if differences:
+            raise RuntimeError(
+                f"the item-state cache was built for another model: {'; '.join(differences)}; call "
+                "enable_item_cache(collator) again"
+            )
+        tensors = self._current_tensors()
+        if [id(t) for t in tensors] != [id(t) for t in self._parameters]:
+            raise RuntimeError(
+                "the cached layers gained or lost weights since enable_item_cache (an adapter such as LoRA was "
+                "added?): the cached item states are stale; call enable_item_cache(collator) again"
+            )
+        trainable = [t for t in tensors if t.requires_grad]
+        if trainable:
+            raise RuntimeError(
+                "a cached layer or the token embeddings became trainable (requires_grad) after enable_item_cache: "
+                "the cache would go stale as they train; freeze them again or call disable_item_cache()"
+            )
+        sampled_same = all(
+            bool(torch.equal(t.detach().reshape(-1)[index], values))
+            for t, (index, values) in zip(tensors, self._samples)
+        )
+        fast = self._fast_state(tensors)
+        if sampled_same and fast == self._fast_check:
+            return
+        # written to in place: an identical reload (load_best_model_at_end) keeps the cache valid
+        if weights_digest(tensors) != self.record.weights_digest:
+            raise RuntimeError(
+                "the weights of the cached layers, the token embeddings or the rotary settings changed since "
+                "enable_item_cache: the cached item states are stale; call enable_item_cache(collator) again"
+            )
+        with self._lock:
+            self._fast_check = fast
+
+    def verify(self) -> None:
+        """The full digest of the cached weights now, whatever the version counters say (after writes through
+        ``.data``, which PyTorch does not count)."""
+        if self.record is None or weights_digest(self._current_tensors()) != self.record.weights_digest:
+            raise RuntimeError("the cached item states are stale; call enable_item_cache(collator) again")
+
+    # -- lookups ---------------------------------------------------------------------------------------------
+    def on_device(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The cache's tensors on ``device`` (states in ``dtype``), moved once and kept: safe from several threads."""
+        key = (str(device), dtype)
+        tensors = self._on_device.get(key)
+        if tensors is None:
+            with self._lock:
+                tensors = self._on_device.get(key)
+                if tensors is None:
+                    tensors = {
+                        "states": self.states.to(device=device, dtype=dtype),
+                        "tokens": self.tokens.to(device),
+                        "lengths": self.lengths.to(device),
+                        "stored": self.stored.to(device),
+                        "offsets": self.offsets.to(device),
+                        "sorted_keys": self.sorted_keys.to(device),
+                        "key_entries": self.key_entries.to(device),
+                    }
+                    self._on_device[key] = tensors
+        return tensors
+
+    def lookup(self, tokens: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """The entry of each row of ``tokens`` (``-1`` padded), ``-1`` where the cache does not hold it."""
+        if tokens.shape[0] == 0:
+            return torch.zeros(0, dtype=torch.long, device=tokens.device)
+        on = self.on_device(tokens.device, self.states.dtype)
+        keys = token_sequence_keys(tokens) if keys is None else keys
+        position = torch.searchsorted(on["sorted_keys"], keys).clamp(max=on["sorted_keys"].shape[0] - 1)
+        entry = on["key_entries"][position]
+        width = max(tokens.shape[1], on["tokens"].shape[1])
+        pad = torch.nn.functional.pad
+        candidate = pad(on["tokens"][entry], (0, width - on["tokens"].shape[1]), value=-1)
+        same = (on["sorted_keys"][position] == keys) & (
+            pad(tokens, (0, width - tokens.shape[1]), value=-1) == candidate
+        ).all(-1)
+        return torch.where(same, entry, torch.full_like(entry, -1))
+
+    def states_at(
+        self, entries: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor, device, dtype
+    ) -> torch.Tensor:
+        """States of token ``offsets`` (within items of ``lengths`` tokens) of cache ``entries``; every asked token
+        must be stored (one of the item's last ``num_item_tokens`` when those are all the cache keeps)."""
+        on = self.on_device(device, dtype)
+        index = on["offsets"][entries] + offsets - (lengths - on["stored"][entries])
+        return on["states"][index]
+
+    def extend(self, token_sequences: Sequence[Sequence[int]], states: Sequence[torch.Tensor]) -> ItemStateCache:
+        """A cache holding these states and the new ones (items added to the catalog), bound like this one."""
+        cache = ItemStateCache(
+            self.token_sequences + [tuple(tokens) for tokens in token_sequences],
+            [self.states_of_sequence(index) for index in range(len(self.token_sequences))] + list(states),
+            self.num_layers,
+            self.num_item_tokens,
+        )
+        cache.bind(self._modules, self._buffers, self.record.attn_implementation)
+        return cache
+
+    def states_of_sequence(self, index: int) -> torch.Tensor:
+        """The stored states of the ``index``-th sequence the cache was built from (catalog order)."""
+        entry = int(self.catalog_entries[index])
+        return self.states[int(self.offsets[entry]) : int(self.offsets[entry + 1])]
+
+
+def cached_modules(model) -> tuple[list[nn.Module], list[torch.Tensor]]:
+    """What the states of the leading intra run are computed from: the token embeddings and those layers (modules),
+    and the rotary embedding's buffers (its frequencies)."""
+    parts = decoder_parts(model.model)
+    modules = [parts.backbone.get_input_embeddings(), *parts.layers[: model.num_leading_intra_layers]]
+    return modules, list(parts.backbone.rotary_emb.buffers())
+
+
+def cache_refusal(model) -> str | None:
+    """Why ``model`` (an ``IAMForCausalRecommendation``) cannot have an exact item-state cache now, or None."""
     num_layers = model.num_leading_intra_layers
     if num_layers == 0:
-        raise ValueError(
-            f"no leading intra run to cache: the layers are {model.config.resolved_layer_types}; the item-state "
-            "cache needs the bottom layer(s) to be intra"
+        return (
+            f"no leading intra run to cache: the layers are {model.config.resolved_layer_types}; the item-state cache "
+            "needs the bottom layer(s) to be intra"
         )
     if getattr(model.model, "rotary_emb", None) is None:
-        raise ValueError(
+        return (
             f"{type(model.model).__name__} has no rotary position embedding: with absolute positions an item's "
             "states depend on where it sits, so they cannot be cached"
         )
-    if model.catalog is not None and collator.catalog != model.catalog:
-        raise ValueError("the collator's catalog is not this model's catalog: the cache would describe other items")
-    _, layers = find_decoder_layers(model.model)
-    cached_modules = [model.model.get_input_embeddings(), *layers[:num_layers]]
-    named = list(cached_modules[0].named_parameters(prefix="embeddings"))
+    parts = decoder_parts(model.model)
+    named = list(parts.backbone.get_input_embeddings().named_parameters(prefix="embeddings"))
     for index in range(num_layers):
-        named += list(layers[index].named_parameters(prefix=f"layers.{index}"))
+        named += list(parts.layers[index].named_parameters(prefix=f"layers.{index}"))
     trainable = [name for name, parameter in named if parameter.requires_grad]
     if trainable:
-        raise ValueError(
+        return (
             f"cached weights are trainable ({', '.join(trainable[:3])}{', ...' if len(trainable) > 3 else ''}): "
-            f"freeze the token embeddings and the first {num_layers} layers (requires_grad_(False)) so the "
-            "cached states cannot go stale"
+            f"freeze the token embeddings and the first {num_layers} layers (requires_grad_(False)) so the cached "
+            "states cannot go stale"
         )
-    sequences = [collator.item_token_ids(index) for index in range(len(collator.catalog))]
+    return None
+
+
+def build_item_cache(model, token_sequences: Sequence[Sequence[int]], batch_size: int = 256) -> ItemStateCache:
+    """The cache of ``model`` (an ``IAMForCausalRecommendation``) for these item token sequences (a catalog's
+    rendering, in catalog order). Refuses, with the reason, when it could not be exact, and checks on a probe batch
+    that the cached forward gives the masked forward's states."""
+    refusal = cache_refusal(model)
+    if refusal is not None:
+        raise ValueError(refusal)
+    num_layers = model.num_leading_intra_layers
     with torch.no_grad():
-        states = encode_items(model.model, sequences, num_layers, batch_size=batch_size)
-    cache = ItemStateCache(sequences, states, num_layers)
-    cache.bind(cached_modules)
-    check_cache_exact(model, collator, cache)
+        states = encode_item_sequences(decoder_parts(model.model), token_sequences, num_layers, batch_size)
+    cache = ItemStateCache(token_sequences, states, num_layers, model.config.num_item_tokens)
+    modules, buffers = cached_modules(model)
+    cache.bind(modules, buffers, current_attn_implementation(model.config))
+    check_cache_exact(model, cache)
     return cache
 
 
+def _probe_batch(token_sequences: Sequence[Sequence[int]], device) -> dict[str, torch.Tensor]:
+    """Two histories of cached items behind one context token (the first item's first token), right padded."""
+    context = [token_sequences[0][0]]
+    rows = [list(range(min(3, len(token_sequences)))), list(range(len(token_sequences)))[-2:]]
+    input_ids, segments = [], []
+    for items in rows:
+        ids, segs = list(context), [0]
+        for segment, index in enumerate(items, start=1):
+            ids += list(token_sequences[index])
+            segs += [segment] * len(token_sequences[index])
+        input_ids.append(ids)
+        segments.append(segs)
+    width = max(len(ids) for ids in input_ids)
+    pad = lambda rows, value: torch.tensor([row + [value] * (width - len(row)) for row in rows], device=device)  # noqa: E731
+    mask = pad([[1] * len(ids) for ids in input_ids], 0)
+    # any catalog index will do for item id embeddings: both forwards add the same vectors
+    indices = torch.zeros(len(rows), max(len(items) for items in rows), dtype=torch.long, device=device)
+    return {
+        "input_ids": pad(input_ids, 0),
+        "item_segment_ids": pad(segments, 0),
+        "attention_mask": mask,
+        "segment_item_indices": indices,
+    }
+
+
 @torch.no_grad()
-def check_cache_exact(model, collator: IAMDataCollator, cache: ItemStateCache) -> None:
-    """Refuse a backbone for which feeding states as ``inputs_embeds`` is not the same forward (one that scales
-    its embeddings inside the forward, say): compare both paths on a probe batch."""
-    items = collator.catalog.item_ids
-    probe = collator([{"history": items[:3]}, {"history": items[-2:]}])
-    device = model.adapter.dense.weight.device
-    probe = {key: value.to(device) for key, value in probe.items() if key != "history_item_indices"}
-    attention_mask = probe["attention_mask"]
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    saved, model.item_cache = model.item_cache, cache
-    try:
-        arguments = (probe["input_ids"], attention_mask, position_ids, probe["item_segment_ids"])
-        cached = model._backbone_outputs(*arguments, use_item_states=True).last_hidden_state
-        masked = model._backbone_outputs(*arguments, use_item_states=False).last_hidden_state
-    finally:
-        model.item_cache = saved
-    real = attention_mask.bool()
-    difference = float((cached - masked)[real].abs().max())
-    tolerance = 1e-3 if cached.dtype == torch.float32 else 5e-2
+def check_cache_exact(model, cache: ItemStateCache) -> None:
+    """Refuse a backbone for which feeding cached states to the layers above is not the same forward (one that
+    scales its embeddings inside its forward, say): compare the cached and the masked forwards on a probe batch."""
+    probe = _probe_batch(cache.token_sequences, model.get_input_embeddings().weight.device)
+    cached = model.backbone_forward(**probe, use_item_cache=cache)
+    masked = model.backbone_forward(**probe, use_item_cache=False, intra_implementation="masked")
+    real = cached.attention_mask.bool()
+    difference = float((cached.last_hidden_state - masked.last_hidden_state)[real].abs().max())
+    tolerance = 1e-3 if cached.last_hidden_state.dtype == torch.float32 else 5e-2
     if difference > tolerance:
         raise ValueError(
             f"cached item states do not reproduce this backbone's forward (max difference {difference:.2e}): "
@@ -161,4 +365,12 @@ def check_cache_exact(model, collator: IAMDataCollator, cache: ItemStateCache) -
         )
 
 
-__all__ = ["ItemStateCache", "build_item_cache", "check_cache_exact"]
+__all__ = [
+    "CacheRecord",
+    "ItemStateCache",
+    "build_item_cache",
+    "cache_refusal",
+    "cached_modules",
+    "check_cache_exact",
+    "weights_digest",
+]

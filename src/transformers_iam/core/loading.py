@@ -51,6 +51,14 @@ def optional_checkpoint_file(
         return None
 
 
+HUB_ARGUMENTS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+
+
+def hub_arguments(kwargs: dict) -> dict:
+    """The Hub arguments among ``from_pretrained``'s keyword arguments (where and how a file is fetched)."""
+    return {key: kwargs[key] for key in HUB_ARGUMENTS if key in kwargs}
+
+
 def load_pretrained_decoder(
     pretrained_model_name_or_path: str | os.PathLike,
     gguf_file: str | None = None,
@@ -83,4 +91,4 @@ def load_pretrained_decoder(
     return model
 
 
-__all__ = ["load_pretrained_decoder", "optional_checkpoint_file"]
+__all__ = ["hub_arguments", "load_pretrained_decoder", "optional_checkpoint_file"]

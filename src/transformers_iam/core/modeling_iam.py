@@ -4,26 +4,28 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
-from .adapter import IAMRecommendationAdapter, log_popularity_prior, text_item_embeddings
+from .adapter import _INITIAL_LOGIT_SCALE, IAMRecommendationAdapter, log_popularity_prior, text_item_embeddings
 from .attention import (
     current_attn_implementation,
     enable_item_aware_attention,
     item_aware_implementation,
 )
-from .catalog import CATALOG_FILE_NAME, ItemCatalog, check_catalog_binding
-from .collator import IAMDataCollator
-from .configuration_iam import IAMConfig
-from .inputs import check_forward_inputs
-from .item_cache import ItemStateCache, build_item_cache
-from .item_states import forward_from_item_states, leading_intra_layers
-from .loading import load_pretrained_decoder, optional_checkpoint_file
+from .catalog import ItemCatalog, check_catalog_binding, checkpoint_catalog, remove_stale_catalog
+from .configuration_iam import IAMConfig, check_item_level_options
+from .decoder import decoder_parts
+from .inputs import check_forward_inputs, default_position_ids
+from .item_cache import ItemStateCache, build_item_cache, cache_refusal
+from .item_states import Layout, item_aware_forward, leading_intra_layers
+from .loading import hub_arguments, load_pretrained_decoder
 from .masks import check_layer_types
 from .ranking import exclude_items
 from .readout import gather_states, item_end_positions, last_real_positions
@@ -47,12 +49,34 @@ class IAMRecommendationOutput(ModelOutput):
 
 
 @dataclass
+class IAMBackboneOutput(ModelOutput):
+    """The backbone's final states in the layout its top layers ran in, which is where the adapter reads.
+
+    Args:
+        last_hidden_state: `(batch, width, hidden)`; `width` is the input's length, or fewer positions when the layers
+            above the leading intra run saw only some tokens (`config.num_item_tokens`).
+        attention_mask: `(batch, width)`, 1 on real tokens of that layout.
+        item_segment_ids: `(batch, width)`, the segment of each position of that layout.
+        hidden_states: embeddings and each layer's output at the input's positions, when asked for.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    attention_mask: torch.LongTensor | None = None
+    item_segment_ids: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
 class IAMRecommendations(ModelOutput):
     """Top-k items per user: `scores` and catalog `indices` `(batch, k)`; `item_ids` when the model has a catalog."""
 
     scores: torch.FloatTensor | None = None
     indices: torch.LongTensor | None = None
     item_ids: list[list[str]] | None = None
+
+
+class ItemIdEmbeddings(nn.Embedding):
+    """One learned vector per catalog item, zero-initialised (see `IAMConfig.use_item_id_embeddings`)."""
 
 
 class IAMPreTrainedModel(PreTrainedModel):
@@ -66,6 +90,15 @@ class IAMPreTrainedModel(PreTrainedModel):
     # Our forward takes **kwargs but computes a per-example mean loss itself: without this the
     # Trainer stops dividing the loss by the gradient accumulation steps (docs/architecture.md, "Traps").
     accepts_loss_kwargs = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # zero: an untrained model is the text-only model, and an item never trained keeps no identity of its own
+        if isinstance(module, ItemIdEmbeddings):
+            init.zeros_(module.weight)
+        elif isinstance(module, IAMRecommendationAdapter) and hasattr(module, "logit_scale"):
+            init.constant_(module.logit_scale, _INITIAL_LOGIT_SCALE)
+        else:
+            super()._init_weights(module)
 
 
 class IAMForCausalRecommendation(IAMPreTrainedModel):
@@ -94,23 +127,45 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         implementation = item_aware_implementation(current_attn_implementation(config))
         self.model = AutoModel.from_config(config.text_config, attn_implementation=implementation)
         enable_item_aware_attention(self.model, config.resolved_layer_types)
+        self.item_id_embeddings = (
+            ItemIdEmbeddings(config.num_items, config.text_config.hidden_size)
+            if config.use_item_id_embeddings
+            else None
+        )
         self.adapter = IAMRecommendationAdapter(config)
         self.catalog: ItemCatalog | None = None
         self.item_cache: ItemStateCache | None = None
         self.post_init()
         self.set_attn_implementation(implementation)  # this config and the backbone's, through the public route
 
-    # -- attention backend -------------------------------------------------------------------
+    # -- attention backend and layer kinds ---------------------------------------------------
     def set_attn_implementation(self, attn_implementation: str | dict, **kwargs):
         if isinstance(attn_implementation, str):
             attn_implementation = item_aware_implementation(attn_implementation)
-        return super().set_attn_implementation(attn_implementation, **kwargs)
+        result = super().set_attn_implementation(attn_implementation, **kwargs)
+        self._refresh_item_cache("the attention implementation changed")
+        return result
 
     def set_iam_layer_types(self, layer_types: list[str]) -> None:
-        """Switch the per-layer kinds of this model in place (same weights), e.g. for an ablation."""
+        """Switch the per-layer kinds of this model in place (same weights), e.g. for an ablation. An item-state cache
+        is rebuilt for the new leading intra run (or dropped when it can no longer be exact), with a log line."""
         layer_types = check_layer_types(layer_types, self.config.num_backbone_layers)  # before anything changes
+        check_item_level_options(self.config, layer_types)
         enable_item_aware_attention(self.model, layer_types)
         self.config.iam_layer_types = layer_types
+        self._refresh_item_cache("the layer kinds changed")
+
+    def _refresh_item_cache(self, reason: str) -> None:
+        cache = getattr(self, "item_cache", None)
+        if cache is None:
+            return
+        refusal = cache_refusal(self)
+        if refusal is not None:
+            self.item_cache = None
+            logger.warning(f"item-state cache dropped ({reason}): {refusal}")
+            return
+        self.item_cache = build_item_cache(self, cache.token_sequences)
+        logger.warning(f"item-state cache rebuilt ({reason}): {self.item_cache.num_items} items")
 
     @torch.no_grad()
     def init_item_prior(self, item_counts: torch.Tensor) -> None:
@@ -158,9 +213,8 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         """Save as transformers does, plus ``item_catalog.json``; an older model's catalog file is removed first, so
         a folder never pairs these weights with another model's catalog (docs/reliability.md)."""
         is_main_process = kwargs.get("is_main_process", True)
-        stale = os.path.join(save_directory, CATALOG_FILE_NAME)
-        if is_main_process and os.path.isfile(stale):
-            os.remove(stale)
+        if is_main_process:
+            remove_stale_catalog(save_directory)
         super().save_pretrained(save_directory, *args, **kwargs)
         if self.catalog is not None and is_main_process:
             self.catalog.save(save_directory)
@@ -169,31 +223,12 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Load as transformers does, with the checkpoint's catalog; the catalog file is read and checked against
         ``config.catalog_fingerprint`` *before* the weights are loaded."""
-        catalog, catalog_file = None, None
+        catalog = None
         if pretrained_model_name_or_path is not None:
-            hub_kwargs = {
-                key: kwargs[key]
-                for key in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
-                if key in kwargs
-            }
             config = kwargs.get("config")
             if not isinstance(config, IAMConfig):
-                config = IAMConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-            catalog_file = optional_checkpoint_file(pretrained_model_name_or_path, CATALOG_FILE_NAME, **hub_kwargs)
-            if catalog_file is not None:
-                catalog = ItemCatalog.load(catalog_file)  # a corrupt file is named here, before any weight
-                if len(catalog) != config.num_items:
-                    raise ValueError(
-                        f"{catalog_file}: the catalog has {len(catalog)} items but this model scores "
-                        f"{config.num_items} (config.num_items): the file belongs to another model"
-                    )
-                check_catalog_binding(config, catalog, catalog_file)
-            elif config.catalog_fingerprint is not None:
-                logger.warning(
-                    f"{pretrained_model_name_or_path}: config.json records a catalog (catalog_fingerprint) but "
-                    f"{CATALOG_FILE_NAME} is missing: scores come by catalog index only, with no item ids. Attach "
-                    "the training catalog with model.set_catalog(catalog)."
-                )
+                config = IAMConfig.from_pretrained(pretrained_model_name_or_path, **hub_arguments(kwargs))
+            catalog = checkpoint_catalog(pretrained_model_name_or_path, config, **hub_arguments(kwargs))
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if catalog is not None:
             model.set_catalog(catalog)
@@ -260,76 +295,76 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         output_hidden_states: bool | None = None,
         history_item_indices: torch.LongTensor | None = None,
+        segment_item_indices: torch.LongTensor | None = None,
         **kwargs,
     ) -> IAMRecommendationOutput:
         r"""
         Args:
             item_segment_ids (`torch.LongTensor` of shape `(batch, sequence_length)`):
-                0 for context tokens (prompt, query suffix, padding), 1..n for the tokens of the n history items.
-                Required unless every layer is `full`.
-            labels (`torch.LongTensor` of shape `(batch,)`, *optional*):
-                Catalog index of each user's target item; gives a cross-entropy loss over the whole catalog.
+                0 for context tokens (prompt, query suffix, padding), 1..n for the tokens of the n history items, each
+                item one contiguous span. Required unless every layer is `full`.
+            labels (`torch.LongTensor`, *optional*):
+                Catalog indices of the targets: `(batch,)` with `config.supervision="last"`, `(batch, items)` with
+                `"every_item"` (the item after each history item, `-100` where there is none). Gives a cross-entropy
+                loss over the whole catalog.
             history_item_indices (`torch.LongTensor`, *optional*):
                 Emitted by [`IAMDataCollator`] for evaluation (history exclusion); not used by the forward.
+            segment_item_indices (`torch.LongTensor` of shape `(batch, items)`, *optional*):
+                The catalog index of the item in segment `j + 1` (`-1` pads); needed with item id embeddings.
+            kwargs: `intra_implementation` (`"masked"` / `"packed"`) and `use_item_cache` (`False` to bypass an
+                attached cache) choose this call's path; the outputs are the same to float rounding.
         """
-        reference = input_ids if input_ids is not None else inputs_embeds
-        check_forward_inputs(self.config, input_ids, inputs_embeds, attention_mask, item_segment_ids)
-        if attention_mask is None:
-            attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
-        if position_ids is None:
-            # Positions count real tokens only, so a user's states do not depend on how much padding precedes them.
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        every_item = labels is not None and labels.dim() == 2
-        if every_item and self.config.readout != "last_item":
-            raise ValueError(
-                "labels of shape (batch, items) are every-item targets, read at each item's last token: set "
-                "config.readout='last_item' so that evaluation reads the same kind of position"
-            )
-        outputs = self._backbone_outputs(
-            input_ids,
-            attention_mask,
-            position_ids,
-            item_segment_ids,
+        backbone = self.backbone_forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            item_segment_ids=item_segment_ids,
+            position_ids=position_ids,
             inputs_embeds=inputs_embeds,
-            use_item_states=self._uses_item_states(input_ids, item_segment_ids),
-            output_hidden_states=output_hidden_states,
+            segment_item_indices=segment_item_indices,
+            output_hidden_states=bool(output_hidden_states),
             **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
-
+        item_ends = None
         if self.config.readout == "query":
-            logits = self.adapter(gather_states(hidden_states, last_real_positions(attention_mask)))
+            read = last_real_positions(backbone.attention_mask)
         else:
-            if item_segment_ids is None:
-                raise ValueError("config.readout='last_item' reads item ends: pass item_segment_ids")
-            item_ends = item_end_positions(item_segment_ids, attention_mask)
-            last_items = item_ends.max(-1).values
-            if (last_items < 0).any():
-                row = int((last_items < 0).nonzero()[0, 0])
+            item_ends = item_end_positions(backbone.item_segment_ids, backbone.attention_mask)
+            read = item_ends.max(-1).values
+            if (read < 0).any():
+                row = int((read < 0).nonzero()[0, 0])
                 raise ValueError(f"row {row} has no history item to read (config.readout='last_item')")
-            logits = self.adapter(gather_states(hidden_states, last_items))
+        hidden = backbone.last_hidden_state
+        logits = self.adapter(gather_states(hidden, read))
+        loss = None if labels is None else self._loss(logits, hidden, labels, item_ends)
+        return IAMRecommendationOutput(loss=loss, logits=logits, hidden_states=backbone.hidden_states)
 
-        loss = None
-        if every_item:
-            labels = labels.to(logits.device)
+    def _loss(
+        self, logits: torch.Tensor, hidden: torch.Tensor, labels: torch.Tensor, item_ends: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Cross-entropy over the whole catalog: of the one target per row, or of every target after every item."""
+        labels = labels.to(logits.device)
+        if self.config.supervision == "every_item":
             if labels.shape != item_ends.shape:
                 raise ValueError(
                     f"every-item labels have shape {tuple(labels.shape)} but the batch has {tuple(item_ends.shape)} "
-                    "(batch, items): one target after each item, -100 where there is none"
+                    "(batch, items): one target after each item, -100 where there is none (config.supervision)"
                 )
             targeted = labels != -100
             if (targeted & (item_ends < 0)).any():
                 raise ValueError("every-item labels give a target after an item that is not in the row")
             self._check_catalog_indices(labels[targeted])
-            item_logits = self.adapter(hidden_states[targeted.nonzero(as_tuple=True)[0], item_ends[targeted]])
-            loss = nn.functional.cross_entropy(item_logits.float(), labels[targeted])
-        elif labels is not None:
-            labels = labels.to(logits.device).view(-1)
-            if labels.numel() != logits.shape[0]:
-                raise ValueError(f"labels has {labels.numel()} entries for a batch of {logits.shape[0]}")
-            self._check_catalog_indices(labels)
-            loss = nn.functional.cross_entropy(logits.float(), labels)
-        return IAMRecommendationOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+            item_logits = self.adapter(hidden[targeted.nonzero(as_tuple=True)[0], item_ends[targeted]])
+            return nn.functional.cross_entropy(item_logits.float(), labels[targeted])
+        if labels.dim() > 1 and labels.shape[1] != 1:
+            raise ValueError(
+                f"labels of shape {tuple(labels.shape)}: with config.supervision='last' each row has one target "
+                "(batch,); every-item targets (batch, items) need config.supervision='every_item'"
+            )
+        labels = labels.view(-1)
+        if labels.numel() != logits.shape[0]:
+            raise ValueError(f"labels has {labels.numel()} entries for a batch of {logits.shape[0]}")
+        self._check_catalog_indices(labels)
+        return nn.functional.cross_entropy(logits.float(), labels)
 
     def _check_catalog_indices(self, labels: torch.Tensor) -> None:
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.config.num_items):
@@ -338,44 +373,121 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
                 f"[{int(labels.min())}, {int(labels.max())}]"
             )
 
-    def _uses_item_states(self, input_ids: torch.Tensor | None, item_segment_ids: torch.Tensor | None) -> bool:
-        """Whether this forward computes the leading intra layers per item (cached or packed) rather than masked."""
-        wanted = self.item_cache is not None or self.config.intra_implementation == "packed"
-        return wanted and input_ids is not None and item_segment_ids is not None and self.num_leading_intra_layers > 0
-
-    def _backbone_outputs(
+    def backbone_forward(
         self,
-        input_ids: torch.Tensor | None,
-        attention_mask: torch.Tensor,
-        position_ids: torch.Tensor,
-        item_segment_ids: torch.Tensor | None,
-        inputs_embeds: torch.Tensor | None = None,
-        use_item_states: bool = False,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        item_segment_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        segment_item_indices: torch.LongTensor | None = None,
+        output_hidden_states: bool = False,
+        intra_implementation: str | None = None,
+        use_item_cache: bool | ItemStateCache | None = None,
         **kwargs,
-    ):
-        if use_item_states:
-            if self.item_cache is not None:
-                self.item_cache.check_fresh()
-            return forward_from_item_states(
-                self.model,
-                input_ids,
-                attention_mask,
-                position_ids,
-                item_segment_ids,
-                num_layers=self.num_leading_intra_layers,
-                cache=self.item_cache,
+    ) -> IAMBackboneOutput:
+        """The backbone's final states where the adapter reads them, by the path this call asks for (or the config
+        and an attached item cache choose). Every path gives the masked path's states, to float rounding.
+
+        Example:
+            >>> out = model.backbone_forward(**batch, use_item_cache=False)  # doctest: +SKIP
+            >>> out.last_hidden_state.shape, out.attention_mask.shape  # doctest: +SKIP
+        """
+        check_forward_inputs(
+            self.config, input_ids, inputs_embeds, attention_mask, item_segment_ids, segment_item_indices
+        )
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if attention_mask is None:
+            attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+        if position_ids is None:
+            position_ids = default_position_ids(attention_mask)
+        lower, cache = self._lower_path(
+            input_ids, item_segment_ids, output_hidden_states, intra_implementation, use_item_cache
+        )
+        item_level = self.config.num_item_tokens is not None or self.item_id_embeddings is not None
+        if lower == "masked" and not item_level:
+            # the reference: the backbone's own forward, every layer over the whole prompt under item-aware masks
+            if item_segment_ids is not None:
+                kwargs["item_segment_ids"] = item_segment_ids
+            outputs = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                use_cache=False,
+                output_hidden_states=output_hidden_states,
                 **kwargs,
             )
-        if item_segment_ids is not None:
-            kwargs["item_segment_ids"] = item_segment_ids
-        return self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            use_cache=False,
-            **kwargs,
+            segments = item_segment_ids if item_segment_ids is not None else torch.zeros_like(attention_mask)
+            return IAMBackboneOutput(outputs.last_hidden_state, attention_mask, segments, outputs.hidden_states)
+        if kwargs:
+            raise TypeError(f"unexpected arguments for this model's forward: {sorted(kwargs)}")
+        if cache is not None:
+            cache.check(
+                self.num_leading_intra_layers, self.config.num_item_tokens, current_attn_implementation(self.config)
+            )
+        output = item_aware_forward(
+            decoder_parts(self.model),
+            input_ids,
+            inputs_embeds,
+            attention_mask,
+            position_ids,
+            item_segment_ids,
+            num_leading_intra=self.num_leading_intra_layers,
+            lower=lower,
+            cache=cache,
+            num_item_tokens=self.config.num_item_tokens,
+            renumber_positions=self.config.item_token_positions == "renumbered",
+            # nothing reads the context after the last item when the adapter reads item ends
+            drop_trailing_context=self.config.readout == "last_item" and not output_hidden_states,
+            item_vectors=self._item_vectors(item_segment_ids, attention_mask, segment_item_indices),
+            output_hidden_states=output_hidden_states,
         )
+        layout: Layout = output.layout
+        return IAMBackboneOutput(
+            output.last_hidden_state, layout.attention_mask, layout.item_segment_ids, output.hidden_states
+        )
+
+    def _lower_path(
+        self,
+        input_ids: torch.Tensor | None,
+        item_segment_ids: torch.Tensor | None,
+        output_hidden_states: bool,
+        intra_implementation: str | None,
+        use_item_cache: bool | ItemStateCache | None,
+    ) -> tuple[str, ItemStateCache | None]:
+        """How this call computes the leading intra layers: ``"masked"``, ``"packed"`` or ``"cached"`` (and from
+        which cache)."""
+        if intra_implementation not in (None, "masked", "packed"):
+            raise ValueError(f"intra_implementation must be 'masked' or 'packed', got {intra_implementation!r}")
+        cache = use_item_cache if isinstance(use_item_cache, ItemStateCache) else None
+        if cache is None and use_item_cache is not False:
+            cache = self.item_cache
+            if use_item_cache is True and cache is None:
+                raise ValueError("use_item_cache=True but no item-state cache is attached (enable_item_cache)")
+        per_item = input_ids is not None and item_segment_ids is not None and self.num_leading_intra_layers > 0
+        if not per_item:
+            return "masked", None
+        if cache is not None and not output_hidden_states:  # the cache holds only the run's last states
+            return "cached", cache
+        implementation = intra_implementation or self.config.intra_implementation
+        if cache is not None and intra_implementation is None:
+            implementation = "packed"  # every layer's states of what the cache would have served
+        return implementation, None
+
+    def _item_vectors(
+        self,
+        item_segment_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor,
+        segment_item_indices: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """Each item token's item id embedding (zeros on context), or None without item id embeddings."""
+        if self.item_id_embeddings is None:
+            return None
+        segments = item_segment_ids.long() * attention_mask.long()
+        columns = (segments - 1).clamp(0, max(segment_item_indices.shape[1] - 1, 0))
+        indices = segment_item_indices.to(segments.device).long().gather(1, columns).clamp(min=0)
+        return self.item_id_embeddings(indices) * (segments > 0)[..., None]
 
     # -- item states computed once -----------------------------------------------------------
     @property
@@ -383,20 +495,31 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         """The intra layers at the bottom of the stack: the ones the item-state cache and packed attention cover."""
         return leading_intra_layers(self.config.resolved_layer_types)
 
-    def enable_item_cache(self, collator: IAMDataCollator, batch_size: int = 256) -> ItemStateCache:
+    def enable_item_cache(self, renderer, batch_size: int = 256) -> ItemStateCache:
         """Compute every catalog item's states after the leading intra layers once, and use them in every forward.
+
+        ``renderer``: what renders the catalog's items as tokens (an [`IAMDataCollator`], or any object with a
+        ``catalog`` and ``item_token_ids(catalog_index)``); or the token sequences themselves, in catalog order.
 
         Exact (to float rounding) because in those layers an item sees only itself and rotary positions are
         relative: the forward, `recommend`, evaluation inside the `Trainer` and the pipeline then run only the layers
         above for item tokens. Refused, with the reason, when it could not be exact: no leading intra run, positions
         that are not rotary, or trainable cached layers or token embeddings (freeze them first). The cache checks at
-        each forward that those weights have not changed since (docs/architecture.md, "Compute once").
+        each forward that it still describes the model (docs/architecture.md, "Compute once").
 
         Example:
             >>> model.model.requires_grad_(False)  # doctest: +SKIP
             >>> model.enable_item_cache(collator)  # doctest: +SKIP
         """
-        self.item_cache = build_item_cache(self, collator, batch_size)
+        if isinstance(renderer, Sequence):
+            sequences = [list(tokens) for tokens in renderer]
+        else:
+            if self.catalog is not None and renderer.catalog != self.catalog:
+                raise ValueError(
+                    "the renderer's catalog is not this model's catalog: the cache would describe other items"
+                )
+            sequences = [renderer.item_token_ids(index) for index in range(len(renderer.catalog))]
+        self.item_cache = build_item_cache(self, sequences, batch_size)
         return self.item_cache
 
     def disable_item_cache(self) -> None:

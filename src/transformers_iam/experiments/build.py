@@ -76,6 +76,7 @@ def build_model(
         num_backbone_layers=config.num_backbone_layers,
         iam_layout=config.iam_layout,
         readout="last_item" if config.supervision == "every_item" else "query",
+        supervision=config.supervision,
         intra_implementation=config.intra_implementation,
     )
     layer_types = config.layer_types(model.config.num_backbone_layers)
