@@ -18,7 +18,10 @@ import finetune_trl  # noqa: E402
 
 from transformers_iam import IAMForCausalRecommendation  # noqa: E402
 
-pytestmark = pytest.mark.slow  # the real LLM, or several processes
+from ..testing_utils import requires_movielens_100k, requires_smollm2  # noqa: E402
+
+# the real LLM on the real data: minutes on a CPU, and both data wheels
+pytestmark = [pytest.mark.slow, requires_movielens_100k, requires_smollm2]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,10 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow  # about 80 s on 2 CPU cores: two tiny training runs with evaluation
+from ..testing_utils import requires_movielens_100k
+
+# about 80 s on 2 CPU cores: two tiny training runs with evaluation, on ml-100k (prepare.py copies it from its wheel)
+pytestmark = [pytest.mark.slow, requires_movielens_100k]
 
 GPU_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "gpu")
 
