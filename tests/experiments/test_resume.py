@@ -1,4 +1,5 @@
-"""A run killed part way and resumed ends exactly as the same run uninterrupted (tiny random backbone, seconds)."""
+"""A run killed part way and resumed ends as the same run uninterrupted (tiny random backbone, seconds): bit for bit on
+the CPU, to float rounding on CUDA."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 import transformers_iam
@@ -17,6 +19,14 @@ from transformers_iam.experiments import ExperimentConfig, run_experiment
 from ..testing_utils import tiny_run_files
 
 pytestmark = pytest.mark.slow  # three short training runs, one in a subprocess
+
+# run_experiment trains on CUDA when the machine has it. The CPU kernels are deterministic, so resuming must reproduce
+# the uninterrupted run bit for bit there. On CUDA, SDPA's backward accumulates with atomic adds in no fixed order:
+# two uninterrupted runs already differ in the last bits, so the comparison allows that rounding, grown over six Adam
+# steps: 1e-5 on a weight, where one step at this learning rate (1e-2) moves it by about 1e-2, so resuming from the
+# wrong step, optimizer state or data order still fails.
+EXACT = not torch.cuda.is_available()
+METRIC_TOLERANCE = 1e-6 if EXACT else 1e-4
 
 
 def test_killed_run_resumes_to_the_same_metrics_and_weights(tmp_path, caplog):
@@ -45,18 +55,22 @@ def test_killed_run_resumes_to_the_same_metrics_and_weights(tmp_path, caplog):
 
     assert resumed["best_step"] == uninterrupted["best_step"]
     curve = [(entry["step"], entry["ndcg@10"]) for entry in resumed["validation_curve"]]
-    assert curve == [(entry["step"], pytest.approx(entry["ndcg@10"])) for entry in uninterrupted["validation_curve"]]
+    expected_curve = uninterrupted["validation_curve"]
+    assert curve == [(entry["step"], pytest.approx(entry["ndcg@10"], abs=METRIC_TOLERANCE)) for entry in expected_curve]
     timings = ("runtime", "samples_per_second", "steps_per_second")
     for split in ("valid", "test"):
         ours = {key: value for key, value in resumed[split].items() if key not in timings}
-        assert ours == pytest.approx({key: uninterrupted[split][key] for key in ours}, abs=1e-6), split
+        assert ours == pytest.approx({key: uninterrupted[split][key] for key in ours}, abs=METRIC_TOLERANCE), split
         assert "ndcg@10" in ours and "loss" in ours
     assert [step for step, _ in curve] == [2, 4, 6]  # the evaluations before the kill are kept
     weights = load_file(tmp_path / "killed" / "checkpoint" / "model.safetensors")
     theirs = load_file(tmp_path / "whole" / "checkpoint" / "model.safetensors")
     assert weights.keys() == theirs.keys()
     for name in weights:
-        assert (weights[name] == theirs[name]).all(), name
+        if EXACT:
+            assert torch.equal(weights[name], theirs[name]), name
+        else:
+            torch.testing.assert_close(weights[name], theirs[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_resume_without_a_checkpoint_is_refused_before_anything_is_loaded(tmp_path):
