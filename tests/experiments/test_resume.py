@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 
 import transformers_iam
 from transformers_iam.experiments import ExperimentConfig, run_experiment
+from transformers_iam.experiments.checkpoints import _check_resumable
+from transformers_iam.experiments.config import EXPERIMENT_FILE
 
 from ..testing_utils import tiny_run_files
-
-pytestmark = pytest.mark.slow  # three short training runs, one in a subprocess
 
 # run_experiment trains on CUDA when the machine has it. The CPU kernels are deterministic, so resuming must reproduce
 # the uninterrupted run bit for bit there. On CUDA, SDPA's backward accumulates with atomic adds in no fixed order:
@@ -29,6 +29,7 @@ EXACT = not torch.cuda.is_available()
 METRIC_TOLERANCE = 1e-6 if EXACT else 1e-4
 
 
+@pytest.mark.slow  # three short training runs, one in a subprocess
 def test_killed_run_resumes_to_the_same_metrics_and_weights(tmp_path, caplog):
     config = ExperimentConfig.from_preset("cpu-quick", output_dir=str(tmp_path / "killed"), **tiny_run_files(tmp_path))
     config_file = tmp_path / "config.json"
@@ -77,3 +78,39 @@ def test_resume_without_a_checkpoint_is_refused_before_anything_is_loaded(tmp_pa
     config = ExperimentConfig(output_dir=str(tmp_path), resume=True, backbone=str(tmp_path / "no-such-backbone"))
     with pytest.raises(FileNotFoundError, match=r"resume: .*trainer holds no complete checkpoint"):
         run_experiment(config)
+
+
+# docs/reliability.md ("Resuming a run") names these as the only settings a resumed run may change
+MAY_DIFFER_ON_RESUME = {"command", "notes", "resume", "sasrec_metrics"}
+
+
+def interrupted_run_folder(tmp_path) -> tuple[ExperimentConfig, str]:
+    """What a killed run leaves: experiment.json (written before anything is loaded) and one complete checkpoint."""
+    config = ExperimentConfig(output_dir=str(tmp_path), command="finetune.py", notes=["first try"])
+    (tmp_path / EXPERIMENT_FILE).write_text(json.dumps(config.to_dict()))
+    checkpoint = tmp_path / "trainer" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    return dataclasses.replace(config, resume=True), str(tmp_path / "trainer")
+
+
+@pytest.mark.parametrize("field", sorted(MAY_DIFFER_ON_RESUME - {"resume"}))
+def test_resume_accepts_the_documented_differences(tmp_path, field):
+    config, trainer_dir = interrupted_run_folder(tmp_path)
+    changed = {"command": "finetune.py --resume", "notes": ["second try"], "sasrec_metrics": "runs/sasrec/m.json"}
+    assert _check_resumable(dataclasses.replace(config, **{field: changed[field]}), trainer_dir).endswith(
+        "checkpoint-4"
+    )
+
+
+@pytest.mark.parametrize(
+    "field", sorted(f.name for f in dataclasses.fields(ExperimentConfig) if f.name not in MAY_DIFFER_ON_RESUME)
+)
+def test_resume_refuses_any_other_difference(tmp_path, field):
+    # every other field of experiment.json, the folder itself included (a moved run is a different run to check)
+    config, trainer_dir = interrupted_run_folder(tmp_path)
+    saved = json.loads((tmp_path / EXPERIMENT_FILE).read_text())
+    saved[field] = f"changed {field}"
+    (tmp_path / EXPERIMENT_FILE).write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=rf"records another run: {field} differ"):
+        _check_resumable(config, trainer_dir)
