@@ -83,3 +83,28 @@ def test_pipeline_validates_its_arguments(checkpoint, call, error, message):
 def test_pipeline_refuses_unknown_arguments_at_construction(checkpoint):
     with pytest.raises(TypeError, match=r"unknown arguments \['topk'\]"):
         pipeline("item-recommendation", model=str(checkpoint[0]), topk=3)
+
+
+def test_a_checkpoint_saved_without_its_tokenizer_says_so_and_how_to_save_it(tmp_path, tokenizer, catalog):
+    model = tiny_model(num_items=len(catalog))
+    model.set_catalog(catalog)
+    model.save_pretrained(tmp_path)  # weights, config and catalog: no collator.save_pretrained, no tokenizer
+    with pytest.raises(
+        ValueError, match=r"has no tokenizer \(none of tokenizer_config.json, tokenizer.json\)"
+    ) as error:
+        pipeline("item-recommendation", model=str(tmp_path))
+    assert str(tmp_path) in str(error.value) and "sentencepiece" not in str(error.value)
+    for how in ("collator.save_pretrained(folder)", "tokenizer.save_pretrained(folder)", "tokenizer=tokenizer"):
+        assert how in str(error.value)
+
+    # given one, the same checkpoint serves, from a tokenizer or from a collator's
+    assert len(pipeline("item-recommendation", model=str(tmp_path), tokenizer=tokenizer)({"history": ["i1"]})) == 10
+    collator = IAMDataCollator(tokenizer, catalog, max_length=64, **collator_kwargs())
+    assert pipeline("item-recommendation", model=str(tmp_path), collator=collator).tokenizer is tokenizer
+
+    # tokenizer files that are there but broken keep their own error: the message above is for missing files only
+    tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{broken")
+    with pytest.raises((ValueError, OSError)) as broken:
+        pipeline("item-recommendation", model=str(tmp_path))
+    assert "has no tokenizer" not in str(broken.value)
