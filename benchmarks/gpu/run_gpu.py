@@ -6,7 +6,8 @@ On a machine with a 64 MiB-per-command limit (this project's; docs/gpu.md), two 
     python3 benchmarks/gpu/run_gpu.py --part 2 --stage gpu_stage/part2 --out $OUT   # join weights, train both
 
 On any other CUDA machine, with both stage folders present: ``--part all --stage gpu_stage --out results``.
-``--dry-run`` does the same on the CPU with the tiny stand-in weights that ``prepare.py --dry-run`` staged.
+``--dry-run`` does the same in seconds with the tiny stand-in weights that ``prepare.py --dry-run`` staged, on the GPU
+when there is one (a cheap check of the GPU path before the real run), else on the CPU.
 
 Part 1 installs the staged wheels into ``<state>/site``, keeps the data and the first weight part in
 ``<state>``, and measures forward+backward tokens/s and peak memory of the 30-layer SmolLM2 shape in
@@ -281,7 +282,7 @@ def train_runs(args: argparse.Namespace) -> list[dict]:
     logging.getLogger("transformers_iam").setLevel(logging.INFO)
     backbone, gguf_file = args.backbone, args.gguf_file or None
     overrides = dict(dataset_dir=os.path.join(args.state, "ml-100k"), backbone=backbone, gguf_file=gguf_file)
-    if args.dry_run:  # the same code path, shrunk to seconds on the CPU
+    if args.dry_run:  # the same code path, shrunk to seconds
         overrides.update(max_history=5, train_examples_per_user=1, max_eval_users=24, batch_size=4, eval_batch_size=16)
         max_steps = 2
     else:
@@ -333,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state", default=DEFAULT_STATE, help="kept between the two commands")
     parser.add_argument("--budget-s", type=float, default=520.0, help="this command's time (9 min less a margin)")
     parser.add_argument("--speed-batch-size", type=int, default=16)
-    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny stand-in model, two steps")
+    parser.add_argument("--dry-run", action="store_true", help="tiny stand-in model, two steps (GPU if any, else CPU)")
     parser.add_argument("--worker", choices=["speed", "train"], help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--backbone", help=argparse.SUPPRESS)

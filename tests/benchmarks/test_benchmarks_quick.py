@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from ..testing_utils import requires_movielens_100k
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -29,6 +31,7 @@ def run_quick(script: str, tmp_path) -> tuple[str, dict]:
 
 
 @pytest.mark.slow
+@requires_movielens_100k  # --quick still splits ml-100k as cpu-quick does
 def test_item_states_quick(tmp_path):
     stdout, results = run_quick("item_states", tmp_path)
     assert "| row | s/step | targets/step | targets/s | targets/s ratio to (i) |" in stdout

@@ -30,17 +30,18 @@ def test_pipeline_matches_the_model_and_names_items(checkpoint, catalog):
     assert not {"i3", "i5", "i7"} & {row["item_id"] for row in top}
     assert all(row["text"] == catalog.text_of(row["item_id"]) for row in top)
 
-    # the same numbers as the model fed by the saved collator
+    # the same numbers as the model fed by the saved collator, on the device the pipeline chose (a GPU when there is
+    # one: another device's kernels round differently, which could reorder near-tied items)
     collator = IAMDataCollator.from_pretrained(path)
     assert collator.prompt == "user history :" and collator.item_template == "{text}"
-    batch = collator([{"history": ["i3", "i7", "i5"]}])
-    expected = model.recommend(
+    batch = {k: v.to(recommender.device) for k, v in collator([{"history": ["i3", "i7", "i5"]}]).items()}
+    expected = model.to(recommender.device).recommend(
         **{k: v for k, v in batch.items() if k != "history_item_indices"},
         k=4,
         exclude_item_ids=batch["history_item_indices"],
     )
     assert [row["index"] for row in top] == expected.indices[0].tolist()
-    torch.testing.assert_close(torch.tensor([row["score"] for row in top]), expected.scores[0])
+    torch.testing.assert_close(torch.tensor([row["score"] for row in top]), expected.scores[0].cpu())
 
     kept = recommender({"history": ["i3"]}, top_k=20, exclude_history=False)
     assert "i3" in {row["item_id"] for row in kept}
@@ -82,3 +83,28 @@ def test_pipeline_validates_its_arguments(checkpoint, call, error, message):
 def test_pipeline_refuses_unknown_arguments_at_construction(checkpoint):
     with pytest.raises(TypeError, match=r"unknown arguments \['topk'\]"):
         pipeline("item-recommendation", model=str(checkpoint[0]), topk=3)
+
+
+def test_a_checkpoint_saved_without_its_tokenizer_says_so_and_how_to_save_it(tmp_path, tokenizer, catalog):
+    model = tiny_model(num_items=len(catalog))
+    model.set_catalog(catalog)
+    model.save_pretrained(tmp_path)  # weights, config and catalog: no collator.save_pretrained, no tokenizer
+    with pytest.raises(
+        ValueError, match=r"has no tokenizer \(none of tokenizer_config.json, tokenizer.json\)"
+    ) as error:
+        pipeline("item-recommendation", model=str(tmp_path))
+    assert str(tmp_path) in str(error.value) and "sentencepiece" not in str(error.value)
+    for how in ("collator.save_pretrained(folder)", "tokenizer.save_pretrained(folder)", "tokenizer=tokenizer"):
+        assert how in str(error.value)
+
+    # given one, the same checkpoint serves, from a tokenizer or from a collator's
+    assert len(pipeline("item-recommendation", model=str(tmp_path), tokenizer=tokenizer)({"history": ["i1"]})) == 10
+    collator = IAMDataCollator(tokenizer, catalog, max_length=64, **collator_kwargs())
+    assert pipeline("item-recommendation", model=str(tmp_path), collator=collator).tokenizer is tokenizer
+
+    # tokenizer files that are there but broken keep their own error: the message above is for missing files only
+    tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{broken")
+    with pytest.raises((ValueError, OSError)) as broken:
+        pipeline("item-recommendation", model=str(tmp_path))
+    assert "has no tokenizer" not in str(broken.value)

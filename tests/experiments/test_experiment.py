@@ -29,7 +29,9 @@ def test_gpu_preset_resolves_to_a_full_backbone_run(tmp_path):
     steps = -(-97171 // config.batch_size) * 3
     assert args.eval_steps == -(-steps // config.evaluations) and args.load_best_model_at_end
     assert args.metric_for_best_model == "ndcg@10" and args.label_names == ["labels", "history_item_indices"]
-    assert args.bf16 is False and args.use_cpu  # no CUDA here: the preset falls back to fp32 on the CPU
+    # bf16 on a CUDA device; without one the preset falls back to fp32 on the CPU (build.training_arguments)
+    cuda = torch.cuda.is_available()
+    assert args.bf16 is cuda and args.use_cpu is not cuda
 
 
 class _Regression(torch.nn.Module):

@@ -18,7 +18,10 @@ import finetune_trl  # noqa: E402
 
 from transformers_iam import IAMForCausalRecommendation  # noqa: E402
 
-pytestmark = pytest.mark.slow  # the real LLM, or several processes
+from ..testing_utils import requires_movielens_100k, requires_smollm2  # noqa: E402
+
+# the real LLM on the real data: minutes on a CPU, and both data wheels
+pytestmark = [pytest.mark.slow, requires_movielens_100k, requires_smollm2]
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +133,9 @@ def test_trl_generative_example_runs_on_the_real_llm(tmp_path):
     assert reloaded.config._attn_implementation == "iam_sdpa" and reloaded.config.iam_layer_types == ["intra", "inter"]
 
 
-def test_gpu_preset_runs_end_to_end_on_cpu_when_shrunk(tmp_path):
-    """The gpu preset's own path (every prefix, all layers trainable, no freezing), cut to a few steps."""
+def test_gpu_preset_runs_end_to_end_when_shrunk(tmp_path):
+    """The gpu preset's own path (every prefix, all layers trainable, no freezing), cut to a few steps: on the GPU in
+    bf16 where there is one, else in fp32 on the CPU."""
     results = finetune.main(
         [
             "--preset",

@@ -1,5 +1,6 @@
-"""Launched by tests/integrations/test_multiprocess.py with `accelerate launch --num_processes 2 --cpu`: the ordinary
-Trainer + IAMDataCollator code, nothing DDP-specific, on a tiny model and a synthetic catalog."""
+"""Launched by tests/integrations/test_multiprocess.py with `accelerate launch --multi_gpu --num_processes 2`: the
+ordinary Trainer + IAMDataCollator code, nothing DDP-specific, on a tiny model and a synthetic catalog, on the CPU
+(`use_cpu=True`, gloo) whether or not the machine has GPUs."""
 
 from __future__ import annotations
 

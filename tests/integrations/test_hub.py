@@ -15,6 +15,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 
 from transformers_iam import IAMDataCollator
@@ -146,9 +147,11 @@ def test_pull_from_the_hub_cache_offline(tmp_path, trained):
         import transformers_iam
         from transformers import AutoModel, pipeline
         model = AutoModel.from_pretrained("org/iam-tiny")
-        top = pipeline("item-recommendation", model="org/iam-tiny")({"history": ["i1", "i2"]}, top_k=3)
+        recommender = pipeline("item-recommendation", model="org/iam-tiny")
+        top = recommender({"history": ["i1", "i2"]}, top_k=3)
         print(json.dumps({"class": type(model).__name__, "attn": model.config._attn_implementation,
-                          "items": len(model.catalog), "top": [row["item_id"] for row in top]}))
+                          "items": len(model.catalog), "top": [row["item_id"] for row in top],
+                          "device": str(recommender.device)}))
         """
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf-home")}
@@ -156,8 +159,10 @@ def test_pull_from_the_hub_cache_offline(tmp_path, trained):
     assert result.returncode == 0, result.stderr[-2000:]
     pulled = json.loads(result.stdout.strip().splitlines()[-1])
     assert pulled["class"] == "IAMForCausalRecommendation" and pulled["attn"] == "iam_sdpa" and pulled["items"] == 20
-    batch = collator([{"history": ["i1", "i2"]}])
-    expected = model.recommend(
+    # compared on the device the pipeline chose (a GPU when there is one): another device could reorder near ties
+    device = torch.device(pulled["device"])
+    batch = {key: value.to(device) for key, value in collator([{"history": ["i1", "i2"]}]).items()}
+    expected = model.to(device).recommend(
         batch["input_ids"],
         batch["attention_mask"],
         batch["item_segment_ids"],

@@ -19,11 +19,15 @@ pytestmark = pytest.mark.slow  # the real LLM, or several processes
 
 
 def test_two_processes_train_on_different_data_and_save_a_loadable_checkpoint(tmp_path):
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")  # the CLI installed with accelerate
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    # `--multi_gpu` selects the torchrun launcher; with no GPU, accelerate runs DDP over gloo on the CPU
+    # HF_HOME: a developer's own `accelerate config` (HF_HOME/accelerate/default_config.yaml) is not read here
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "HF_HOME": str(tmp_path / "hf-home")}
+    # `--multi_gpu` selects the torchrun launcher; the script asks the Trainer for the CPU (use_cpu, gloo), so the
+    # two processes run DDP on the CPU whether or not the machine has GPUs
     command = [
-        accelerate,
+        # the `accelerate` CLI through this interpreter: its script need not sit beside sys.executable (--user installs)
+        sys.executable,
+        "-m",
+        "accelerate.commands.accelerate_cli",
         "launch",
         "--multi_gpu",
         "--num_processes",
@@ -35,7 +39,7 @@ def test_two_processes_train_on_different_data_and_save_a_loadable_checkpoint(tm
         "--dynamo_backend",
         "no",
         "--main_process_port",
-        "29533",
+        "0",  # accelerate picks a free port at launch: a fixed one fails while another run holds it
         SCRIPT,
         str(tmp_path),
     ]

@@ -70,3 +70,26 @@ def test_different_users_are_refused_and_a_zero_baseline_has_no_relative_differe
     assert "paired bootstrap over users (10,000 resamples, seed 0)" in table and "| nan |" in table
     sentence = comparison_sentence(paired_comparison({"u1": 1, "u2": 3}, {"u1": 3, "u2": 3}), "IAM", "pop", "test")
     assert sentence.startswith("IAM is +50.0% NDCG@10 over pop on test (0.7500 vs 0.5000, 2 users), 95% paired")
+
+
+def test_a_zero_baseline_is_compared_by_the_absolute_difference_and_says_why_not_relative():
+    # popularity scoring 0 (a 20-user smoke run): the report used to say "IAM is nan NDCG@10 over popularity"
+    result = paired_comparison({"u1": 1, "u2": 3, "u3": 40}, {"u1": 50, "u2": 50, "u3": 50})
+    sentence = comparison_sentence(result, "IAM", "popularity", "test")
+    assert sentence.startswith(
+        "IAM is +0.5000 NDCG@10 over popularity on test (0.5000 vs 0.0000, 3 users), 95% paired bootstrap interval of "
+        f"the absolute difference [{result.interval[0]:+.4f}, {result.interval[1]:+.4f}]; no relative difference: it "
+        "would divide by popularity's NDCG@10, 0 on these users; IAM better for 2 users, worse for 0"
+    )
+    assert "nan" not in sentence and result.interval[0] < result.difference < result.interval[1]
+
+    # B above 0, but 0 in some resamples: the relative difference stands, its interval does not
+    result = paired_comparison({"u1": 1, "u2": 1}, {"u1": 50, "u2": 1})
+    assert result.relative == pytest.approx(1.0) and math.isnan(result.relative_interval[0])
+    sentence = comparison_sentence(result, "IAM", "popularity", "valid")
+    assert sentence.startswith(
+        "IAM is +100.0% NDCG@10 over popularity on valid (1.0000 vs 0.5000, 2 users), absolute difference +0.5000 "
+        "with 95% paired bootstrap interval [+0.0000, +1.0000]; no interval of the relative difference: it would "
+        "divide by popularity's NDCG@10, 0 in some resamples of these users"
+    )
+    assert "nan" not in sentence

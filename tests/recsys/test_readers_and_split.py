@@ -11,12 +11,15 @@ from transformers_iam.recsys.baselines import evaluate_popularity
 from transformers_iam.recsys.readers import load_interactions_table, load_recbole_atomic, movielens_100k_directory
 from transformers_iam.recsys.split import DataFormatError
 
+from ..testing_utils import requires_movielens_100k
+
 
 @pytest.fixture(scope="module")
 def ml100k():
     return load_recbole_atomic(movielens_100k_directory(), max_history=None, train_examples_per_user=None)
 
 
+@requires_movielens_100k
 def test_ml100k_statistics_and_split(ml100k):
     stats = ml100k.statistics
     assert (stats["users"], stats["items"], stats["interactions"]) == (943, 1682, 100000)
@@ -43,6 +46,7 @@ def test_timestamp_ties_keep_file_order(tmp_path):
     assert data.statistics["timestamp_ties"] == 3
 
 
+@requires_movielens_100k
 def test_popularity_on_ml100k_uses_only_visible_interactions(ml100k):
     metrics = evaluate_popularity(ml100k, "test", exclude_history=True)
     assert metrics["users"] == 943 and 0 < metrics["ndcg@10"] < metrics["hr@10"] < 1
@@ -91,6 +95,7 @@ def test_unknown_item_and_missing_file(tmp_path):
         load_interactions_table(str(tmp_path / "inter.csv"), str(tmp_path / "items.csv"), text_template="{name}")
 
 
+@requires_movielens_100k
 def test_training_windows_make_every_training_item_but_the_first_a_target_once(ml100k):
     from transformers_iam.recsys.split import Interaction, leave_one_out
 

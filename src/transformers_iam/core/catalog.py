@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from transformers.utils import logging
 
+from .files import write_text_atomically
 from .loading import hub_arguments, optional_checkpoint_file
 
 logger = logging.get_logger(__name__)
@@ -119,14 +120,8 @@ class ItemCatalog:
     def save(self, directory: str | os.PathLike) -> str:
         """Write ``item_catalog.json`` into ``directory``, atomically: a crash leaves the old file or the new one,
         never half of one."""
-        path = os.path.join(directory, CATALOG_FILE_NAME)
-        temporary = f"{path}.tmp-{os.getpid()}"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump({"items": self.to_records()}, handle, ensure_ascii=False, indent=0)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        return path
+        text = json.dumps({"items": self.to_records()}, ensure_ascii=False, indent=0)
+        return write_text_atomically(os.path.join(directory, CATALOG_FILE_NAME), text)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ItemCatalog:

@@ -5,13 +5,40 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import AutoModel, Pipeline
+from transformers import AutoModel, AutoTokenizer, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .collator import IAMDataCollator
+from .loading import optional_checkpoint_file
 from .ranking import exclude_items
 
 TASK = "item-recommendation"
+# what any tokenizer's save_pretrained writes (tokenizer_config.json always; tokenizer.json for a fast one)
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+
+
+def missing_tokenizer_error(location: str) -> Exception:
+    """Why ``pipeline()`` has no tokenizer for the checkpoint at ``location`` (a folder, a Hub id, or ``""``).
+
+    ``pipeline()`` tries to load the tokenizer and, for this pipeline, keeps ``None`` when it fails, so that a
+    checkpoint saved without one gets this message instead of transformers' guess at a tokenizer class (which asks
+    for sentencepiece). When tokenizer files are there, their own loading error is returned.
+    """
+    how = (
+        "the pipeline renders each history as text with the tokenizer the model was trained with. Save it into the "
+        "checkpoint folder with `collator.save_pretrained(folder)` (the collator's prompt settings and its tokenizer) "
+        "or `tokenizer.save_pretrained(folder)`, or pass one: `pipeline(..., tokenizer=tokenizer)`"
+    )
+    if not location:
+        return ValueError(f"this model has no folder to load a tokenizer from: {how}")
+    if not any(optional_checkpoint_file(location, name) is not None for name in TOKENIZER_FILES):
+        return ValueError(f"{location} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): {how}")
+    try:
+        AutoTokenizer.from_pretrained(location)
+    except Exception as error:  # the files are there but do not load: their own error says why
+        return error
+    # the checkpoint's tokenizer loads: what failed was the `tokenizer=` given to pipeline()
+    return ValueError(f"pipeline() could not load the tokenizer it was given; omit tokenizer= to use {location}'s own")
 
 
 class ItemRecommendationPipeline(Pipeline):
@@ -22,7 +49,9 @@ class ItemRecommendationPipeline(Pipeline):
     settings saved with the checkpoint). Returns, per user, ``top_k`` dicts with ``item_id``,
     ``text``, ``score`` and ``index`` (catalog index). History items are not recommended
     unless ``exclude_history=False``; when they leave fewer than ``top_k`` items, those are
-    returned (never an excluded item). Unknown keyword arguments are an error.
+    returned (never an excluded item). Unknown keyword arguments are an error. The tokenizer comes from the
+    checkpoint (saved there by ``collator.save_pretrained``), from ``tokenizer=`` or from ``collator=``; a checkpoint
+    saved without one is refused with how to save it.
 
     Example:
         >>> import transformers_iam
@@ -32,7 +61,7 @@ class ItemRecommendationPipeline(Pipeline):
         >>> recommender({"history": history}, top_k=5)  # doctest: +SKIP
     """
 
-    _load_tokenizer = True
+    _load_tokenizer = None  # try, and keep None when it fails: __init__ then raises missing_tokenizer_error
 
     def __init__(self, *args, collator: IAMDataCollator | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -40,6 +69,10 @@ class ItemRecommendationPipeline(Pipeline):
             raise ValueError(
                 "this model has no item catalog (item_catalog.json): call model.set_catalog(catalog) first"
             )
+        if self.tokenizer is None:
+            if collator is None:
+                raise missing_tokenizer_error(self.model.config.name_or_path)
+            self.tokenizer = collator.tokenizer
         if collator is None:
             collator = IAMDataCollator.from_pretrained(
                 self.model.config.name_or_path, catalog=self.model.catalog, tokenizer=self.tokenizer

@@ -10,6 +10,8 @@ import shutil
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+# run.py writes experiment.json, metrics.json and report.md through this name: it is core's one atomic writer
+from ..core.files import write_text_atomically as _write_atomically  # noqa: F401
 from .config import EXPERIMENT_FILE, ExperimentConfig
 
 logger = logging.get_logger(__name__)
@@ -37,14 +39,6 @@ def complete_checkpoints(trainer_dir: str) -> list[str]:
                 logger.warning(f"{path} was cut off mid-save (no trainer_state.json): removed, never resumed from")
                 shutil.rmtree(path)
     return [os.path.join(trainer_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}") for step in sorted(steps)]
-
-
-def _write_atomically(path: str, text: str) -> None:
-    """A crash leaves the old file or the new one, never a truncated one."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
 
 
 def _replace_directory(staging: str, final: str) -> None:

@@ -115,6 +115,10 @@ def load_generative_iam(path: str, **kwargs) -> PreTrainedModel:
     return enable_generative_iam(model, layer_types)
 
 
+# a beam or a finished entry: (log-probability renormalised over the catalog trie, generated tokens or item indices)
+Beam = tuple[float, list[int]]
+
+
 @torch.no_grad()
 def constrained_beam_search(
     model: PreTrainedModel,
@@ -134,13 +138,31 @@ def constrained_beam_search(
     model.eval()
     device = next(model.parameters()).device
     prompt_ids, segment_ids, _, _ = collator.render(example)
-    next_segment = max(segment_ids) + 1
+    prompt_segments = torch.tensor([segment_ids], device=device)
+    completion_segment = max(segment_ids) + 1  # the generated item is one more item after the history
     excluded = set(exclude_item_indices)
     max_new_tokens = max_new_tokens or collator.max_item_tokens + 1
 
-    input_ids = torch.tensor([prompt_ids], device=device)
-    segments = torch.tensor([segment_ids], device=device)
     cache = DynamicCache(config=model.config)
+    logits = _prefill(model, torch.tensor([prompt_ids], device=device), prompt_segments, cache)
+    beams: list[Beam] = [(0.0, [])]
+    finished: list[Beam] = []
+    for _ in range(max_new_tokens):
+        candidates = _extensions(beams, torch.log_softmax(logits, dim=-1), trie)
+        beams, parents = _next_beams(candidates, beams, trie, excluded, num_beams, finished)
+        finished.sort(key=lambda entry: entry[0], reverse=True)
+        finished = finished[:num_beams]
+        # scores only fall as tokens are added: stop once no live beam can enter the finished list
+        if not beams or (len(finished) >= num_beams and beams[0][0] <= finished[-1][0]):
+            break
+        logits = _decode_step(model, cache, beams, parents, prompt_segments, completion_segment)
+    return finished
+
+
+def _prefill(
+    model: PreTrainedModel, input_ids: torch.Tensor, segments: torch.Tensor, cache: DynamicCache
+) -> torch.Tensor:
+    """Run the prompt once, filling ``cache``; the logits of the first generated token, ``[1, vocab]``."""
     outputs = model(
         input_ids=input_ids,
         attention_mask=torch.ones_like(input_ids),
@@ -148,55 +170,74 @@ def constrained_beam_search(
         cache=cache,
         use_cache=True,
     )
-    logits = outputs.logits[:, -1].float()
-    beams: list[tuple[float, list[int]]] = [(0.0, [])]  # (score, generated tokens)
-    finished: list[tuple[float, list[int]]] = []
-    for _ in range(max_new_tokens):
-        log_probs = torch.log_softmax(logits, dim=-1)
-        candidates = []
-        for row, (score, tokens) in enumerate(beams):
-            allowed = list(trie.walk(tokens).children)
-            if not allowed:
-                continue
-            allowed_tensor = torch.tensor(allowed, device=device)
-            # renormalised over the allowed continuations, as a prefix-constrained generate() does
-            allowed_scores = torch.log_softmax(log_probs[row, allowed_tensor], dim=-1)
-            candidates += [(score + float(s), row, token) for s, token in zip(allowed_scores.tolist(), allowed)]
-        candidates.sort(key=lambda candidate: candidate[0], reverse=True)
-        next_beams, parents, next_tokens = [], [], []
-        for score, row, token in candidates:
-            tokens = beams[row][1] + [token]
-            node = trie.walk(tokens)
-            items = [index for index in node.items if index not in excluded]
-            if items:
-                finished.append((score, items))
-            if node.children and len(next_beams) < num_beams:
-                next_beams.append((score, tokens))
-                parents.append(row)
-                next_tokens.append(token)
-            if len(next_beams) >= num_beams and len(finished) >= num_beams:
-                break
-        finished.sort(key=lambda entry: entry[0], reverse=True)
-        finished = finished[:num_beams]
-        # scores only fall as tokens are added: stop once no live beam can enter the finished list
-        if not next_beams or (len(finished) >= num_beams and next_beams[0][0] <= finished[-1][0]):
+    return outputs.logits[:, -1].float()
+
+
+def _extensions(beams: list[Beam], log_probs: torch.Tensor, trie: CatalogTrie) -> list[tuple[float, int, int]]:
+    """Every one-token extension the trie allows, as ``(score, beam row, token)``, best first."""
+    candidates = []
+    for row, (score, tokens) in enumerate(beams):
+        allowed = list(trie.walk(tokens).children)
+        if not allowed:
+            continue
+        allowed_tensor = torch.tensor(allowed, device=log_probs.device)
+        # renormalised over the allowed continuations, as a prefix-constrained generate() does
+        allowed_scores = torch.log_softmax(log_probs[row, allowed_tensor], dim=-1)
+        candidates += [(score + float(s), row, token) for s, token in zip(allowed_scores.tolist(), allowed)]
+    candidates.sort(key=lambda candidate: candidate[0], reverse=True)
+    return candidates
+
+
+def _next_beams(
+    candidates: list[tuple[float, int, int]],
+    beams: list[Beam],
+    trie: CatalogTrie,
+    excluded: set[int],
+    num_beams: int,
+    finished: list[Beam],
+) -> tuple[list[Beam], list[int]]:
+    """The best ``num_beams`` candidates that can still grow, and the beam rows they extend; every candidate that
+    completes an item not in ``excluded`` is appended to ``finished`` (a candidate can do both)."""
+    next_beams, parents = [], []
+    for score, row, token in candidates:
+        tokens = beams[row][1] + [token]
+        node = trie.walk(tokens)
+        items = [index for index in node.items if index not in excluded]
+        if items:
+            finished.append((score, items))
+        if node.children and len(next_beams) < num_beams:
+            next_beams.append((score, tokens))
+            parents.append(row)
+        if len(next_beams) >= num_beams and len(finished) >= num_beams:
             break
-        cache.reorder_cache(torch.tensor(parents, device=device))
-        past_length = input_ids.shape[1] + len(next_beams[0][1]) - 1
-        beams = next_beams
-        step_ids = torch.tensor(next_tokens, device=device)[:, None]
-        generated_segments = torch.full((len(beams), len(beams[0][1])), next_segment, device=device)
-        segments_now = torch.cat([segments.expand(len(beams), -1), generated_segments], dim=1)
-        outputs = model(
-            input_ids=step_ids,
-            attention_mask=torch.ones(len(beams), past_length + 1, dtype=torch.long, device=device),
-            item_segment_ids=segments_now,
-            position_ids=torch.full((len(beams), 1), past_length, device=device),
-            cache=cache,
-            use_cache=True,
-        )
-        logits = outputs.logits[:, -1].float()
-    return finished
+    return next_beams, parents
+
+
+def _decode_step(
+    model: PreTrainedModel,
+    cache: DynamicCache,
+    beams: list[Beam],
+    parents: list[int],
+    prompt_segments: torch.Tensor,
+    completion_segment: int,
+) -> torch.Tensor:
+    """Feed each beam its newest token over the cache of the beam it extends; the next logits, ``[beams, vocab]``."""
+    device = prompt_segments.device
+    cache.reorder_cache(torch.tensor(parents, device=device))
+    generated = len(beams[0][1])  # every beam has grown by one token per step
+    past_length = prompt_segments.shape[1] + generated - 1
+    step_ids = torch.tensor([tokens[-1] for _, tokens in beams], device=device)[:, None]
+    generated_segments = torch.full((len(beams), generated), completion_segment, device=device)
+    segments = torch.cat([prompt_segments.expand(len(beams), -1), generated_segments], dim=1)
+    outputs = model(
+        input_ids=step_ids,
+        attention_mask=torch.ones(len(beams), past_length + 1, dtype=torch.long, device=device),
+        item_segment_ids=segments,
+        position_ids=torch.full((len(beams), 1), past_length, device=device),
+        cache=cache,
+        use_cache=True,
+    )
+    return outputs.logits[:, -1].float()
 
 
 def rank_in_beams(finished: list[tuple[float, list[int]]], target_index: int, num_items: int) -> int:

@@ -169,18 +169,48 @@ def _percent(value: float) -> str:
 
 
 def comparison_sentence(result: PairedResult, name_a: str, name_b: str, split: str) -> str:
-    """One sentence a person reads: the relative difference with the interval of that relative difference.
+    """One sentence a person reads: the relative difference with the interval of that relative difference, the
+    absolute difference beside it.
+
+    A relative difference divides by B's mean. Where that mean is 0 (popularity in a smoke run of a few users can
+    rank no target in the top 10) there is none: the sentence leads with the absolute difference and its interval and
+    says why. Where B's mean is above 0 but some bootstrap resamples of users have none of B's hits, the relative
+    interval is undefined: the sentence says so beside the absolute interval.
 
     Example:
         >>> r = paired_comparison({"u1": 1, "u2": 5}, {"u1": 2, "u2": 5}, resamples=100)
         >>> comparison_sentence(r, "IAM", "popularity", "test").split(",")[0]
         'IAM is +36.3% NDCG@10 over popularity on test (0.6934 vs 0.5089'
+        >>> r = paired_comparison({"u1": 1, "u2": 5}, {"u1": 50, "u2": 50}, resamples=100)
+        >>> sentence = comparison_sentence(r, "IAM", "popularity", "test")
+        >>> sentence.split(",")[0]
+        'IAM is +0.6934 NDCG@10 over popularity on test (0.6934 vs 0.0000'
+        >>> sentence.split("; ")[1]
+        "no relative difference: it would divide by popularity's NDCG@10, 0 on these users"
     """
+    metric = result.metric.upper()
+    means = f"({result.mean_a:.4f} vs {result.mean_b:.4f}, {result.users} users)"
+    absolute_interval = f"[{result.interval[0]:+.4f}, {result.interval[1]:+.4f}]"
+    if math.isnan(result.relative):
+        comparison = (
+            f"{name_a} is {result.difference:+.4f} {metric} over {name_b} on {split} {means}, 95% paired bootstrap "
+            f"interval of the absolute difference {absolute_interval}; no relative difference: it would divide by "
+            f"{name_b}'s {metric}, 0 on these users"
+        )
+    elif math.isnan(result.relative_interval[0]):
+        comparison = (
+            f"{name_a} is {_percent(result.relative)} {metric} over {name_b} on {split} {means}, absolute difference "
+            f"{result.difference:+.4f} with 95% paired bootstrap interval {absolute_interval}; no interval of the "
+            f"relative difference: it would divide by {name_b}'s {metric}, 0 in some resamples of these users"
+        )
+    else:
+        comparison = (
+            f"{name_a} is {_percent(result.relative)} {metric} over {name_b} on {split} {means}, 95% paired "
+            f"bootstrap interval of the relative difference [{_percent(result.relative_interval[0])}, "
+            f"{_percent(result.relative_interval[1])}] (absolute difference {result.difference:+.4f}, interval "
+            f"{absolute_interval})"
+        )
     return (
-        f"{name_a} is {_percent(result.relative)} {result.metric.upper()} over {name_b} on {split} "
-        f"({result.mean_a:.4f} vs {result.mean_b:.4f}, {result.users} users), 95% paired bootstrap interval of the "
-        f"relative difference [{_percent(result.relative_interval[0])}, {_percent(result.relative_interval[1])}] "
-        f"(absolute difference {result.difference:+.4f}, interval [{result.interval[0]:+.4f}, "
-        f"{result.interval[1]:+.4f}]); {name_a} better for {result.wins} users, worse for {result.losses}, "
+        f"{comparison}; {name_a} better for {result.wins} users, worse for {result.losses}, "
         f"sign test p = {result.p_value:.3g}"
     )
