@@ -186,7 +186,9 @@ class DemoRecommender:
     def item_cache_note(self) -> str:
         """Whether the item-state cache serves the leading intra layers (said in the page beside the timing)."""
         if getattr(self.model, "item_cache", None) is not None:
-            return f"item-state cache on: the {self.model.num_leading_intra_layers} leading intra layers read a table"
+            layers = self.model.num_leading_intra_layers
+            which = "leading intra layer reads" if layers == 1 else f"{layers} leading intra layers read"
+            return f"item-state cache on: the {which} a table"
         return self._cache_note
 
     def search(self, query: str, limit: int = MAX_MATCHES) -> list[str]:
@@ -226,7 +228,7 @@ class DemoRecommender:
         if len(matches) == 1:
             return matches[0]
         if not matches:
-            raise DemoInputError(f"No catalog item matches {typed!r} ({len(self.catalog)} items): try fewer words.")
+            raise DemoInputError(f"No catalog item matches {typed!r} ({len(self.catalog):,} items): try fewer words.")
         raise DemoInputError(f"{typed!r} matches {len(matches)} items: click the one you mean in the list.")
 
     def recommend(self, history: Sequence[str], k: int = TOP_K) -> ShownLists:
