@@ -415,7 +415,10 @@ class _Page:
                 return ids, box, unselected, "", "", text.strip()
             lists = self.recommender.recommend(ids)
             model_html = render_list(lists.model, "score", ".4f", "No item is left to recommend.")
-            popular_html = render_list(lists.popularity, "count", ".0f", "Popularity is not known for this checkpoint.")
+            if lists.popularity is None:
+                popular_html = "<div class='iam-list'><p>Popularity is not known for this checkpoint.</p></div>"
+            else:
+                popular_html = render_list(lists.popularity, "count", ".0f", "No item is left to recommend.")
             timing = f"Recommended in {lists.seconds * 1000:.0f} ms ({self.recommender.item_cache_note})."
             return ids, box, unselected, model_html, popular_html, f"{note} {timing}".strip()
 
