@@ -1,12 +1,14 @@
 """The browser demo (integrations/demo.py, examples/demo.py): its lists are the pipeline's and popularity's, bad input
 gets a message, and a real headless Chromium drives the real Gradio page as a person would.
 
-The browser test needs Debian's ``chromium`` (``.ci/run`` installs it): without it the test skips with that reason,
-except under CI, where it fails, so that a CI machine without a browser cannot pass by skipping it.
+The browser tests need Debian's ``chromium`` (``.ci/run`` installs it), Playwright and Gradio (the test and demo
+extras): without them they skip with that reason, except under CI (``CI`` set), where they fail, so that a CI
+machine without a browser cannot pass by skipping them.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -169,7 +171,7 @@ def test_without_popularity_the_page_says_so(tmp_path):
     save_checkpoint(tmp_path / "plain", popularity=False)
     recommender = load_recommender(tmp_path / "plain")
     assert recommender.popularity is None and recommender.recommend(["i1"]).popularity is None
-    pytest.importorskip("gradio")
+    require("gradio")
     from transformers_iam.integrations.demo import _Page
 
     assert "**Popularity** = not shown" in _Page(recommender).describe()
@@ -241,6 +243,13 @@ def test_item_popularity_ties_keep_catalog_order():
 
 
 # -- the page in a real browser -----------------------------------------------------------------------------------
+def require(module: str):
+    """Import what the browser tests need; skip without it locally, fail under CI (which installs it all)."""
+    if os.environ.get("CI"):
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f'{module} is not installed (pip install -e ".[test,demo]")')
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -254,7 +263,7 @@ def browser_page(tmp_path):
         if os.environ.get("CI"):
             pytest.fail("CI must run the browser test: install Debian's chromium first (.ci/run does)")
         pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    playwright_api = pytest.importorskip("playwright.sync_api")
+    playwright_api = require("playwright.sync_api")
     with playwright_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
@@ -291,7 +300,7 @@ def outside_connections(monkeypatch):
 
 @pytest.fixture
 def served(checkpoint, outside_connections):
-    pytest.importorskip("gradio")
+    require("gradio")
     from transformers_iam.integrations.demo import launch_demo
 
     demo, url = launch_demo(load_recommender(checkpoint), port=free_port(), block=False)
@@ -411,7 +420,7 @@ def test_the_page_in_a_real_browser(browser_page, served, outside_connections, c
 
 
 def test_a_checkpoint_error_is_a_page_not_a_traceback(browser_page, tmp_path):
-    pytest.importorskip("gradio")
+    require("gradio")
     from transformers_iam.integrations.demo import launch_demo
 
     try:
