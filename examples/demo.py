@@ -28,6 +28,7 @@ from transformers_iam.integrations.demo import (
     launch_demo,
     load_item_popularity,
     load_recommender,
+    training_popularity,
 )
 
 logger = logging.getLogger("transformers_iam.demo")
@@ -63,14 +64,7 @@ def popularity_for(checkpoint: str) -> ItemPopularity | None:
     if data.catalog != catalog:
         logger.warning("popularity unknown: the run's data now gives another catalog than the checkpoint's")
         return None
-    training = data.visible_sequences("valid")  # each user's sequence without the validation and test targets
-    interactions = sum(len(items) for items in training.values())
-    description = (
-        f"the number of times each item occurs in the training interactions of {data.statistics['name']} that this "
-        f"checkpoint was trained on ({interactions:,} interactions of {len(training):,} users; each user's last two, "
-        "the validation and test targets, are not counted)"
-    )
-    return ItemPopularity.from_sequences(training, catalog, description)
+    return training_popularity(data)  # the counts save_training_popularity would have saved
 
 
 def main(argv: list[str] | None = None) -> int:

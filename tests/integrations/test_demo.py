@@ -32,6 +32,7 @@ from transformers_iam.integrations.demo import (
     load_item_popularity,
     load_recommender,
     save_item_popularity,
+    save_training_popularity,
 )
 
 from ..testing_utils import catalog_tokenizer, collator_kwargs, synthetic_catalog, tiny_model
@@ -202,9 +203,11 @@ def test_popularity_of_a_main_job_checkpoint_is_its_training_interactions(tmp_pa
     assert torch.equal(popularity.counts, popularity_scores(data.visible_sequences("valid"), data.catalog))
     assert "validation and test targets, are not counted" in popularity.description
     assert "50 interactions of 10 users" in popularity.description  # 10 users x (7 - 2)
-    # and what save_item_popularity writes (the main job's one-line call) reads back the same
-    save_item_popularity(checkpoint, data.visible_sequences("valid"), data.catalog, popularity.description)
-    assert torch.equal(load_item_popularity(checkpoint, data.catalog).counts, popularity.counts)
+    # the main job's one-line call writes the same counts, which the demo then reads first
+    save_training_popularity(checkpoint, data)
+    saved = load_item_popularity(checkpoint, data.catalog)
+    assert torch.equal(saved.counts, popularity.counts) and saved.description == popularity.description
+    assert load_recommender(checkpoint).popularity.description == popularity.description
 
 
 def test_the_example_says_how_to_make_the_default_checkpoint(tmp_path, monkeypatch, capsys):

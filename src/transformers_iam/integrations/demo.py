@@ -33,6 +33,7 @@ from ..core.collator import IAMDataCollator
 from ..core.loading import optional_checkpoint_file
 from ..core.pipeline_item_recommendation import TASK
 from ..recsys.baselines import popularity_scores
+from ..recsys.split import LeaveOneOutData
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +92,8 @@ def save_item_popularity(
 ) -> str:
     """Write ``item_popularity.json`` (each item's count in ``sequences``, and what they are) beside a checkpoint.
 
-    The main job would call it with the interactions the model was trained on, e.g.
-    ``save_item_popularity(staging, data.visible_sequences("valid"), data.catalog, "...")``: the demo then shows
-    that popularity for a checkpoint from the Hub too, where the run's data files are not at hand.
+    For a run's checkpoint, :func:`save_training_popularity` calls it with the interactions the model was trained on:
+    the demo then shows that popularity for a checkpoint from the Hub too, where the run's data files are not at hand.
 
     Example:
         >>> import tempfile
@@ -113,6 +113,35 @@ def save_item_popularity(
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(content, handle, ensure_ascii=False, indent=0)
     return path
+
+
+def save_training_popularity(directory: str | os.PathLike, data: LeaveOneOutData) -> str:
+    """Write the popularity the demo shows for a run's checkpoint: each item's count in the training interactions
+    (``data.visible_sequences("valid")``: each user's sequence without its validation and test targets).
+
+    The main job's one line, after ``collator.save_pretrained(staging)`` in ``experiments/run.py``:
+    ``save_training_popularity(staging, data)``; ``examples/demo.py`` computes the same counts from the run's data
+    files when a checkpoint has no such file.
+
+    Example:
+        >>> save_training_popularity(staging, data)  # doctest: +SKIP
+    """
+    popularity = training_popularity(data)
+    return save_item_popularity(directory, data.visible_sequences("valid"), data.catalog, popularity.description)
+
+
+def training_popularity(data: LeaveOneOutData) -> ItemPopularity:
+    """Each item's count in a split's training interactions, described for the page (see
+    :func:`save_training_popularity`)."""
+    training = data.visible_sequences("valid")  # each user's sequence without the validation and test targets
+    interactions = sum(len(items) for items in training.values())
+    name = data.statistics.get("name", "the data")
+    description = (
+        f"the number of times each item occurs in the training interactions of {name} that this checkpoint was "
+        f"trained on ({interactions:,} interactions of {len(training):,} users; each user's "
+        "last two, the validation and test targets, are not counted)"
+    )
+    return ItemPopularity.from_sequences(training, data.catalog, description)
 
 
 def load_item_popularity(checkpoint: str | os.PathLike, catalog: ItemCatalog) -> ItemPopularity | None:
