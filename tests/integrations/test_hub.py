@@ -105,6 +105,37 @@ def test_push_sends_weights_catalog_prompt_settings_and_card(trained):
         assert fragment in card, fragment
 
 
+def test_card_shows_the_validation_plot_and_the_results_table(trained, tmp_path):
+    from transformers_iam.experiments.plots import plot_validation
+
+    model, collator = trained
+    figure = tmp_path / "validation_ndcg10.png"  # drawn as a run draws it, from a Trainer log history
+    history = [{"step": step, "loss": 7.0 - step / 10} for step in (1, 2, 3)] + [
+        {"step": step, "eval_ndcg@10": 0.01 * step} for step in (2, 3)
+    ]
+    plot_validation(history, str(figure), reference={"popularity": 0.02})
+    results = {**RESULTS, "popularity": {"test": RESULTS["test"], "valid": RESULTS["valid"]}}
+    api = RecordingApi()
+    push_to_hub(model, "org/iam-tiny", collator=collator, results=results, api=api, figure=figure)
+    files = api.commits[0]["files"]
+    assert files["validation_ndcg10.png"] == figure.read_bytes()
+    card = files["README.md"].decode()
+    assert (
+        "![Training loss and validation NDCG@10 during training, with popularity as a line](validation_ndcg10.png)"
+        in card
+    )
+    assert "| IAM stacked, test | 943 | 0.2000" in card and "| popularity, valid | 943 | 0.1000" in card
+    assert card.index("| IAM stacked, test |") < card.index("](validation_ndcg10.png)") < card.index("## How to load")
+    assert "validation_ndcg10.png" not in str(build_model_card(model, "org/x", results))  # no figure, no image
+
+
+def test_a_missing_figure_is_named_before_the_repo_is_created(trained, tmp_path):
+    api = RecordingApi()
+    with pytest.raises(FileNotFoundError, match="nope.png' does not exist"):
+        push_to_hub(trained[0], "org/iam-tiny", collator=trained[1], api=api, figure=tmp_path / "nope.png")
+    assert api.repos == [] and api.commits == []
+
+
 def test_push_lora_adapter_only(trained):
     model, collator = trained
     api = RecordingApi()

@@ -2,7 +2,8 @@
 
 Example (online):
     >>> from transformers_iam.integrations.hub import push_to_hub
-    >>> push_to_hub(model, "org/iam-llama", collator=collator, results=results)  # doctest: +SKIP
+    >>> push_to_hub(model, "org/iam-llama", collator=collator, results=results,
+    ...             figure="runs/cpu-quick-stacked/validation_ndcg10.png")  # doctest: +SKIP
     >>> import transformers_iam
     >>> from transformers import AutoModel
     >>> model = AutoModel.from_pretrained("org/iam-llama")  # doctest: +SKIP
@@ -11,6 +12,7 @@ Example (online):
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
@@ -41,6 +43,7 @@ context, and a recommendation adapter scores the whole catalog ({num_items} item
 
 ## Results
 {results}
+{figure}
 
 ## How to load
 ```python
@@ -54,8 +57,21 @@ recommender({{"history": ["<item id>", "<item id>"]}}, top_k=10)
 """
 
 
-def build_model_card(model, repo_id: str, results: dict | None = None, lora: bool = False) -> ModelCard:
-    """A model card: base model, layer layout, dataset and split statistics, protocol, metrics, how to load."""
+# the figure a run writes beside its checkpoint (experiments/run.py), under the same name in the repo
+FIGURE_NAME = "validation_ndcg10.png"
+FIGURE_TEXT = """
+![Training loss and validation NDCG@10 during training, with popularity as a line]({name})
+
+The training loss per logging step and validation NDCG@10 at each evaluation (the checkpoint with the best one is
+this model), with popularity's validation NDCG@10 as a dashed line.
+"""
+
+
+def build_model_card(
+    model, repo_id: str, results: dict | None = None, lora: bool = False, figure_name: str | None = None
+) -> ModelCard:
+    """A model card: base model, layer layout, dataset and split statistics, protocol, metrics table, the validation
+    plot (``figure_name``: its file in the repo), how to load."""
     base = getattr(model, "get_base_model", lambda: model)()
     config = base.config
     base_model = (results or {}).get("model", {}).get("backbone") or config.name_or_path or "unknown"
@@ -99,6 +115,7 @@ def build_model_card(model, repo_id: str, results: dict | None = None, lora: boo
         data=data,
         protocol=protocol,
         results=table,
+        figure=FIGURE_TEXT.format(name=figure_name) if figure_name else "",
         load_lines=load_lines,
         repo=repo_id,
     )
@@ -106,9 +123,17 @@ def build_model_card(model, repo_id: str, results: dict | None = None, lora: boo
 
 
 def save_for_hub(
-    model, save_directory: str, repo_id: str, collator: IAMDataCollator | None = None, results: dict | None = None
+    model,
+    save_directory: str,
+    repo_id: str,
+    collator: IAMDataCollator | None = None,
+    results: dict | None = None,
+    figure: str | os.PathLike | None = None,
 ) -> list[str]:
-    """Write what a Hub repo holds: weights (or LoRA adapter), config, catalog, prompt settings, tokenizer, card."""
+    """Write what a Hub repo holds: weights (or LoRA adapter), config, catalog, prompt settings, tokenizer, card, and
+    the run's validation plot (``figure``, e.g. ``runs/cpu-quick-stacked/validation_ndcg10.png``) shown in the card."""
+    if figure is not None and not os.path.isfile(figure):
+        raise FileNotFoundError(f"figure {os.fspath(figure)!r} does not exist (a run writes {FIGURE_NAME})")
     lora = hasattr(model, "peft_config")
     model.save_pretrained(save_directory)
     base = model.get_base_model() if lora else model
@@ -116,7 +141,10 @@ def save_for_hub(
         base.catalog.save(save_directory)
     if collator is not None:
         collator.save_pretrained(save_directory)
-    build_model_card(model, repo_id, results, lora=lora).save(os.path.join(save_directory, "README.md"))
+    if figure is not None:
+        shutil.copyfile(figure, os.path.join(save_directory, FIGURE_NAME))
+    card = build_model_card(model, repo_id, results, lora=lora, figure_name=FIGURE_NAME if figure else None)
+    card.save(os.path.join(save_directory, "README.md"))
     return sorted(os.listdir(save_directory))
 
 
@@ -129,13 +157,17 @@ def push_to_hub(
     token: str | None = None,
     commit_message: str = "Upload IAM recommender",
     api: HfApi | None = None,
+    figure: str | os.PathLike | None = None,
 ):
-    """Create (or reuse) the repo and upload the model, its catalog, prompt settings and model card in one commit."""
+    """Create (or reuse) the repo and upload the model, its catalog, prompt settings, model card (metrics table, and
+    the validation plot when ``figure`` names the run's ``validation_ndcg10.png``) in one commit."""
+    if figure is not None and not os.path.isfile(figure):  # before the repo is created
+        raise FileNotFoundError(f"figure {os.fspath(figure)!r} does not exist (a run writes {FIGURE_NAME})")
     api = api or HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
         # create_commit has the server validate README.md's metadata before any weights are uploaded
-        names = save_for_hub(model, folder, repo_id, collator, results)
+        names = save_for_hub(model, folder, repo_id, collator, results, figure=figure)
         operations = [
             CommitOperationAdd(path_in_repo=name, path_or_fileobj=os.path.join(folder, name)) for name in names
         ]

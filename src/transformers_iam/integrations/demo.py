@@ -1,0 +1,530 @@
+"""A browser demo of a trained IAM checkpoint (Gradio): build a history, see the model's top-10 beside popularity's.
+
+The page is a thin layer over ``pipeline("item-recommendation")``: the pipeline renders the history as in training,
+scores the whole catalog and leaves the history out; this module only finds items by title, keeps the history, ranks
+popularity and draws the two lists. Gradio is an optional extra (``pip install -e ".[demo]"``) and is imported only
+when the page is built, so the rest of this module (and the library) works without it. ``make demo`` (which runs
+``examples/demo.py``) serves ``runs/cpu-quick-stacked/checkpoint``; docs/demo.md says what the page shows.
+
+Example:
+    >>> recommender = load_recommender("runs/cpu-quick-stacked/checkpoint")  # doctest: +SKIP
+    >>> shown = recommender.recommend(recommender.search("star wars")[:1])  # doctest: +SKIP
+    >>> [row.item_id for row in shown.model]  # doctest: +SKIP
+    >>> build_demo(recommender).launch()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModel, pipeline
+
+from ..core.catalog import ItemCatalog
+from ..core.collator import IAMDataCollator
+from ..core.loading import optional_checkpoint_file
+from ..core.pipeline_item_recommendation import TASK
+from ..recsys.baselines import popularity_scores
+from ..recsys.split import LeaveOneOutData
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT = "runs/cpu-quick-stacked/checkpoint"
+POPULARITY_FILE = "item_popularity.json"
+TOP_K = 10
+MAX_MATCHES = 20
+HOW_TO_MAKE_A_CHECKPOINT = (
+    "`make run` trains the cpu-quick model on MovieLens-100k (about 12 minutes on 2 CPU cores) and writes "
+    f"`{DEFAULT_CHECKPOINT}`; then `make demo`. Any other checkpoint: `make demo ARGS=path/or/hub-id`."
+)
+
+
+class DemoInputError(ValueError):
+    """Input the page answers with a message (an unknown title, an empty history), never a traceback."""
+
+
+# -- popularity ---------------------------------------------------------------------------------------------------
+@dataclass
+class ItemPopularity:
+    """How often each catalog item occurs in the interactions a checkpoint was trained on, and what those were.
+
+    ``counts[i]`` belongs to catalog index ``i``. ``description`` is shown in the page: "popularity" means nothing
+    without saying whose interactions were counted.
+
+    Example:
+        >>> catalog = ItemCatalog(["a", "b", "c"], ["A (1990)", "B (1991)", "C (1992)"])
+        >>> popularity = ItemPopularity.from_sequences({"u1": ["a", "b"], "u2": ["b"]}, catalog, "toy data")
+        >>> popularity.top(2, exclude=set()), popularity.top(2, exclude={1})
+        ([(1, 2), (0, 1)], [(0, 1), (2, 0)])
+    """
+
+    counts: torch.Tensor
+    description: str
+
+    @classmethod
+    def from_sequences(
+        cls, sequences: Mapping[str, Sequence[str]], catalog: ItemCatalog, description: str
+    ) -> ItemPopularity:
+        """Count every item of ``{user: [item ids]}`` (the same count as the popularity baseline,
+        ``recsys.baselines.popularity_scores``)."""
+        return cls(popularity_scores(dict(sequences), catalog), description)
+
+    def top(self, k: int, exclude: set[int]) -> list[tuple[int, int]]:
+        """The ``k`` most frequent catalog indices not in ``exclude``, as ``(index, count)``; ties go to the lower
+        catalog index (a stable order, so the list does not shuffle between two identical requests)."""
+        counts = self.counts.clone()
+        if exclude:
+            counts[sorted(exclude)] = float("-inf")
+        order = torch.argsort(-counts, stable=True)[: min(k, len(counts) - len(exclude))]
+        return [(int(index), int(self.counts[index])) for index in order.tolist()]
+
+
+def save_item_popularity(
+    directory: str | os.PathLike, sequences: Mapping[str, Sequence[str]], catalog: ItemCatalog, description: str
+) -> str:
+    """Write ``item_popularity.json`` (each item's count in ``sequences``, and what they are) beside a checkpoint.
+
+    For a run's checkpoint, :func:`save_training_popularity` calls it with the interactions the model was trained on:
+    the demo then shows that popularity for a checkpoint from the Hub too, where the run's data files are not at hand.
+
+    Example:
+        >>> import tempfile
+        >>> catalog = ItemCatalog(["a", "b"], ["A (1990)", "B (1991)"])
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = save_item_popularity(folder, {"u1": ["a", "b", "b"]}, catalog, "toy data")
+        >>> load_item_popularity(folder, catalog).counts.tolist()
+        [1.0, 2.0]
+    """
+    counts = popularity_scores(dict(sequences), catalog)
+    path = os.path.join(directory, POPULARITY_FILE)
+    content = {
+        "description": description,
+        "catalog_fingerprint": catalog.fingerprint,
+        "counts": {item_id: int(count) for item_id, count in zip(catalog.item_ids, counts.tolist())},
+    }
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(content, handle, ensure_ascii=False, indent=0)
+    return path
+
+
+def save_training_popularity(directory: str | os.PathLike, data: LeaveOneOutData) -> str:
+    """Write the popularity the demo shows for a run's checkpoint: each item's count in the training interactions
+    (``data.visible_sequences("valid")``: each user's sequence without its validation and test targets).
+
+    The main job's one line, after ``collator.save_pretrained(staging)`` in ``experiments/run.py``:
+    ``save_training_popularity(staging, data)``; ``examples/demo.py`` computes the same counts from the run's data
+    files when a checkpoint has no such file.
+
+    Example:
+        >>> save_training_popularity(staging, data)  # doctest: +SKIP
+    """
+    popularity = training_popularity(data)
+    return save_item_popularity(directory, data.visible_sequences("valid"), data.catalog, popularity.description)
+
+
+def training_popularity(data: LeaveOneOutData) -> ItemPopularity:
+    """Each item's count in a split's training interactions, described for the page (see
+    :func:`save_training_popularity`)."""
+    training = data.visible_sequences("valid")  # each user's sequence without the validation and test targets
+    interactions = sum(len(items) for items in training.values())
+    name = data.statistics.get("name", "the data")
+    description = (
+        f"the number of times each item occurs in the training interactions of {name} that this checkpoint was "
+        f"trained on ({interactions:,} interactions of {len(training):,} users; each user's "
+        "last two, the validation and test targets, are not counted)"
+    )
+    return ItemPopularity.from_sequences(training, data.catalog, description)
+
+
+def load_item_popularity(checkpoint: str | os.PathLike, catalog: ItemCatalog) -> ItemPopularity | None:
+    """The ``item_popularity.json`` saved beside a checkpoint (a folder or a Hub id), or ``None`` when there is none.
+
+    A file written for another catalog (its fingerprint differs) is refused: its counts would sit on other items.
+    """
+    path = optional_checkpoint_file(checkpoint, POPULARITY_FILE)
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as handle:
+        content = json.load(handle)
+    if content.get("catalog_fingerprint") != catalog.fingerprint:
+        raise ValueError(f"{path} was written for another catalog (its catalog_fingerprint differs from the model's)")
+    counts = content["counts"]
+    return ItemPopularity(
+        torch.tensor([float(counts.get(item_id, 0)) for item_id in catalog.item_ids]), content["description"]
+    )
+
+
+# -- the back end (no Gradio) -------------------------------------------------------------------------------------
+@dataclass
+class ShownItem:
+    """One line of a list in the page."""
+
+    rank: int
+    index: int
+    item_id: str
+    text: str
+    value: float  # the model's score, or the popularity count
+    in_both: bool = False  # in the model's top-k and in popularity's
+
+
+@dataclass
+class ShownLists:
+    """What one history shows: the model's top-k, popularity's top-k (or ``None``) and how long the model took."""
+
+    model: list[ShownItem]
+    popularity: list[ShownItem] | None
+    seconds: float
+
+
+class DemoRecommender:
+    """A checkpoint loaded once for the page: its pipeline, its catalog search and popularity.
+
+    Recommendations come from ``pipeline("item-recommendation")`` (history items excluded), one request at a time:
+    the item-state cache swaps the decoder's layers during a forward, which a second concurrent forward would see.
+
+    Example:
+        >>> recommender = DemoRecommender(model, collator, popularity=None)  # doctest: +SKIP
+        >>> recommender.recommend([recommender.resolve("Toy Story (1995)")]).model[0].text  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model,
+        collator: IAMDataCollator,
+        popularity: ItemPopularity | None,
+        source: str = "",
+        cache_note: str = "item-state cache off",
+    ):
+        self.model, self.collator, self.popularity, self.source = model, collator, popularity, source
+        self._cache_note = cache_note
+        self.catalog: ItemCatalog = model.catalog
+        self.pipeline = pipeline(TASK, model=model, tokenizer=collator.tokenizer, collator=collator)
+        self._lock = threading.Lock()
+        self._lowered = [text.lower() for text in self.catalog.texts]
+        self._titles = [title_of(text).lower() for text in self.catalog.texts]
+
+    @property
+    def item_cache_note(self) -> str:
+        """Whether the item-state cache serves the leading intra layers (said in the page beside the timing)."""
+        if getattr(self.model, "item_cache", None) is not None:
+            layers = self.model.num_leading_intra_layers
+            which = "leading intra layer reads" if layers == 1 else f"{layers} leading intra layers read"
+            return f"item-state cache on: the {which} a table"
+        return self._cache_note
+
+    def search(self, query: str, limit: int = MAX_MATCHES) -> list[str]:
+        """Item ids whose text contains every word of ``query`` (case-insensitive), exact titles first, then the
+        most popular (when popularity is known), then catalog order.
+
+        Example:
+            >>> recommender.search("star wars")[:1]  # doctest: +SKIP
+            ['50']
+        """
+        words = query.lower().split()
+        if not words:
+            return []
+        hits = [index for index, text in enumerate(self._lowered) if all(word in text for word in words)]
+        wanted = " ".join(words)
+        counts = self.popularity.counts if self.popularity is not None else None
+
+        def order(index: int) -> tuple:
+            exact = self._titles[index] == wanted or self._lowered[index] == wanted
+            return (not exact, -(float(counts[index]) if counts is not None else 0.0), index)
+
+        return [self.catalog.item_ids[index] for index in sorted(hits, key=order)[:limit]]
+
+    def resolve(self, typed: str) -> str:
+        """The item a typed entry names: an exact item text, title or id, else the one search match; otherwise a
+        :class:`DemoInputError` that names what was typed."""
+        typed = typed.strip()
+        if not typed:
+            raise DemoInputError("Type a title to search the catalog, then click a match to add it.")
+        lowered = typed.lower()
+        exact = [index for index in range(len(self.catalog)) if lowered in (self._lowered[index], self._titles[index])]
+        if len(exact) == 1:
+            return self.catalog.item_ids[exact[0]]
+        if typed in self.catalog and not exact:
+            return typed
+        matches = self.search(typed, limit=len(self.catalog))
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise DemoInputError(f"No catalog item matches {typed!r} ({len(self.catalog):,} items): try fewer words.")
+        raise DemoInputError(f"{typed!r} matches {len(matches)} items: click the one you mean in the list.")
+
+    def recommend(self, history: Sequence[str], k: int = TOP_K) -> ShownLists:
+        """The model's top-``k`` (from the pipeline) and popularity's top-``k`` for ``history`` (item ids, oldest
+        first); neither list holds a history item. Items in both lists are marked ``in_both``."""
+        if not history:
+            raise DemoInputError("The history is empty: add at least one item to see recommendations.")
+        k = min(k, len(self.catalog))
+        with self._lock, torch.inference_mode():
+            started = time.perf_counter()
+            rows = self.pipeline({"history": list(history)}, top_k=k)
+            seconds = time.perf_counter() - started
+        model = [
+            ShownItem(rank, row["index"], row["item_id"], row["text"], row["score"])
+            for rank, row in enumerate(rows, start=1)
+        ]
+        popular = None
+        if self.popularity is not None:
+            exclude = set(self.catalog.indices_of(history))
+            popular = [
+                ShownItem(rank, index, self.catalog.item_ids[index], self.catalog.texts[index], count)
+                for rank, (index, count) in enumerate(self.popularity.top(k, exclude), start=1)
+            ]
+            both = {row.index for row in model} & {row.index for row in popular}
+            for row in model + popular:
+                row.in_both = row.index in both
+        return ShownLists(model, popular, seconds)
+
+
+def title_of(text: str) -> str:
+    """The title part of an item text rendered as ``"Title (Year) | Genres"`` (the whole text otherwise).
+
+    Example:
+        >>> title_of("Toy Story (1995) | Animation, Children's, Comedy")
+        'Toy Story (1995)'
+    """
+    return text.split(" | ", 1)[0].strip()
+
+
+def load_recommender(
+    checkpoint: str | os.PathLike, popularity: ItemPopularity | None = None, item_cache: bool = True
+) -> DemoRecommender:
+    """Load a checkpoint (a folder or a Hub id) for the demo: model, its catalog and prompt settings, popularity.
+
+    ``popularity`` defaults to the ``item_popularity.json`` saved beside the checkpoint (none: the page says so).
+    With ``item_cache`` the item-state cache serves the leading intra layers when the checkpoint allows it (the
+    reason is shown when it does not). Errors name what is missing and how to get it, as a ``ValueError``.
+    """
+    checkpoint = os.fspath(checkpoint)
+    # "org/name" may be a Hub id (read as from_pretrained reads it); anything else must be a folder here
+    if not os.path.exists(checkpoint) and not re.fullmatch(r"[\w.-]+/[\w.-]+", checkpoint):
+        raise ValueError(f"There is no checkpoint at {checkpoint}. {HOW_TO_MAKE_A_CHECKPOINT}")
+    try:
+        model = AutoModel.from_pretrained(checkpoint)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{checkpoint} could not be loaded as an IAM checkpoint: {error}") from None
+    if not hasattr(model, "recommend"):
+        raise ValueError(f"{checkpoint} holds a {type(model).__name__}, not an IAM recommender (model_type 'iam')")
+    if getattr(model, "catalog", None) is None:
+        raise ValueError(
+            f"{checkpoint} has no item catalog (item_catalog.json): the demo needs the items the model scores, in the "
+            "order it was trained on. Save the model after model.set_catalog(catalog), as make run does."
+        )
+    try:
+        collator = IAMDataCollator.from_pretrained(checkpoint, catalog=model.catalog)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{checkpoint}: its prompt settings or tokenizer could not be loaded: {error}") from None
+    model.eval().requires_grad_(False)  # inference only: the item-state cache needs the cached layers frozen
+    cache_note = "item-state cache off (--no-item-cache)"
+    if item_cache and model.num_leading_intra_layers > 0:
+        try:
+            model.enable_item_cache(collator)
+        except ValueError as error:  # a checkpoint it cannot be exact for: say why, serve without it
+            cache_note = f"item-state cache off: {error}"
+    elif item_cache:
+        cache_note = "item-state cache off: this layout has no leading intra layers"
+    if popularity is None:
+        popularity = load_item_popularity(checkpoint, model.catalog)
+    return DemoRecommender(model, collator, popularity, source=checkpoint, cache_note=cache_note)
+
+
+# -- the page -----------------------------------------------------------------------------------------------------
+CSS = """
+.iam-list table { border-collapse: collapse; width: 100%; }
+.iam-list th, .iam-list td { padding: 2px 6px; text-align: left; border-bottom: 1px solid #ddd; }
+.iam-list tr.both td { background: #fff3c4; }
+.iam-list td.value { text-align: right; font-variant-numeric: tabular-nums; }
+"""
+
+
+def render_list(rows: list[ShownItem] | None, value_name: str, value_format: str, empty: str) -> str:
+    """One ranked list as an HTML table; each row carries its item id and exact value in data attributes."""
+    if not rows:
+        return f"<div class='iam-list'><p>{html.escape(empty)}</p></div>"
+    lines = [f"<tr><th>#</th><th>item</th><th>{html.escape(value_name)}</th></tr>"]
+    for row in rows:
+        mark = " ★" if row.in_both else ""
+        lines.append(
+            f"<tr class='{'both' if row.in_both else 'only'}' data-item-id='{html.escape(row.item_id, quote=True)}' "
+            f"data-value='{row.value!r}'><td>{row.rank}</td><td>{html.escape(row.text)}{mark}</td>"
+            f"<td class='value'>{format(row.value, value_format)}</td></tr>"
+        )
+    return f"<div class='iam-list'><table>{''.join(lines)}</table></div>"
+
+
+def build_demo(recommender: DemoRecommender | str):
+    """The Gradio page over ``recommender``; given an error message instead, a page that shows it.
+
+    Example:
+        >>> build_demo(load_recommender("runs/cpu-quick-stacked/checkpoint")).launch()  # doctest: +SKIP
+    """
+    try:
+        import gradio as gr
+    except ImportError as error:
+        raise ImportError('the demo needs Gradio: pip install -e ".[demo]" (make demo installs it)') from error
+
+    with gr.Blocks(title="transformers-iam demo", analytics_enabled=False) as demo:
+        gr.Markdown("# IAM recommender: build a history, see what the model recommends")
+        if isinstance(recommender, str):
+            gr.Markdown(f"**The demo could not start.** {recommender}", elem_id="message")
+            return demo
+        page = _Page(recommender)
+        page.build(gr)
+    return demo
+
+
+class _Page:
+    """The page's components and handlers; every handler answers bad input with a message, never a traceback."""
+
+    def __init__(self, recommender: DemoRecommender):
+        self.recommender = recommender
+
+    def describe(self) -> str:
+        recommender, config = self.recommender, self.recommender.model.config
+        popularity = (
+            recommender.popularity.description
+            if recommender.popularity is not None
+            else "not shown: this checkpoint has no item_popularity.json and the run's interactions were not found"
+        )
+        return (
+            f"Checkpoint `{recommender.source}`: {len(recommender.catalog):,} items, layers "
+            f"{', '.join(config.resolved_layer_types)}; {recommender.item_cache_note}. "
+            f'The model\'s list comes from `pipeline("item-recommendation")` over the whole catalog; items in your '
+            f"history are never recommended, by either list. ★ marks items both lists give.\n\n"
+            f"**Popularity** = {popularity}."
+        )
+
+    def build(self, gr) -> None:
+        catalog = self.recommender.catalog
+        gr.Markdown(self.describe(), elem_id="about")
+        history = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=2):
+                query = gr.Textbox(
+                    label="Search the catalog by title",
+                    placeholder="e.g. star wars",
+                    elem_id="search",
+                )
+                add = gr.Button("Add the typed title", elem_id="add")
+                matches = gr.Radio(choices=[], label="Matches: click one to add it", elem_id="matches")
+            with gr.Column(scale=3):
+                shown = gr.CheckboxGroup(choices=[], label="Your history, oldest first", elem_id="history")
+                with gr.Row():
+                    remove = gr.Button("Remove ticked items", elem_id="remove")
+                    clear = gr.Button("Clear the history", elem_id="clear")
+        message = gr.Markdown("Add items to your history to see recommendations.", elem_id="message")
+        with gr.Row():
+            with gr.Column():
+                gr.Markdown("### The model's top-10")
+                model_list = gr.HTML(elem_id="model-list")
+            with gr.Column():
+                gr.Markdown("### Popularity's top-10")
+                popularity_list = gr.HTML(elem_id="popularity-list")
+
+        def choices(ids: list[str]) -> list[tuple[str, str]]:
+            return [(catalog.text_of(item_id), item_id) for item_id in ids]
+
+        def show(ids: list[str], note: str = "") -> tuple:
+            """Everything a new history changes: the state, the history box, the match list, both lists, the message."""
+            box = gr.CheckboxGroup(choices=choices(ids), value=[])
+            unselected = gr.Radio(value=None)  # so that clicking the same match again adds it again
+            if not ids:
+                text = f"{note} The history is empty: add at least one item to see recommendations."
+                return ids, box, unselected, "", "", text.strip()
+            lists = self.recommender.recommend(ids)
+            model_html = render_list(lists.model, "score", ".4f", "No item is left to recommend.")
+            if lists.popularity is None:
+                popular_html = "<div class='iam-list'><p>Popularity is not known for this checkpoint.</p></div>"
+            else:
+                popular_html = render_list(lists.popularity, "count", ".0f", "No item is left to recommend.")
+            timing = f"Recommended in {lists.seconds * 1000:.0f} ms ({self.recommender.item_cache_note})."
+            return ids, box, unselected, model_html, popular_html, f"{note} {timing}".strip()
+
+        def guarded(handler):
+            """Bad input becomes the page's message; an unexpected error is logged here and named there."""
+
+            def run(ids, *args):
+                try:
+                    return handler(list(ids), *args)
+                except DemoInputError as error:
+                    return (gr.skip(),) * 5 + (str(error),)
+                except Exception as error:  # the page must never show a traceback: name the error, log the rest
+                    logger.exception("demo request failed")
+                    return (gr.skip(),) * 5 + (f"Something went wrong: {type(error).__name__}: {error}",)
+
+            return run
+
+        def add_item(ids: list[str], item_id: str) -> tuple:
+            if item_id in ids:
+                raise DemoInputError(f"{catalog.text_of(item_id)!r} is already in the history.")
+            return show(ids + [item_id], f"Added {catalog.text_of(item_id)!r}.")
+
+        def add_typed(ids: list[str], typed: str) -> tuple:
+            return add_item(ids, self.recommender.resolve(typed or ""))
+
+        def add_match(ids: list[str], item_id: str | None) -> tuple:
+            if not item_id:
+                return (gr.skip(),) * 6
+            return add_item(ids, item_id)
+
+        def remove_items(ids: list[str], ticked: list[str]) -> tuple:
+            if not ticked:
+                raise DemoInputError("Tick the history items to remove first.")
+            removed = [catalog.text_of(item_id) for item_id in ids if item_id in ticked]
+            return show([item_id for item_id in ids if item_id not in ticked], f"Removed {'; '.join(removed)}.")
+
+        def search(typed: str):
+            typed = (typed or "").strip()
+            found = self.recommender.search(typed)
+            if not typed:
+                label = "Matches: click one to add it"
+            elif found:  # the query in the label: a person (and a test) can tell the list is for what was typed
+                more = "+" if len(found) == MAX_MATCHES else ""
+                label = f"Matches for {typed!r}: click one to add it ({len(found)}{more})"
+            else:
+                label = f"No catalog item matches {typed!r}"
+            return gr.Radio(choices=choices(found), value=None, label=label)
+
+        outputs = [history, shown, matches, model_list, popularity_list, message]
+        query.input(search, query, matches, show_progress="hidden", trigger_mode="always_last")
+        query.submit(guarded(add_typed), [history, query], outputs)
+        add.click(guarded(add_typed), [history, query], outputs)
+        matches.input(guarded(add_match), [history, matches], outputs)
+        remove.click(guarded(remove_items), [history, shown], outputs)
+        clear.click(guarded(lambda ids: show([], "History cleared.")), [history], outputs)
+
+
+def launch_demo(
+    recommender: DemoRecommender | str, host: str = "127.0.0.1", port: int | None = None, block: bool = True
+):
+    """Serve the page on ``host:port`` (``port=None``: Gradio's first free port from 7860), with nothing fetched from
+    outside: no analytics, no share link, no server-side rendering; returns ``(app, local_url)``."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    demo = build_demo(recommender)
+    import gradio as gr
+
+    _, url, _ = demo.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        ssr_mode=False,
+        mcp_server=False,
+        pwa=False,
+        prevent_thread_lock=not block,
+        quiet=not block,
+        theme=gr.themes.Default(),
+        css=CSS,
+        footer_links=[],
+    )
+    return demo, url

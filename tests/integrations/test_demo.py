@@ -1,0 +1,440 @@
+"""The browser demo (integrations/demo.py, examples/demo.py): its lists are the pipeline's and popularity's, bad input
+gets a message, and a real headless Chromium drives the real Gradio page as a person would.
+
+The browser tests need Debian's ``chromium`` (``.ci/run`` installs it), Playwright and Gradio (the test and demo
+extras): without them they skip with that reason, except under CI (``CI`` set), where they fail, so that a CI
+machine without a browser cannot pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+from urllib.parse import urlparse
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from transformers_iam import IAMDataCollator
+from transformers_iam.integrations.demo import (
+    POPULARITY_FILE,
+    DemoInputError,
+    ItemPopularity,
+    load_item_popularity,
+    load_recommender,
+    save_item_popularity,
+    save_training_popularity,
+)
+
+from ..testing_utils import catalog_tokenizer, collator_kwargs, synthetic_catalog, tiny_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# headless on a machine with no network: without the background-networking flags Chromium keeps dialling out
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# a known training history: i2 is the most popular item (5), then i5 and i9 (3), then i0, i3, i12, i14, i17 (1), then
+# the rest (0), ties in catalog order
+TRAINING = {
+    "u1": ["i2", "i5", "i9", "i2", "i0"],
+    "u2": ["i2", "i5", "i9", "i12", "i2"],
+    "u3": ["i5", "i2", "i14", "i17", "i9", "i3"],
+}
+
+EXPECTED_POPULARITY = [("i2", 5), ("i5", 3), ("i9", 3)] + [(f"i{n}", 1) for n in (0, 3, 12, 14, 17)]
+EXPECTED_POPULARITY += [(f"i{n}", 0) for n in range(20) if f"i{n}" not in dict(EXPECTED_POPULARITY)]
+
+
+def save_checkpoint(path, layout: str = "stacked", popularity: bool = True):
+    """A tiny checkpoint as the main job writes one: weights, catalog, prompt settings, tokenizer (+ popularity)."""
+    catalog = synthetic_catalog(20)
+    model = tiny_model(num_items=len(catalog), iam_layout=layout, seed=3)
+    model.set_catalog(catalog)
+    model.save_pretrained(path)
+    IAMDataCollator(catalog_tokenizer(catalog), catalog, max_length=64, **collator_kwargs()).save_pretrained(path)
+    if popularity:
+        save_item_popularity(path, TRAINING, catalog, "interaction counts of three made-up users")
+    return catalog
+
+
+def expected_top(path, history: list[str], k: int = 10):
+    """What `model.recommend` gives for ``history``, from a fresh load of the checkpoint (no item cache)."""
+    model = AutoModel.from_pretrained(path).eval()
+    batch = IAMDataCollator.from_pretrained(path)([{"history": history}])
+    return model.recommend(
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["item_segment_ids"],
+        k=k,
+        exclude_item_ids=batch["history_item_indices"],
+    )
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    path = tmp_path / "checkpoint"
+    save_checkpoint(path)
+    return str(path)
+
+
+# -- the back end, without a browser ------------------------------------------------------------------------------
+def test_lists_are_the_models_and_populars_without_the_history(checkpoint):
+    recommender = load_recommender(checkpoint)
+    assert recommender.model.item_cache is not None, "a stacked checkpoint must be served from the item-state cache"
+    assert "item-state cache on" in recommender.item_cache_note
+    # a history of the model's own favourites: a list that kept history items would show them
+    favourites = [row["item_id"] for row in recommender.pipeline({"history": ["i2"]}, top_k=3, exclude_history=False)]
+    history = list(dict.fromkeys(["i2", *favourites]))
+    shown = recommender.recommend(history)
+    expected = expected_top(checkpoint, history)
+    assert [row.item_id for row in shown.model] == expected.item_ids[0]
+    torch.testing.assert_close(torch.tensor([row.value for row in shown.model]), expected.scores[0])
+    # popularity: the most frequent training items, history left out (i2, the most popular, is in the history)
+    popular = [(row.item_id, row.value) for row in shown.popularity]
+    assert popular == [(item_id, count) for item_id, count in EXPECTED_POPULARITY if item_id not in history][:10]
+    assert not set(history) & {row.item_id for row in shown.model + shown.popularity}
+    both = {row.item_id for row in shown.model} & {row.item_id for row in shown.popularity}
+    assert both and all(row.in_both == (row.item_id in both) for row in shown.model + shown.popularity)
+    assert shown.seconds > 0
+
+
+def test_the_cache_is_exact_and_refused_with_a_reason(tmp_path, checkpoint):
+    cached, live = load_recommender(checkpoint), load_recommender(checkpoint, item_cache=False)
+    assert live.model.item_cache is None and "off" in live.item_cache_note
+    for history in (["i1"], ["i4", "i19", "i8", "i3"]):
+        assert [row.item_id for row in cached.recommend(history).model] == [
+            row.item_id for row in live.recommend(history).model
+        ]
+    save_checkpoint(tmp_path / "vanilla", layout="vanilla")
+    vanilla = load_recommender(tmp_path / "vanilla")
+    assert vanilla.model.item_cache is None and "no leading intra layers" in vanilla.item_cache_note
+
+
+def test_search_and_typed_titles(checkpoint):
+    recommender = load_recommender(checkpoint)
+    # every word of the query, case-insensitive; the most popular first (i12, i14 and i17 occur once in TRAINING)
+    assert recommender.search("W1") == ["i12", "i14", "i17", "i1", "i10", "i11", "i13", "i15", "i16", "i18", "i19"]
+    assert recommender.search("w1_0 w1_1") == ["i1"]
+    assert recommender.search("  ") == []
+    assert recommender.resolve("w13_0 w13_1") == "i13"  # an exact text
+    assert recommender.resolve("w13") == "i13"  # the only match
+    assert recommender.resolve("i7") == "i7"  # an item id
+    with pytest.raises(DemoInputError, match=r"No catalog item matches 'Star Wars \(1977\)' \(20 items\)"):
+        recommender.resolve("Star Wars (1977)")
+    with pytest.raises(DemoInputError, match=r"'w1' matches 11 items: click the one you mean"):
+        recommender.resolve("w1")
+    with pytest.raises(DemoInputError, match="The history is empty: add at least one item"):
+        recommender.recommend([])
+
+
+def test_a_history_covering_the_catalog_leaves_what_is_left(checkpoint, catalog):
+    recommender = load_recommender(checkpoint)
+    shown = recommender.recommend(catalog.item_ids[:17])
+    assert sorted(row.item_id for row in shown.model) == sorted(catalog.item_ids[17:])
+    assert sorted(row.item_id for row in shown.popularity) == sorted(catalog.item_ids[17:])
+
+
+def test_bad_checkpoints_are_named_with_what_to_do(tmp_path, checkpoint):
+    with pytest.raises(ValueError, match=r"There is no checkpoint at .*missing\. `make run` trains"):
+        load_recommender(str(tmp_path / "missing"))
+    no_catalog = tmp_path / "no-catalog"
+    shutil.copytree(checkpoint, no_catalog)
+    os.remove(no_catalog / "item_catalog.json")
+    with pytest.raises(ValueError, match=r"has no item catalog \(item_catalog.json\)"):
+        load_recommender(no_catalog)
+    # popularity counts written for another catalog would sit on other items
+    other = tmp_path / "other"
+    save_checkpoint(other)
+    content = json.loads((other / POPULARITY_FILE).read_text())
+    content["catalog_fingerprint"] = "0" * 64
+    (other / POPULARITY_FILE).write_text(json.dumps(content))
+    with pytest.raises(ValueError, match="written for another catalog"):
+        load_recommender(other)
+
+
+def test_without_popularity_the_page_says_so(tmp_path):
+    save_checkpoint(tmp_path / "plain", popularity=False)
+    recommender = load_recommender(tmp_path / "plain")
+    assert recommender.popularity is None and recommender.recommend(["i1"]).popularity is None
+    require("gradio")
+    from transformers_iam.integrations.demo import _Page
+
+    assert "**Popularity** = not shown" in _Page(recommender).describe()
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location("demo_example", os.path.join(ROOT, "examples", "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_popularity_of_a_main_job_checkpoint_is_its_training_interactions(tmp_path):
+    """A checkpoint written by the main job (tiny backbone, seconds) has no item_popularity.json: the example reads
+    the run's data again and counts each item in the training sequences (validation and test targets held out)."""
+    from transformers_iam.experiments import ExperimentConfig, run_experiment
+    from transformers_iam.experiments.build import load_data
+    from transformers_iam.recsys.baselines import popularity_scores
+
+    from ..testing_utils import tiny_run_files
+
+    config = ExperimentConfig(output_dir=str(tmp_path / "run"), **tiny_run_files(str(tmp_path)))
+    run_experiment(config)
+    checkpoint = str(tmp_path / "run" / "checkpoint")
+    assert not os.path.exists(os.path.join(checkpoint, POPULARITY_FILE))
+    popularity = load_example().popularity_for(checkpoint)
+    data = load_data(config)
+    assert torch.equal(popularity.counts, popularity_scores(data.visible_sequences("valid"), data.catalog))
+    assert "validation and test targets, are not counted" in popularity.description
+    assert "50 interactions of 10 users" in popularity.description  # 10 users x (7 - 2)
+    # the main job's one-line call writes the same counts, which the demo then reads first
+    save_training_popularity(checkpoint, data)
+    saved = load_item_popularity(checkpoint, data.catalog)
+    assert torch.equal(saved.counts, popularity.counts) and saved.description == popularity.description
+    assert load_recommender(checkpoint).popularity.description == popularity.description
+
+
+def test_the_example_says_how_to_make_the_default_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no runs/ here
+    assert load_example().main([]) == 2
+    assert "There is no checkpoint at runs/cpu-quick-stacked/checkpoint yet. `make run`" in capsys.readouterr().err
+
+
+def test_a_hub_id_is_served_from_the_hub_cache_offline(tmp_path, checkpoint):
+    """A Hub id resolves through huggingface_hub's cache (populated as a download would), nothing fetched."""
+    from .test_hub import populate_cache
+
+    cache = tmp_path / "hub-cache"
+    populate_cache(cache, "org/iam-demo", __import__("pathlib").Path(checkpoint))
+    script = textwrap.dedent(
+        """
+        import json
+        from transformers_iam.integrations.demo import load_recommender
+        recommender = load_recommender("org/iam-demo")
+        shown = recommender.recommend(["i2", "i7"])
+        print(json.dumps({"model": [r.item_id for r in shown.model], "popular": [r.item_id for r in shown.popularity],
+                          "cache": recommender.model.item_cache is not None}))
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf-home")}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    served = json.loads(result.stdout.strip().splitlines()[-1])
+    assert served["model"] == expected_top(checkpoint, ["i2", "i7"]).item_ids[0] and served["cache"]
+    assert served["popular"][:2] == ["i5", "i9"]
+
+
+def test_item_popularity_ties_keep_catalog_order():
+    popularity = ItemPopularity(torch.tensor([1.0, 3.0, 1.0, 3.0, 0.0]), "toy")
+    assert popularity.top(5, exclude={3}) == [(1, 3), (0, 1), (2, 1), (4, 0)]
+
+
+# -- the page in a real browser -----------------------------------------------------------------------------------
+def require(module: str):
+    """Import what the browser tests need; skip without it locally, fail under CI (which installs it all)."""
+    if os.environ.get("CI"):
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f'{module} is not installed (pip install -e ".[test,demo]")')
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def browser_page(tmp_path):
+    """A page of headless Debian Chromium (driven by Playwright, which downloads no browser here), fresh profile."""
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the browser test: install Debian's chromium first (.ci/run does)")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    playwright_api = require("playwright.sync_api")
+    with playwright_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        context.set_default_timeout(30_000)
+        page = context.new_page()
+        page.set_viewport_size({"width": 1280, "height": 1000})
+        yield page
+        context.close()
+
+
+@pytest.fixture
+def outside_connections(monkeypatch):
+    """Every address this process connects to or looks up that is not this machine (the server side of "nothing is
+    downloaded at run time": Gradio's version check, analytics, fonts or a share tunnel would show up here)."""
+    seen = []
+    local = ("127.", "::1", "localhost", "0.0.0.0")
+    connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def recording_connect(self, address):
+        if isinstance(address, tuple) and not str(address[0]).startswith(local):
+            seen.append(address[0])
+        return connect(self, address)
+
+    def recording_getaddrinfo(host, *args, **kwargs):
+        if host is not None and not str(host).startswith(local):
+            seen.append(host)
+        return getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", recording_connect)
+    monkeypatch.setattr(socket, "getaddrinfo", recording_getaddrinfo)
+    return seen
+
+
+@pytest.fixture
+def served(checkpoint, outside_connections):
+    require("gradio")
+    from transformers_iam.integrations.demo import launch_demo
+
+    demo, url = launch_demo(load_recommender(checkpoint), port=free_port(), block=False)
+    yield url
+    demo.close()
+
+
+def read_list(page, element_id: str) -> list[tuple[str, float, bool]]:
+    """A list as the page shows it: (item id, score or count, marked as in both lists), top first."""
+    rows = page.locator(f"#{element_id} tr[data-item-id]").all()
+    return [
+        (
+            row.get_attribute("data-item-id"),
+            float(row.get_attribute("data-value")),
+            "both" in row.get_attribute("class"),
+        )
+        for row in rows
+    ]
+
+
+def history_shown(page) -> list[str]:
+    return [label.inner_text().strip() for label in page.locator("#history label").all()]
+
+
+def wait_for_history(page, texts: list[str]) -> None:
+    page.wait_for_function(
+        "(texts) => JSON.stringify([...document.querySelectorAll('#history label')].map(l => l.innerText.trim()))"
+        " === JSON.stringify(texts)",
+        arg=texts,
+    )
+
+
+def message(page) -> str:
+    return page.locator("#message").inner_text()
+
+
+def wait_for_message(page, fragment: str) -> str:
+    page.wait_for_function(
+        "(fragment) => document.querySelector('#message').innerText.includes(fragment)", arg=fragment
+    )
+    return message(page)
+
+
+def type_and_pick(page, typed: str, text: str) -> None:
+    """Type into the search box as a person does (key by key), then click the match whose label is ``text``."""
+    search = page.locator("#search textarea, #search input").first
+    search.fill("")
+    search.press_sequentially(typed, delay=30)
+    # wait for the list of what was typed (the list of its first letters may still be on screen)
+    page.wait_for_selector(f"#matches >> text=Matches for '{typed}'")
+    page.locator("#matches").get_by_label(text, exact=True).click()
+
+
+def test_the_page_in_a_real_browser(browser_page, served, outside_connections, checkpoint, catalog, tmp_path):
+    page, requests = browser_page, []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(served)
+    page.wait_for_selector("#search")
+    assert "Popularity = interaction counts of three made-up users" in page.locator("#about").inner_text()
+
+    # bad input first: an unknown title, and nothing in the history
+    search = page.locator("#search textarea, #search input").first
+    search.press_sequentially("Star Wars (1977)", delay=10)
+    page.wait_for_selector("#matches >> text=No catalog item matches 'Star Wars (1977)'")
+    page.locator("#add").click()
+    assert "No catalog item matches 'Star Wars (1977)' (20 items)" in wait_for_message(page, "Star Wars")
+    page.locator("#remove").click()
+    wait_for_message(page, "Tick the history items to remove first.")
+
+    # a history built by typing and clicking: two picked from the match lists, one typed and sent with Enter
+    type_and_pick(page, "w1", catalog.text_of("i1"))
+    wait_for_history(page, [catalog.text_of("i1")])
+    type_and_pick(page, "w7", catalog.text_of("i7"))
+    wait_for_history(page, [catalog.text_of("i1"), catalog.text_of("i7")])
+    search.fill("")
+    search.press_sequentially("w13", delay=30)
+    search.press("Enter")
+    history = ["i1", "i7", "i13"]
+    wait_for_history(page, [catalog.text_of(item_id) for item_id in history])
+    assert re.search(r"Recommended in \d+ ms \(item-state cache on", wait_for_message(page, "Recommended in"))
+
+    model_rows, popular_rows = read_list(page, "model-list"), read_list(page, "popularity-list")
+    expected = expected_top(checkpoint, history)
+    assert [item_id for item_id, _, _ in model_rows] == expected.item_ids[0]
+    torch.testing.assert_close(torch.tensor([score for _, score, _ in model_rows]), expected.scores[0])
+    assert [item_id for item_id, _, _ in popular_rows][:4] == ["i2", "i5", "i9", "i0"]
+    assert not set(history) & {item_id for item_id, _, _ in model_rows + popular_rows}
+    both = {row[0] for row in model_rows} & {row[0] for row in popular_rows}
+    assert both and all(marked == (item_id in both) for item_id, _, marked in model_rows + popular_rows)
+    assert page.locator("#model-list tr.both").count() == len(both)
+    page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
+
+    # adding an item twice is refused by name; removing one changes the lists to the model's for what is left
+    type_and_pick(page, "w7", catalog.text_of("i7"))
+    wait_for_message(page, f"'{catalog.text_of('i7')}' is already in the history")
+    page.locator("#history").get_by_label(catalog.text_of("i7"), exact=True).check()
+    page.locator("#remove").click()
+    wait_for_history(page, [catalog.text_of("i1"), catalog.text_of("i13")])
+    after = expected_top(checkpoint, ["i1", "i13"])
+    page.wait_for_function(
+        "(ids) => JSON.stringify([...document.querySelectorAll('#model-list tr[data-item-id]')]"
+        ".map(r => r.dataset.itemId)) === JSON.stringify(ids)",
+        arg=after.item_ids[0],
+    )
+    assert [row[0] for row in read_list(page, "model-list")] != [row[0] for row in model_rows]
+
+    # clearing leaves an empty history, which says so instead of showing lists
+    page.locator("#clear").click()
+    wait_for_history(page, [])
+    assert "add at least one item" in wait_for_message(page, "History cleared.")
+    assert page.locator("#model-list tr").count() == 0
+
+    assert "Traceback" not in page.content()
+    hosts = {urlparse(url).netloc for url in requests if not url.startswith(("data:", "blob:"))}
+    assert hosts == {urlparse(served).netloc}, f"the page fetched from elsewhere: {hosts}"
+    assert outside_connections == [], f"the server reached out: {outside_connections}"
+
+
+def test_a_checkpoint_error_is_a_page_not_a_traceback(browser_page, tmp_path):
+    require("gradio")
+    from transformers_iam.integrations.demo import launch_demo
+
+    try:
+        load_recommender(tmp_path / "nothing-here")
+    except ValueError as error:
+        problem = str(error)
+    demo, url = launch_demo(problem, port=free_port(), block=False)
+    try:
+        browser_page.goto(url)
+        text = browser_page.locator("#message").inner_text()
+        assert "The demo could not start." in text and "There is no checkpoint at" in text and "make run" in text
+        assert "Traceback" not in browser_page.content()
+    finally:
+        demo.close()
