@@ -57,6 +57,19 @@ def parse_args(argv=None) -> ExperimentConfig:
         help="train the adapter's item embeddings from their text init, or keep them fixed (default: the preset's)",
     )
     model.add_argument("--intra-implementation", choices=["masked", "packed"], help="how the leading intra layers run")
+    model.add_argument(
+        "--num-item-tokens",
+        type=int,
+        help="item-level inter half: the layers above the intra run see each item through its last N states "
+        "(1: one vector per item); 0 keeps every token (the paper's token-level model)",
+    )
+    model.add_argument("--item-token-positions", choices=["original", "renumbered"])
+    model.add_argument(
+        "--item-id-embeddings",
+        action=argparse.BooleanOptionalAction,
+        help="a learned, zero-initialised vector per item, added where items enter the layers above the intra run",
+    )
+    model.add_argument("--adapter-scoring", choices=["dot", "cosine"], help="how the adapter scores an item")
     model.add_argument("--lora", action="store_true", help="LoRA on attention and MLP, adapter trained in full")
     model.add_argument("--lora-rank", type=int)
     train = parser.add_argument_group("training")
@@ -73,6 +86,8 @@ def parse_args(argv=None) -> ExperimentConfig:
         type=float,
         help="when they train (cpu presets: 1e-4; default: the adapter's); unused with --no-train-item-embeddings",
     )
+    train.add_argument("--item-id-embedding-learning-rate", type=float, help="default: the adapter's")
+    train.add_argument("--weight-decay", type=float, help="AdamW's, on weight matrices (default 0)")
     train.add_argument("--evaluations", type=int, help="validation passes during training")
     train.add_argument("--seed", type=int)
     parser.add_argument(
@@ -85,8 +100,20 @@ def parse_args(argv=None) -> ExperimentConfig:
     values = {
         key: value
         for key, value in vars(args).items()
-        if key not in ("preset", "keep_history", "lora", "resume", "no_item_cache", "train_item_embeddings")
+        if key
+        not in (
+            "preset",
+            "keep_history",
+            "lora",
+            "resume",
+            "no_item_cache",
+            "train_item_embeddings",
+            "item_id_embeddings",
+        )
     }
+    every_token = values.get("num_item_tokens") == 0  # 0 on the command line: every token (None in the config)
+    if every_token:
+        values.pop("num_item_tokens")
     if args.iam_layer_types:
         values["iam_layer_types"] = [kind.strip() for kind in args.iam_layer_types.split(",")]
     if values.get("output_dir") is None:
@@ -99,9 +126,12 @@ def parse_args(argv=None) -> ExperimentConfig:
             lora=args.lora,
             resume=args.resume,
             item_cache=not args.no_item_cache,
+            item_id_embeddings=args.item_id_embeddings,
             freeze_item_embeddings=None if args.train_item_embeddings is None else not args.train_item_embeddings,
             **values,
         )
+        if every_token:
+            config.num_item_tokens = None
     except ValueError as error:
         message = str(error)
         for dest in vars(args):  # name the flag the user typed, not only the config field

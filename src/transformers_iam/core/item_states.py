@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from .attention import ItemSegments
 from .decoder import DecoderParts, run_layers
@@ -259,16 +260,18 @@ def item_aware_forward(
     num_item_tokens: int | None = None,
     renumber_positions: bool = False,
     drop_trailing_context: bool = False,
-    item_vectors: torch.Tensor | None = None,
+    token_items: torch.Tensor | None = None,
+    item_id_embeddings: nn.Module | None = None,
     output_hidden_states: bool = False,
 ) -> ItemAwareOutput:
     """The backbone's forward with its leading ``num_leading_intra`` intra layers computed ``lower``: ``"masked"``
     (over the whole prompt under the item-aware mask), ``"packed"`` (per distinct item) or ``"cached"`` (from
     ``cache``, items it lacks packed), then the layers above over the layout of :func:`upper_layout`.
 
-    ``item_vectors`` ``(batch, length, hidden)`` are added to the states entering the first layer above the run
-    (item identity embeddings; zero on context tokens). With ``output_hidden_states``, the embeddings and every
-    layer's output at the input's positions (zeros where the layers above did not see a token).
+    With ``item_id_embeddings``, each item token's vector (``token_items``: the catalog index of the item each token
+    belongs to, ``-1`` on context) is added to the states entering the first layer above the run. With
+    ``output_hidden_states``, the embeddings and every layer's output at the input's positions (zeros where the
+    layers above did not see a token).
     """
     batch_size, length = attention_mask.shape
     spans = find_item_spans(item_segment_ids, attention_mask, input_ids if lower != "masked" else None)
@@ -303,8 +306,10 @@ def item_aware_forward(
             parts, input_ids, spans, layout, position_ids, num_leading_intra, cache, collected is not None
         )
     hidden = lower_states[-1]
-    if item_vectors is not None:
-        hidden = hidden + layout.gather(item_vectors).to(hidden.dtype)
+    if item_id_embeddings is not None:
+        items = layout.gather(token_items)
+        vectors = item_id_embeddings(items.clamp(min=0)) * (items >= 0)[..., None].to(hidden.dtype)
+        hidden = hidden + vectors.to(hidden.dtype)
     upper: list | None = [] if collected is not None else None
     hidden = run_layers(
         parts,
@@ -338,9 +343,8 @@ def _lower_item_states(
     """The leading run's states of the tokens the layers above see, in ``layout`` (context live, items packed or
     cached); with ``per_layer``, also every layer's states at the input's positions (for ``output_hidden_states``)."""
     batch_size, length = input_ids.shape
-    attention_mask = layout.attention_mask if layout.order is None else None
     if layout.order is None:
-        seen = attention_mask.bool()
+        seen = layout.attention_mask.bool()
     else:
         seen = torch.zeros(batch_size, length, dtype=torch.bool, device=input_ids.device)
         seen.scatter_(1, layout.order, layout.attention_mask.bool())
@@ -353,18 +357,29 @@ def _lower_item_states(
     item_layers = _item_token_states(
         parts, spans, wanted_items, num_leading_intra, cache, context.dtype, [] if per_layer else None
     )
-    context_values = [context] if not per_layer else context_layers
-    outputs = []
     rows, columns = wanted_items.nonzero(as_tuple=True)
     context_rows = torch.arange(batch_size, device=input_ids.device)[:, None].expand_as(context_order)
-    for context_state, item_state in zip(context_values, item_layers if item_layers else [None] * len(context_values)):
+    context_rows, context_columns = context_rows[context_mask], context_order[context_mask]
+    if not per_layer:  # straight into the layout: where each input position sits in it
+        width = layout.attention_mask.shape[1]
+        place = torch.arange(length, device=input_ids.device).expand(batch_size, -1)
+        if layout.order is not None:
+            place = torch.zeros_like(place).scatter(
+                1, layout.order, torch.arange(width, device=place.device).expand_as(layout.order)
+            )
+        hidden = context.new_zeros(batch_size, width, context.shape[-1])
+        hidden[context_rows, place[context_rows, context_columns]] = context[context_mask]
+        if item_layers:
+            hidden[rows, place[rows, columns]] = item_layers[-1].to(hidden.dtype)
+        return [hidden], None
+    outputs = []
+    for context_state, item_state in zip(context_layers, item_layers or [None] * len(context_layers)):
         full = context_state.new_zeros(batch_size, length, context_state.shape[-1])
-        full[context_rows[context_mask], context_order[context_mask]] = context_state[context_mask]
+        full[context_rows, context_columns] = context_state[context_mask]
         if item_state is not None:
             full[rows, columns] = item_state.to(full.dtype)
         outputs.append(full)
-    in_layout = [layout.gather(outputs[-1])]
-    return in_layout, (outputs if per_layer else None)
+    return [layout.gather(outputs[-1])], outputs
 
 
 def num_item_tokens_error(layer_types: Sequence[str]) -> str | None:

@@ -440,7 +440,8 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
             renumber_positions=self.config.item_token_positions == "renumbered",
             # nothing reads the context after the last item when the adapter reads item ends
             drop_trailing_context=self.config.readout == "last_item" and not output_hidden_states,
-            item_vectors=self._item_vectors(item_segment_ids, attention_mask, segment_item_indices),
+            token_items=self._token_items(item_segment_ids, attention_mask, segment_item_indices),
+            item_id_embeddings=self.item_id_embeddings,
             output_hidden_states=output_hidden_states,
         )
         layout: Layout = output.layout
@@ -475,19 +476,19 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
             implementation = "packed"  # every layer's states of what the cache would have served
         return implementation, None
 
-    def _item_vectors(
+    def _token_items(
         self,
         item_segment_ids: torch.Tensor | None,
         attention_mask: torch.Tensor,
         segment_item_indices: torch.Tensor | None,
     ) -> torch.Tensor | None:
-        """Each item token's item id embedding (zeros on context), or None without item id embeddings."""
+        """The catalog index of the item each token belongs to (``-1`` on context), for item id embeddings."""
         if self.item_id_embeddings is None:
             return None
         segments = item_segment_ids.long() * attention_mask.long()
         columns = (segments - 1).clamp(0, max(segment_item_indices.shape[1] - 1, 0))
-        indices = segment_item_indices.to(segments.device).long().gather(1, columns).clamp(min=0)
-        return self.item_id_embeddings(indices) * (segments > 0)[..., None]
+        items = segment_item_indices.to(segments.device).long().gather(1, columns)
+        return torch.where(segments > 0, items, torch.full_like(items, -1))
 
     # -- item states computed once -----------------------------------------------------------
     @property

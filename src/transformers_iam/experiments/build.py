@@ -78,6 +78,10 @@ def build_model(
         readout="last_item" if config.supervision == "every_item" else "query",
         supervision=config.supervision,
         intra_implementation=config.intra_implementation,
+        num_item_tokens=config.num_item_tokens,
+        item_token_positions=config.item_token_positions,
+        use_item_id_embeddings=config.item_id_embeddings,
+        adapter_scoring=config.adapter_scoring,
     )
     layer_types = config.layer_types(model.config.num_backbone_layers)
     if layer_types is not None:
@@ -187,23 +191,37 @@ def training_arguments(config: ExperimentConfig, num_train_examples: int, **over
 
 def make_optimizer(model: torch.nn.Module, config: ExperimentConfig) -> torch.optim.Optimizer:
     """AdamW with a higher learning rate for the freshly initialised adapter than for the pretrained backbone, and
-    the item embeddings' own rate when the config sets one."""
-    item_embeddings, adapter, backbone = [], [], []
+    their own rates for the adapter's item embeddings and the item id embeddings when the config sets them. Weight
+    decay (``config.weight_decay``) applies to matrices only: not to biases, norms, the temperature, nor the item id
+    embeddings (an item never trained must keep its zero vector, which decay would also keep, but a trained one
+    should not be pulled back to "no identity" by its absence from a batch)."""
+    groups: dict[tuple[str, bool], list] = {}
+    rates = {
+        "backbone": config.learning_rate,
+        "adapter": config.adapter_learning_rate,
+        "item_embeddings": config.item_embedding_learning_rate or config.adapter_learning_rate,
+        "item_id_embeddings": config.item_id_embedding_learning_rate or config.adapter_learning_rate,
+    }
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        in_adapter = "adapter." in name
         # by name suffix: under LoRA, PEFT trains a copy named "adapter.modules_to_save.default.item_embeddings..."
-        if in_adapter and name.endswith("item_embeddings.weight") and config.item_embedding_learning_rate is not None:
-            item_embeddings.append(parameter)
+        if "item_id_embeddings." in name:
+            part = "item_id_embeddings"
+        elif "adapter." in name and name.endswith("item_embeddings.weight"):
+            part = "item_embeddings"
+        elif "adapter." in name:
+            part = "adapter"
         else:
-            (adapter if in_adapter else backbone).append(parameter)
-    groups = [
-        {"params": backbone, "lr": config.learning_rate},
-        {"params": adapter, "lr": config.adapter_learning_rate},
-        {"params": item_embeddings, "lr": config.item_embedding_learning_rate},
-    ]
-    return torch.optim.AdamW([group for group in groups if group["params"]], weight_decay=0.0)
+            part = "backbone"
+        decays = parameter.dim() >= 2 and part != "item_id_embeddings"
+        groups.setdefault((part, decays), []).append(parameter)
+    return torch.optim.AdamW(
+        [
+            {"params": params, "lr": rates[part], "weight_decay": config.weight_decay if decays else 0.0}
+            for (part, decays), params in groups.items()
+        ]
+    )
 
 
 def count_training_targets(dataset, collator: IAMDataCollator) -> int:

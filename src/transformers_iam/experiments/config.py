@@ -113,6 +113,13 @@ class ExperimentConfig:
     freeze_item_embeddings: bool = False  # keep that text init fixed (few training examples per item)
     item_cache: bool = True  # the exact item-state cache, when the frozen bottom covers the leading intra layers
     intra_implementation: str = "masked"  # or "packed": the leading intra layers per item, no mask
+    # the item-level inter half: the layers above the leading intra run see each item through its last N states
+    # (None: every token, the paper's token-level model); their position ids: "original" or "renumbered"
+    num_item_tokens: int | None = None
+    item_token_positions: str = "original"
+    item_id_embeddings: bool = False  # one learned vector per item, zero-initialised, added where items enter the top
+    item_id_embedding_learning_rate: float | None = None  # None: the adapter's rate
+    adapter_scoring: str = "dot"  # or "cosine" (cosine similarity times a learned temperature)
     lora: bool = False
     lora_rank: int = 16
     # prompt
@@ -124,6 +131,7 @@ class ExperimentConfig:
     eval_batch_size: int = 32
     learning_rate: float = 1e-4
     adapter_learning_rate: float = 1e-3
+    weight_decay: float = 0.0  # AdamW's, on every trained weight but biases, norms and the item id embeddings
     # the adapter's item embeddings (not its per-item bias), when trained: their text init is small (0.1 x unit
     # norm, ~0.004 per weight), so at the adapter's 1e-3 Adam erases it within a few steps; None: the adapter's rate
     item_embedding_learning_rate: float | None = None
@@ -172,6 +180,7 @@ class ExperimentConfig:
             raise ValueError("a plain table needs interactions_file, catalog_file and text_template together")
         for name in ("max_history", "train_examples_per_user", "max_eval_users", "num_backbone_layers"):
             integer(name, 1, optional=True)
+        integer("num_item_tokens", 1, optional=True)
         for name in ("lora_rank", "max_item_tokens", "max_length", "batch_size", "eval_batch_size", "evaluations"):
             integer(name, 1)
         for name in ("freeze_bottom_layers", "warmup_steps", "seed"):
@@ -182,6 +191,13 @@ class ExperimentConfig:
         for name in ("epochs", "learning_rate", "adapter_learning_rate"):
             positive(name)
         positive("item_embedding_learning_rate", optional=True)
+        positive("item_id_embedding_learning_rate", optional=True)
+        if (
+            isinstance(self.weight_decay, bool)
+            or not isinstance(self.weight_decay, (int, float))
+            or not (0 <= self.weight_decay < 1)
+        ):
+            raise ValueError(f"weight_decay must be a number in [0, 1), got {self.weight_decay!r}")
         if self.max_item_tokens >= self.max_length:
             raise ValueError(f"max_item_tokens ({self.max_item_tokens}) must be below max_length ({self.max_length})")
         if self.num_backbone_layers is not None and self.freeze_bottom_layers > self.num_backbone_layers:
@@ -191,7 +207,12 @@ class ExperimentConfig:
             )
         if self.iam_layout not in IAM_LAYOUTS:
             raise ValueError(f"iam_layout must be one of {list(IAM_LAYOUTS)}, got {self.iam_layout!r}")
-        for name, allowed in (("supervision", ("last", "every_item")), ("intra_implementation", ("masked", "packed"))):
+        for name, allowed in (
+            ("supervision", ("last", "every_item")),
+            ("intra_implementation", ("masked", "packed")),
+            ("item_token_positions", ("original", "renumbered")),
+            ("adapter_scoring", ("dot", "cosine")),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         if self.iam_layer_types is not None:

@@ -1,0 +1,80 @@
+"""Item id embeddings: one learned vector per catalog item, added where items enter the layers above the intra run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from transformers_iam import IAMDataCollator
+from transformers_iam.experiments import ExperimentConfig
+from transformers_iam.experiments.build import make_optimizer
+
+from ..testing_utils import collator_kwargs, same_weights_with, tiny_model
+
+HISTORIES = [
+    {"history": ["i3", "i1", "i5"], "target": "i4"},
+    {"history": ["i7", "i9", "i2", "i6"], "target": "i3"},
+]
+
+
+@pytest.fixture
+def collator(tokenizer, catalog):
+    return IAMDataCollator(tokenizer, catalog, max_length=48, **collator_kwargs())
+
+
+@pytest.mark.parametrize("num_item_tokens", [None, 1])
+def test_an_untrained_model_is_the_text_only_model(num_item_tokens, collator):
+    text_only = tiny_model(num_layers=4, num_item_tokens=num_item_tokens)
+    with_ids = same_weights_with(text_only, use_item_id_embeddings=True)
+    assert with_ids.item_id_embeddings.weight.abs().sum() == 0
+    batch = collator(HISTORIES)
+    with torch.no_grad():
+        torch.testing.assert_close(with_ids(**batch).logits, text_only(**batch).logits)
+        # and the vectors are really added where items enter the layers above
+        with_ids.item_id_embeddings.weight[collator.catalog.index_of("i9")] = 1.0
+        changed = with_ids(**batch).logits
+    torch.testing.assert_close(changed[0], text_only(**batch).logits[0].detach())  # row 0 has no i9
+    assert not torch.allclose(changed[1], text_only(**batch).logits[1].detach())
+
+
+def test_an_item_never_trained_keeps_its_zero_vector(collator):
+    model = tiny_model(num_layers=4, num_item_tokens=1, use_item_id_embeddings=True).train()
+    optimizer = make_optimizer(model, ExperimentConfig(learning_rate=1e-2, adapter_learning_rate=1e-2))
+    batch = collator(HISTORIES)
+    for _ in range(3):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    weight = model.item_id_embeddings.weight.detach()
+    seen = {collator.catalog.index_of(item) for example in HISTORIES for item in example["history"]}
+    for index in range(len(collator.catalog)):
+        if index in seen:
+            assert weight[index].abs().sum() > 0, index
+        else:  # scored and read from its text alone
+            assert weight[index].abs().sum() == 0, index
+
+
+def test_they_train_at_their_own_rate(collator):
+    # Adam's first step moves every weight with a gradient by about its learning rate
+    model = tiny_model(num_layers=4, num_item_tokens=1, use_item_id_embeddings=True)
+    config = ExperimentConfig(learning_rate=1e-4, adapter_learning_rate=1e-2, item_id_embedding_learning_rate=1e-3)
+    optimizer = make_optimizer(model, config)
+    before = model.item_id_embeddings.weight.detach().clone()
+    model(**collator(HISTORIES)).loss.backward()
+    optimizer.step()
+    assert (model.item_id_embeddings.weight.detach() - before).abs().max() == pytest.approx(1e-3, rel=0.1)
+
+
+def test_they_need_the_item_of_each_segment(collator):
+    model = tiny_model(num_layers=4, use_item_id_embeddings=True)
+    batch = collator(HISTORIES)
+    del batch["segment_item_indices"]
+    with pytest.raises(ValueError, match="pass segment_item_indices"):
+        model(**batch)
+    batch = collator(HISTORIES)
+    batch["segment_item_indices"][1, 2] = -1
+    with pytest.raises(ValueError, match="has no catalog index"):
+        model(**batch)
+    batch["segment_item_indices"][1, 2] = 20
+    with pytest.raises(ValueError, match=r"segment_item_indices must be catalog indices in \[0, 20\)"):
+        model(**batch)
