@@ -248,7 +248,7 @@ def format_group_table(breakdown: dict, names: Mapping[str, str] | None = None, 
     rankers = _rankers(breakdown)
     others = [name for name in rankers if name != reference]
     label = metric.upper()
-    header = ["target", "items", "users", *(f"{names.get(r, r)} {label}" for r in rankers)]
+    header = ["target group", "catalog items", "users", *(f"{names.get(r, r)} {label}" for r in rankers)]
     header += [f"{names.get(r, r)} - {names.get(reference, reference)} {label} [95% interval]" for r in others]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for group, entry in breakdown["groups"].items():
