@@ -16,7 +16,8 @@ nor in a training history, but, SASRec's loss being a softmax over every item (C
 step, so stock RecBole pushes its score down. An item in no file at all has no RecBole id: rank.py scores it -inf.
 Those are the items without interactions (ML-1M has 177) and, under --cold-items, the cold items that are nobody's
 validation or test target and occur only deeper than the 50 newest items of a history (rank.py prints how many: 30
-of 336 on ml-100k with --cold-items 0.2 --seed 3). cold_items.json lists the cold items and their RecBole tokens.
+of 336 on ml-100k with --cold-items 0.2 --seed 3, 28 of 741 on ml-1m at seed 0). Those are nobody's target, so no
+target's rank changes by more than their count. cold_items.json lists the cold items and their RecBole tokens.
 
 Item tokens: the item ids, unless an id holds whitespace or a quote (ML-1M's ids are titles, "Toy Story (1995)"):
 then every item's token is its catalog index, since RecBole splits item_id_list on spaces and reads the files with
