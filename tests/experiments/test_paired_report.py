@@ -144,3 +144,30 @@ def test_results_table_keeps_two_runs_of_one_configuration_apart(tiny_run, tmp_p
         (tmp_path / folder / "metrics.json").write_text(json.dumps(copy))
     text = results_table.main(str(tmp_path))
     assert "0.0123" in text and "0.0456" in text and "IAM stacked (second)" in text and "IAM stacked (first)" in text
+
+
+def test_every_run_breaks_its_ranks_down_by_how_popular_the_target_is(tiny_run):
+    from transformers_iam.experiments.build import load_data
+    from transformers_iam.recsys.breakdown import popularity_groups
+
+    root, results = tiny_run
+    saved = json.loads((root / "tiny" / "metrics.json").read_text())
+    assert "cold" not in saved["breakdown"]  # no cold items in this run
+    data = load_data(ExperimentConfig(**saved["config"]))
+    item_group = popularity_groups(data.training_counts(), data.catalog.item_ids)
+    for split in ("valid", "test"):
+        breakdown = saved["breakdown"]["long_tail"][split]
+        targets = dict(zip(data.split(split)["user_id"], data.split(split)["target"]))
+        sasrec = saved["sasrec"]["ranks"][split]  # SASRec's ranks on the run's users, kept for the breakdown
+        assert sasrec == {f"u{i}": 1 if split == "valid" else 3 for i in range(10)}
+        for group, entry in breakdown["groups"].items():
+            users = [user for user, target in targets.items() if item_group[target] == group]
+            assert entry["users"] == len(users)
+            if users:
+                for ranker, ranks in (("model", saved["ranks"][split]["model"]), ("SASRec", sasrec)):
+                    expected = metrics_from_ranks([ranks[user] for user in users])["ndcg@10"]
+                    assert entry["metrics"][ranker]["ndcg@10"] == pytest.approx(expected)
+                assert set(entry["paired"]) == {"model", "SASRec"}  # each against popularity
+    report = (root / "tiny" / "report.md").read_text()
+    assert "## The long tail (test)" in report and "| IAM stacked - popularity NDCG@10 [95% interval] |" in report
+    assert "| SASRec NDCG@10 |" in report and "## Cold items" not in report

@@ -14,7 +14,7 @@ from ..core.collator import IAMDataCollator
 from ..core.modeling_iam import IAMForCausalRecommendation
 from ..recsys.baselines import popularity_scores
 from ..recsys.evaluation import EVAL_LABEL_NAMES
-from ..recsys.readers import load_interactions_table, load_recbole_atomic, movielens_100k_directory
+from ..recsys.readers import load_dataset, load_interactions_table, load_recbole_atomic
 from ..recsys.split import LeaveOneOutData
 from .config import ExperimentConfig
 
@@ -30,21 +30,47 @@ def smollm2_directory() -> str:
 
 
 def load_data(config: ExperimentConfig) -> LeaveOneOutData:
+    """The run's data, read and split: a plain table (CSV, JSONL or Parquet, under its own column names), a folder
+    of RecBole atomic files, or a built-in data set (``config.dataset``, ml-100k when nothing is given), with the
+    cold-item protocol when ``config.cold_items`` asks for it (seeded by ``config.seed``).
+
+    Example:
+        >>> data = load_data(ExperimentConfig(dataset="ml-1m", cold_items=0.2))  # doctest: +SKIP
+        >>> len(data.cold_items), len(data.warm_catalog)  # doctest: +SKIP
+        (741, 3142)
+    """
     split_kwargs = dict(
         max_history=config.max_history,
         train_examples_per_user=config.train_examples_per_user,
         seed=config.seed,
         train_windows=config.supervision == "every_item",
+        cold_items=config.cold_items,
     )
+    list_kwargs = {
+        key: value
+        for key, value in (("list_fields", config.list_fields), ("list_separator", config.list_separator))
+        if value is not None
+    }
     if config.interactions_file or config.catalog_file:
         if not (config.interactions_file and config.catalog_file and config.text_template):
             raise ValueError("a plain table needs interactions_file, catalog_file and text_template together")
+        columns = {
+            key: value
+            for key in ("user_column", "item_column", "time_column", "catalog_item_column")
+            if (value := getattr(config, key)) is not None
+        }
         return load_interactions_table(
-            config.interactions_file, config.catalog_file, text_template=config.text_template, **split_kwargs
+            config.interactions_file,
+            config.catalog_file,
+            text_template=config.text_template,
+            **columns,
+            **list_kwargs,
+            **split_kwargs,
         )
-    directory = config.dataset_dir or movielens_100k_directory()
-    kwargs = {"text_template": config.text_template} if config.text_template else {}
-    return load_recbole_atomic(directory, **kwargs, **split_kwargs)
+    if config.dataset_dir:
+        kwargs = {"text_template": config.text_template} if config.text_template else {}
+        return load_recbole_atomic(config.dataset_dir, **kwargs, **list_kwargs, **split_kwargs)
+    return load_dataset(config.dataset or "ml-100k", text_template=config.text_template, **split_kwargs)
 
 
 def backbone_location(config: ExperimentConfig) -> tuple[str, str | None]:

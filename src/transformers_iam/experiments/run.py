@@ -15,13 +15,16 @@ import shutil
 import time
 
 import torch
+from datasets import Dataset
 from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
 from ..recsys.baselines import evaluate_popularity
+from ..recsys.breakdown import cold_breakdown, long_tail_breakdown
 from ..recsys.evaluation import ValidationRanks, ranking_evaluation
 from ..recsys.metrics import protocol_line
 from ..recsys.paired import paired_comparison
+from ..recsys.split import LeaveOneOutData
 from .build import (
     backbone_name,
     build_collator,
@@ -58,6 +61,36 @@ def user_ranks(dataset, ranks) -> dict[str, int]:
     return {str(user): rank for user, rank in zip(dataset["user_id"], ranks)}
 
 
+def breakdowns(
+    data: LeaveOneOutData, ranks: dict, datasets: dict[str, Dataset], sasrec: dict | None = None, seed: int = 0
+) -> dict:
+    """``metrics.json["breakdown"]``: per split, the users grouped by their target's training count (the long tail)
+    and, under the cold-item protocol, by whether it is cold, for the model, popularity and SASRec (when ``sasrec``,
+    from :func:`find_sasrec_reference`, has per-user ranks on the same users), each paired against popularity.
+
+    ``ranks`` is ``metrics.json["ranks"]`` (``{split: {"model" | "popularity": {user_id: rank}}}``) and ``datasets``
+    the evaluated rows of each split (their targets). Returns ``{"long_tail": {split: ...}}``, plus ``"cold"`` when
+    ``data.cold_items`` is not empty (shapes: ``recsys/breakdown.py``).
+
+    Example:
+        >>> result = breakdowns(data, results["ranks"], {"valid": valid, "test": test})  # doctest: +SKIP
+        >>> result["long_tail"]["test"]["groups"]["head"]["metrics"]["model"]["ndcg@10"]  # doctest: +SKIP
+    """
+    counts = data.training_counts()
+    result: dict[str, dict] = {"long_tail": {}}
+    if data.cold_items:
+        result["cold"] = {}
+    for split, dataset in datasets.items():
+        targets = dict(zip(map(str, dataset["user_id"]), dataset["target"]))
+        split_ranks = dict(ranks[split])
+        if sasrec is not None and split in sasrec.get("ranks", {}):
+            split_ranks["SASRec"] = sasrec["ranks"][split]
+        result["long_tail"][split] = long_tail_breakdown(split_ranks, targets, counts, data.catalog.item_ids, seed=seed)
+        if data.cold_items:
+            result["cold"][split] = cold_breakdown(split_ranks, targets, data.cold_items, len(data.catalog), seed=seed)
+    return result
+
+
 def peak_memory() -> dict[str, float]:
     """Peak resident memory of this process (and peak GPU memory allocated by torch), in MiB."""
     peak = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # KiB on Linux
@@ -73,6 +106,14 @@ def run_experiment(config: ExperimentConfig, callbacks: list[TrainerCallback] | 
     With ``config.resume`` the run continues from the last complete checkpoint in ``<output_dir>/trainer`` (model,
     optimizer, scheduler, RNG and data order), and ends as the uninterrupted run would have (docs/reliability.md).
     """
+    if config.cold_items is not None:
+        # the data side is ready (data.cold_items, warm_catalog, warm_valid, cold_breakdown); training on the warm
+        # catalog and scoring the cold items afterwards (model.add_items) is not wired here yet: refuse rather than
+        # train with the cold items in the softmax, which is another protocol
+        raise NotImplementedError(
+            "cold_items: the main job cannot run the cold-item protocol yet (the model side, training on the warm "
+            "catalog then adding the cold items, is not wired); benchmarks/sasrec/export.py --cold-items can"
+        )
     started = time.time()
     os.makedirs(config.output_dir, exist_ok=True)
     resume_from = _check_resumable(config, os.path.join(config.output_dir, "trainer"))  # before loading anything
@@ -145,6 +186,7 @@ def run_experiment(config: ExperimentConfig, callbacks: list[TrainerCallback] | 
         }
         for split in ("valid", "test")
     }
+    sasrec = find_sasrec_reference(config, data.statistics, {split: list(ranks[split]["model"]) for split in ranks})
     results = {
         "protocol": protocol_line(config.exclude_history, "test"),
         "exclude_history": config.exclude_history,
@@ -165,9 +207,9 @@ def run_experiment(config: ExperimentConfig, callbacks: list[TrainerCallback] | 
         "test": test_metrics,
         "popularity": popularity,
         "paired_vs_popularity": paired,
-        "sasrec": find_sasrec_reference(
-            config, data.statistics, {split: list(ranks[split]["model"]) for split in ranks}
-        ),
+        "sasrec": sasrec,
+        # per split: the long tail and, under the cold-item protocol, cold against warm targets (recsys/breakdown.py)
+        "breakdown": breakdowns(data, ranks, {"valid": valid, "test": test}, sasrec, seed=config.seed),
         "validation_curve": [
             {"step": entry["step"], "ndcg@10": entry["eval_ndcg@10"]}
             for entry in trainer.state.log_history

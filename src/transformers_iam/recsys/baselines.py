@@ -18,18 +18,18 @@ def popularity_scores(sequences: dict[str, list[str]], catalog: ItemCatalog) -> 
 
 
 def popularity_ranks(data: LeaveOneOutData, split: str, exclude_history: bool, dataset=None) -> torch.Tensor:
-    """Each user's rank of its target when the catalog is ranked by popularity among the interactions visible
-    before the split's targets, in the order of ``dataset`` (default: the whole split; pass a subset of it to rank
-    the same users as a model).
+    """Each user's rank of its target when the catalog is ranked by popularity, in the order of ``dataset``
+    (default: the whole split; pass a subset of it to rank the same users as a model, or ``data.warm_valid``).
 
-    For ``valid`` that is every training sequence; for ``test`` the training sequences plus
-    the validation items.
+    Popularity counts :meth:`LeaveOneOutData.popularity_sequences`: for ``valid`` every training sequence, for
+    ``test`` the training sequences plus the validation items; under the cold-item protocol only what the models
+    trained on (the training sequences without cold items) for both, so every cold item counts 0. With
+    ``exclude_history`` each row's own history (what a model excludes for that row) leaves the ranking.
     """
-    visible = data.visible_sequences(split)
-    scores = popularity_scores(visible, data.catalog)
+    scores = popularity_scores(data.popularity_sequences(split), data.catalog)
     dataset = data.split(split) if dataset is None else dataset
     targets = torch.tensor(data.catalog.indices_of(dataset["target"]))
-    histories = [data.catalog.indices_of(visible[user]) for user in dataset["user_id"]] if exclude_history else None
+    histories = [data.catalog.indices_of(history) for history in dataset["history"]] if exclude_history else None
     return target_ranks(scores.expand(len(dataset), -1), targets, histories)
 
 
