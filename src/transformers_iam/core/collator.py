@@ -135,6 +135,18 @@ class IAMDataCollator:
             catalog = ItemCatalog.load(catalog_file)
         return cls(tokenizer, catalog, **{**settings, **overrides})
 
+    def extend_catalog(self, catalog: ItemCatalog) -> None:
+        """Render from ``catalog`` from now on: the current catalog followed by new items (same ids, same order
+        first), as after ``IAMForCausalRecommendation.add_items``. Token ids already rendered stay valid."""
+        if catalog.item_ids[: len(self.catalog)] != self.catalog.item_ids or catalog.texts[: len(self.catalog)] != (
+            self.catalog.texts
+        ):
+            raise ValueError(
+                "the new catalog must start with the collator's catalog (same ids and texts, same order): extending "
+                "renders new items after the old ones, it cannot reorder them"
+            )
+        self.catalog = catalog
+
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 

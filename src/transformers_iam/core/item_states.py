@@ -102,6 +102,14 @@ def encode_item_sequences(
     return states
 
 
+@torch.no_grad()
+def item_text_features(parts: DecoderParts, token_sequences: Sequence[Sequence[int]], num_layers: int) -> torch.Tensor:
+    """``(items, 2 * hidden)``: each item's text as the model reads it where items enter the layers above the intra
+    run: the mean and the last of its states after the first ``num_layers`` layers, read alone."""
+    states = encode_item_sequences(parts, token_sequences, num_layers)
+    return torch.stack([torch.cat([state.mean(0), state[-1]]) for state in states])
+
+
 @dataclass
 class Layout:
     """Which tokens the layers above the leading intra run see, and in what order (``order[b, j]``: the position in
@@ -398,6 +406,7 @@ __all__ = [
     "encode_item_sequences",
     "encode_items",
     "item_aware_forward",
+    "item_text_features",
     "leading_intra_layers",
     "num_item_tokens_error",
     "upper_layout",

@@ -13,7 +13,13 @@ from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
-from .adapter import _INITIAL_LOGIT_SCALE, IAMRecommendationAdapter, log_popularity_prior, text_item_embeddings
+from .adapter import (
+    _INITIAL_LOGIT_SCALE,
+    IAMRecommendationAdapter,
+    log_popularity_prior,
+    rows_from_text,
+    text_item_embeddings,
+)
 from .attention import (
     current_attn_implementation,
     enable_item_aware_attention,
@@ -24,7 +30,13 @@ from .configuration_iam import IAMConfig, check_item_level_options
 from .decoder import decoder_parts
 from .inputs import check_forward_inputs, default_position_ids
 from .item_cache import ItemStateCache, build_item_cache, cache_refusal
-from .item_states import Layout, item_aware_forward, leading_intra_layers
+from .item_states import (
+    Layout,
+    encode_item_sequences,
+    item_aware_forward,
+    item_text_features,
+    leading_intra_layers,
+)
 from .loading import hub_arguments, load_pretrained_decoder
 from .masks import check_layer_types
 from .ranking import exclude_items
@@ -73,6 +85,15 @@ class IAMRecommendations(ModelOutput):
     scores: torch.FloatTensor | None = None
     indices: torch.LongTensor | None = None
     item_ids: list[list[str]] | None = None
+
+
+def _grown_linear(linear: nn.Linear, new_weight: torch.Tensor, new_bias: torch.Tensor) -> nn.Linear:
+    """``linear`` with output rows appended (same device, dtype and gradient setting)."""
+    grown = nn.Linear(linear.in_features, linear.out_features + new_weight.shape[0]).to(linear.weight)
+    grown.weight.data = torch.cat([linear.weight.detach(), new_weight.to(linear.weight)])
+    grown.bias.data = torch.cat([linear.bias.detach(), new_bias.to(linear.bias)])
+    grown.requires_grad_(linear.weight.requires_grad)
+    return grown
 
 
 class ItemIdEmbeddings(nn.Embedding):
@@ -208,6 +229,55 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         check_catalog_binding(self.config, catalog, "the catalog passed to set_catalog")
         self.config.catalog_fingerprint = catalog.fingerprint
         self.catalog = catalog
+
+    @torch.no_grad()
+    def add_items(self, item_ids: Sequence, texts: Sequence[str], renderer) -> ItemCatalog:
+        """Add new items to a trained model's catalog, scored from their text, without retraining.
+
+        Items that arrive after training (cold items) have no trained adapter row. Each new item gets the row (item
+        embedding and bias) that a ridge regression fitted on the trained catalog predicts from its text: the text
+        features are the item's states where items enter the layers above the intra run (mean and last), the
+        targets the trained rows, the strength chosen by cross-validation over the trained items. Item id
+        embeddings of new items are zero (they are read from their text alone). The catalog binding
+        (``config.num_items``, ``catalog_fingerprint``) and an attached item-state cache are extended; ``renderer``
+        (an [`IAMDataCollator`]) is switched to the extended catalog so it renders the new items.
+
+        Returns the extended catalog (the old items first, in their order, then the new ones).
+
+        Example:
+            >>> model.add_items(["1683"], ["A New Movie (1998) | Drama"], collator)  # doctest: +SKIP
+            >>> model.recommend(**collator([{"history": ["1683"]}]), k=5).item_ids  # doctest: +SKIP
+        """
+        if self.catalog is None:
+            raise ValueError("add_items extends the model's catalog: attach it first (set_catalog)")
+        new = ItemCatalog(list(item_ids), list(texts))
+        known = [item for item in new.item_ids if item in self.catalog]
+        if known:
+            raise ValueError(f"items {known[:5]} are already in the catalog ({len(known)} of {len(new)})")
+        old_size = len(self.catalog)
+        extended = ItemCatalog(self.catalog.item_ids + new.item_ids, self.catalog.texts + new.texts)
+        renderer.extend_catalog(extended)
+        sequences = [renderer.item_token_ids(index) for index in range(len(extended))]
+        parts = decoder_parts(self.model)
+        features = item_text_features(parts, sequences, self.num_leading_intra_layers).to(self.adapter.dense.weight)
+        head = self.adapter.item_embeddings
+        trained_rows = torch.cat([head.weight, head.bias[:, None]], dim=1)
+        rows, ridge = rows_from_text(features[:old_size], trained_rows, features[old_size:])
+        logger.info(f"add_items: {len(new)} items scored from their text (ridge {ridge:g}, chosen by cross-validation)")
+        self.adapter.item_embeddings = _grown_linear(head, rows[:, :-1], rows[:, -1])
+        if self.item_id_embeddings is not None:
+            weight = self.item_id_embeddings.weight
+            grown = ItemIdEmbeddings(len(extended), weight.shape[1]).to(weight)
+            grown.weight.zero_()
+            grown.weight[:old_size] = weight
+            self.item_id_embeddings = grown
+        self.config.num_items = len(extended)
+        self.config.catalog_fingerprint = None  # the binding moves to the extended catalog
+        self.set_catalog(extended)
+        if self.item_cache is not None:
+            states = encode_item_sequences(parts, sequences[old_size:], self.num_leading_intra_layers)
+            self.item_cache = self.item_cache.extend(sequences[old_size:], states)
+        return extended
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
         """Save as transformers does, plus ``item_catalog.json``; an older model's catalog file is removed first, so

@@ -1,0 +1,93 @@
+"""Adding items to a trained model (cold items): text-derived rows, the catalog binding, the cache, save and load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from transformers_iam import IAMDataCollator, IAMForCausalRecommendation, ItemCatalog
+
+from ..testing_utils import catalog_tokenizer, collator_kwargs, path_model, tiny_model
+
+NEW_IDS, NEW_TEXTS = ["n1", "n2"], ["w3_0 w3_1", "w5_0"]  # texts made of words the tokenizer knows
+
+
+@pytest.fixture
+def setup():
+    full = ItemCatalog([f"i{k}" for k in range(20)] + NEW_IDS, [f"w{k}_0" for k in range(20)] + NEW_TEXTS)
+    warm = ItemCatalog(full.item_ids[:20], full.texts[:20])
+    tokenizer = catalog_tokenizer(full)
+    collator = IAMDataCollator(tokenizer, warm, max_length=48, **collator_kwargs())
+    model = tiny_model(num_layers=4, num_item_tokens=1, use_item_id_embeddings=True)
+    model.set_catalog(warm)
+    with torch.no_grad():  # a "trained" model: rows and identities far from their initialisation
+        model.adapter.item_embeddings.weight.normal_()
+        model.item_id_embeddings.weight.normal_()
+    return model, collator
+
+
+@pytest.mark.parametrize("path", ["masked", "cached"])
+def test_new_items_are_scored_and_read_from_their_text(path, setup):
+    model, collator = setup
+    model = path_model(model, path, collator)
+    model.set_catalog(collator.catalog)
+    before = model.adapter.item_embeddings.weight.detach().clone()
+    extended = model.add_items(NEW_IDS, NEW_TEXTS, collator)
+    assert extended.item_ids[-2:] == NEW_IDS and collator.catalog == extended == model.catalog
+    assert model.config.num_items == 22 and model.config.catalog_fingerprint == extended.fingerprint
+    torch.testing.assert_close(model.adapter.item_embeddings.weight[:20], before)  # trained rows untouched
+    assert model.item_id_embeddings.weight[20:].abs().sum() == 0  # no identity: read from their text alone
+    batch = collator([{"history": ["i1", "n1", "i4"]}, {"history": ["n2"]}])
+    with torch.no_grad():
+        logits = model(**batch).logits
+        reference = model(**batch, use_item_cache=False, intra_implementation="masked").logits
+    assert logits.shape == (2, 22)
+    torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-4)  # the extended cache serves the new items
+    top = model.recommend(**batch, k=19, exclude_item_ids=batch["history_item_indices"]).item_ids
+    assert "n2" in top[0] and "n1" not in top[0]
+
+
+def test_text_rows_follow_the_text_when_the_trained_rows_do():
+    # trained rows that are a linear function of the text features: new items' rows follow the same function
+    from transformers_iam.core.decoder import decoder_parts
+    from transformers_iam.core.item_states import item_text_features
+
+    words = [f"w{k}" for k in range(40)]
+    texts = [f"{words[k % 40]} {words[(7 * k + 3) % 40]}" for k in range(120)]
+    warm = ItemCatalog([f"i{k}" for k in range(120)], texts)
+    collator = IAMDataCollator(catalog_tokenizer(warm), warm, max_length=48, **collator_kwargs())
+    model = tiny_model(num_layers=4, num_items=120)
+    model.set_catalog(warm)
+    features = item_text_features(decoder_parts(model.model), [collator.item_token_ids(k) for k in range(120)], 2)
+    mapping = torch.randn(features.shape[1], 33, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        rows = features @ mapping
+        model.adapter.item_embeddings.weight.copy_(rows[:, :32])
+        model.adapter.item_embeddings.bias.copy_(rows[:, 32])
+    new_texts = ["w1 w2", "w30 w5"]  # word pairs no trained item has
+    model.add_items(["n1", "n2"], new_texts, collator)
+    new_features = item_text_features(decoder_parts(model.model), [collator.item_token_ids(k) for k in (120, 121)], 2)
+    head = model.adapter.item_embeddings
+    predicted = torch.cat([head.weight[120:], head.bias[120:, None]], dim=1).detach()
+    cosine = torch.nn.functional.cosine_similarity(predicted, new_features @ mapping)
+    assert (cosine > 0.9).all(), cosine
+
+
+def test_the_extended_model_saves_and_loads_with_its_catalog(tmp_path, setup):
+    model, collator = setup
+    model.add_items(NEW_IDS, NEW_TEXTS, collator)
+    batch = collator([{"history": ["n1", "i2"]}])
+    model.save_pretrained(tmp_path)
+    reloaded = IAMForCausalRecommendation.from_pretrained(tmp_path).eval()
+    assert reloaded.catalog == model.catalog and reloaded.config.num_items == 22
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, model.eval()(**batch).logits)
+
+
+def test_adding_what_is_already_there_is_refused(setup):
+    model, collator = setup
+    with pytest.raises(ValueError, match=r"items \['i3'\] are already in the catalog"):
+        model.add_items(["i3"], ["w3_0"], collator)
+    with pytest.raises(ValueError, match="add_items extends the model's catalog"):
+        tiny_model(num_layers=4).add_items(NEW_IDS, NEW_TEXTS, collator)
+    assert model.config.num_items == 20 and len(collator.catalog) == 20  # nothing changed
