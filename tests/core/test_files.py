@@ -8,7 +8,7 @@ import pytest
 
 from transformers_iam.core import files
 from transformers_iam.core.files import write_text_atomically
-from transformers_iam.experiments import checkpoints
+from transformers_iam.experiments import run
 
 
 def test_writes_and_replaces_leaving_only_the_file(tmp_path):
@@ -49,4 +49,4 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, mon
 
 def test_run_files_and_the_catalog_share_this_writer():
     # one writer, so a fix (fsync, cleanup) reaches every file a run saves
-    assert checkpoints._write_atomically is write_text_atomically
+    assert run.write_text_atomically is write_text_atomically

@@ -1,16 +1,17 @@
 """The run side of the cold-item protocol that exists so far: the breakdowns run.py writes for a run with cold
-items, the report's section for them, and the main job refusing cold_items until the model side is wired."""
+items, the report's section for them, and the main job training on the warm catalog, then adding the cold items."""
 
 from __future__ import annotations
 
-import pytest
-
-from transformers_iam import ItemCatalog
+from transformers_iam import IAMForCausalRecommendation, ItemCatalog
 from transformers_iam.experiments import ExperimentConfig, run_experiment
+from transformers_iam.experiments.build import load_data
 from transformers_iam.experiments.report import breakdown_section
 from transformers_iam.experiments.run import breakdowns
 from transformers_iam.recsys.baselines import evaluate_popularity
 from transformers_iam.recsys.split import Interaction, leave_one_out
+
+from ..testing_utils import tiny_run_files
 
 
 def test_a_run_with_cold_items_gets_cold_and_long_tail_breakdowns_and_a_report_section():
@@ -44,7 +45,18 @@ def test_a_run_with_cold_items_gets_cold_and_long_tail_breakdowns_and_a_report_s
     assert "| IAM | " in lines and "| IAM - popularity HR@10 [95% interval] |" in lines
 
 
-def test_the_main_job_refuses_cold_items_until_the_model_side_is_wired(tmp_path):
-    with pytest.raises(NotImplementedError, match="cannot run the cold-item protocol yet"):
-        run_experiment(ExperimentConfig(cold_items=0.2, output_dir=str(tmp_path / "run")))
-    assert not (tmp_path / "run").exists()  # refused before anything is written or loaded
+def test_the_main_job_trains_on_warm_items_then_adds_the_cold_ones(tmp_path):
+    config = ExperimentConfig(**tiny_run_files(tmp_path), cold_items=0.25, output_dir=str(tmp_path / "run"))
+    results = run_experiment(config)
+    data = load_data(config)
+    model = IAMForCausalRecommendation.from_pretrained(tmp_path / "run" / "checkpoint")
+    # trained on the warm catalog, the cold items appended after training: every item scored at the end
+    assert len(data.cold_items) == 3 and model.config.num_items == 12 and len(model.catalog) == 12
+    assert model.catalog.item_ids == data.warm_catalog.item_ids + list(data.cold_items)
+    # selected on the users with a warm validation target; validation and test then ranked for every user
+    assert (
+        results["selection"]["users"] == len(data.warm_valid)
+        and results["valid"]["users"] == results["test"]["users"] == 10
+    )
+    assert set(results["breakdown"]["cold"]) == {"valid", "test"}
+    assert "cold-item protocol" in (tmp_path / "run" / "report.md").read_text()

@@ -95,9 +95,10 @@ def build_model(
     config: ExperimentConfig, data: LeaveOneOutData, collator: IAMDataCollator
 ) -> IAMForCausalRecommendation:
     path, gguf_file = backbone_location(config)
+    catalog = data.warm_catalog  # the catalog while training: without cold items under the cold-item protocol
     model = IAMForCausalRecommendation.from_backbone(
         path,
-        catalog=data.catalog,
+        catalog=catalog,
         gguf_file=gguf_file,
         num_backbone_layers=config.num_backbone_layers,
         iam_layout=config.iam_layout,
@@ -113,9 +114,9 @@ def build_model(
     if layer_types is not None:
         model.set_iam_layer_types(layer_types)
     if config.init_item_embeddings_from_text:
-        model.init_item_embeddings_from_text([collator.item_token_ids(index) for index in range(len(data.catalog))])
+        model.init_item_embeddings_from_text([collator.item_token_ids(index) for index in range(len(catalog))])
     if config.init_item_prior:
-        model.init_item_prior(popularity_scores(data.visible_sequences("train"), data.catalog))
+        model.init_item_prior(popularity_scores(data.visible_sequences("train"), catalog))
     if config.freeze_item_embeddings:
         model.adapter.item_embeddings.weight.requires_grad_(False)
     if config.freeze_embeddings:

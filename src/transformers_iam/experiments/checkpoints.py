@@ -11,7 +11,6 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 # run.py writes experiment.json, metrics.json and report.md through this name: it is core's one atomic writer
-from ..core.files import write_text_atomically as _write_atomically  # noqa: F401
 from .config import EXPERIMENT_FILE, ExperimentConfig
 
 logger = logging.get_logger(__name__)

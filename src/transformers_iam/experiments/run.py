@@ -13,12 +13,16 @@ import platform
 import resource
 import shutil
 import time
+from dataclasses import dataclass
 
 import torch
 from datasets import Dataset
 from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
+from ..core.collator import IAMDataCollator
+from ..core.files import write_text_atomically
+from ..integrations.demo import save_training_popularity
 from ..recsys.baselines import evaluate_popularity
 from ..recsys.breakdown import cold_breakdown, long_tail_breakdown
 from ..recsys.evaluation import ValidationRanks, ranking_evaluation
@@ -37,7 +41,7 @@ from .build import (
     make_optimizer,
     training_arguments,
 )
-from .checkpoints import _check_resumable, _replace_directory, _write_atomically
+from .checkpoints import _check_resumable, _replace_directory
 from .config import EXPERIMENT_FILE, ExperimentConfig
 from .report import find_sasrec_reference, plot_validation, render_report
 
@@ -99,84 +103,153 @@ def peak_memory() -> dict[str, float]:
     return peak
 
 
-# What may differ between an interrupted run and its resumption: everything else must be the same run.
+@dataclass
+class BuiltRun:
+    """What a run trains and evaluates: its data, the collator and model (on the warm catalog under the cold-item
+    protocol), and the validation and test users it is evaluated on."""
+
+    config: ExperimentConfig
+    data: LeaveOneOutData
+    collator: IAMDataCollator
+    model: torch.nn.Module
+    valid: Dataset
+    test: Dataset
+    selection: Dataset  # the validation users checkpoints are selected on during training
+
+
 def run_experiment(config: ExperimentConfig, callbacks: list[TrainerCallback] | None = None) -> dict:
     """Train on the training prefixes, select on validation, report test once. Returns what metrics.json holds.
 
     With ``config.resume`` the run continues from the last complete checkpoint in ``<output_dir>/trainer`` (model,
     optimizer, scheduler, RNG and data order), and ends as the uninterrupted run would have (docs/reliability.md).
+    Under the cold-item protocol (``config.cold_items``) the model trains on the warm catalog, is selected on the
+    validation users with a warm target, then gets the cold items (``model.add_items``) before validation and test
+    are ranked over the whole catalog.
     """
-    if config.cold_items is not None:
-        # the data side is ready (data.cold_items, warm_catalog, warm_valid, cold_breakdown); training on the warm
-        # catalog and scoring the cold items afterwards (model.add_items) is not wired here yet: refuse rather than
-        # train with the cold items in the softmax, which is another protocol
-        raise NotImplementedError(
-            "cold_items: the main job cannot run the cold-item protocol yet (the model side, training on the warm "
-            "catalog then adding the cold items, is not wired); benchmarks/sasrec/export.py --cold-items can"
-        )
     started = time.time()
+    resume_from = start_run_folder(config)
+    run = build_run(config)
+    trainer = Trainer(
+        model=run.model,
+        args=training_arguments(config, len(run.data.train)),
+        train_dataset=run.data.train,
+        eval_dataset=run.selection,
+        data_collator=run.collator,
+        optimizers=(make_optimizer(run.model, config), None),
+        callbacks=[*(callbacks or []), validation_ranks := ValidationRanks()],
+        **ranking_evaluation(config.exclude_history, ranks=validation_ranks),
+    )
+    train_started = time.time()
+    trainer.train(resume_from_checkpoint=resume_from)
+    train_seconds = time.time() - train_started
+    evaluation = evaluate_selected(run, trainer, validation_ranks)
+    results = assemble_results(run, trainer, evaluation, train_seconds, started)
+    if trainer.is_world_process_zero():  # under accelerate/DDP, one process writes
+        write_run(run, trainer, results)
+    return results
+
+
+def start_run_folder(config: ExperimentConfig) -> str | None:
+    """Create the run's folder and record its settings; the checkpoint to resume from, checked to belong to this
+    run, before anything is loaded."""
     os.makedirs(config.output_dir, exist_ok=True)
-    resume_from = _check_resumable(config, os.path.join(config.output_dir, "trainer"))  # before loading anything
+    resume_from = _check_resumable(config, os.path.join(config.output_dir, "trainer"))
     if resume_from is None:
-        _write_atomically(os.path.join(config.output_dir, EXPERIMENT_FILE), json.dumps(config.to_dict(), indent=1))
+        write_text_atomically(os.path.join(config.output_dir, EXPERIMENT_FILE), json.dumps(config.to_dict(), indent=1))
     else:
         logger.info(f"resuming from {resume_from}")
+    return resume_from
+
+
+def build_run(config: ExperimentConfig) -> BuiltRun:
+    """Data, tokenizer, collator and model (LoRA-wrapped when asked) of a run, logged as they are built."""
     torch.manual_seed(config.seed)
     data = load_data(config)
     logger.info(data.describe())
-    tokenizer = load_tokenizer(config)
-    collator = build_collator(config, tokenizer, data.catalog)
+    collator = build_collator(config, load_tokenizer(config), data.warm_catalog)
     model = build_model(config, data, collator)
     if config.lora:
         from ..integrations.peft import apply_lora
 
         model = apply_lora(model, rank=config.lora_rank)
     trainable, total = count_parameters(model)
-    layer_types = model.config.resolved_layer_types
-    logger.info(f"backbone: {backbone_name(config)}, {model.config.num_backbone_layers} layers: {layer_types}")
+    logger.info(f"backbone: {backbone_name(config)}, {model.config.num_backbone_layers} layers: "
+                f"{model.config.resolved_layer_types}")  # fmt: skip
     logger.info(f"parameters: {trainable:,} trained of {total:,}")
-    valid, test = eval_subset(data.valid, config), eval_subset(data.test, config)
     if config.max_eval_users is not None:
         config.notes.append(f"smoke run: only the first {config.max_eval_users} users are evaluated")
+    if data.cold_items:
+        cold = data.statistics["cold_items"]
+        config.notes.append(
+            f"cold-item protocol: {len(data.cold_items)} cold items ({config.cold_items:.0%} of the items with "
+            f"interactions, seed {config.seed}) kept out of training and of the catalog while training, added after "
+            f"it with model.add_items; checkpoints selected on the {len(data.warm_valid)} validation users with a "
+            f"warm target (of {len(data.valid)}); {cold.get('training_interactions_removed', '?')} training "
+            "interactions removed"
+        )
+    valid, test, selection = (eval_subset(split, config) for split in (data.valid, data.test, data.warm_valid))
+    return BuiltRun(config, data, collator, model, valid, test, selection)
 
-    args = training_arguments(config, len(data.train))
-    validation_ranks = ValidationRanks()
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=data.train,
-        eval_dataset=valid,
-        data_collator=collator,
-        optimizers=(make_optimizer(model, config), None),
-        callbacks=[*(callbacks or []), validation_ranks],
-        **ranking_evaluation(config.exclude_history, ranks=validation_ranks),
-    )
-    train_started = time.time()
-    trainer.train(resume_from_checkpoint=resume_from)
-    train_seconds = time.time() - train_started
+
+@dataclass
+class SelectedEvaluation:
+    """The checkpoint validation chose, evaluated: metrics and per-user ranks of the model and of popularity."""
+
+    best_step: int
+    metrics: dict[str, dict[str, float]]  # {"valid" | "test": metrics}
+    ranks: dict[str, dict[str, dict[str, int]]]  # {split: {"model" | "popularity": {user_id: rank}}}
+    popularity: dict[str, dict[str, float]]
+    selection_metrics: dict[str, float] | None = None  # cold-item protocol: the warm validation users' pass
+
+
+def evaluate_selected(run: BuiltRun, trainer: Trainer, validation_ranks: ValidationRanks) -> SelectedEvaluation:
+    """Rank validation and test with the checkpoint validation chose (test once), and popularity on the same users.
+
+    The validation pass of the chosen step is reused when it ranked the same users over the same catalog; under the
+    cold-item protocol the cold items are added first and validation is ranked again, on every user."""
     best_step = trainer.state.best_global_step
-    # The selected checkpoint was already evaluated on validation during training: reuse that pass.
-    valid_metrics = next(
+    # The selected checkpoint was already evaluated on validation during training
+    selection_metrics = next(
         {key[len("eval_") :]: value for key, value in entry.items() if key.startswith("eval_")}
         for entry in trainer.state.log_history
         if entry.get("step") == best_step and "eval_ndcg@10" in entry
     )
-    if best_step in validation_ranks.by_step:
-        valid_ranks = user_ranks(valid, validation_ranks.by_step[best_step])
+    data = run.data
+    if data.cold_items:
+        model = unwrap_model(trainer.model)
+        model.add_items(data.cold_items, [data.catalog.text_of(item) for item in data.cold_items], run.collator)
+        valid_metrics, valid_ranks = evaluate_split(trainer, run.valid, "eval")
+    elif best_step in validation_ranks.by_step:
+        valid_metrics, valid_ranks = selection_metrics, user_ranks(run.valid, validation_ranks.by_step[best_step])
     else:  # resumed after that pass: the Trainer loaded the selected checkpoint, rank validation again with it
-        valid_ranks = evaluate_split(trainer, valid, "eval")[1]
-    test_metrics, test_ranks = evaluate_split(trainer, test, "test")  # once, on the checkpoint validation chose
-
+        valid_metrics, valid_ranks = evaluate_split(trainer, run.valid, "eval")
+    test_metrics, test_ranks = evaluate_split(trainer, run.test, "test")  # once, on the checkpoint validation chose
     # popularity on exactly the users the model was evaluated on, so that the comparison is paired
-    popularity, popularity_ranks = {}, {}
-    for split, dataset in (("valid", valid), ("test", test)):
-        popularity[split], popularity_ranks[split] = evaluate_popularity(
-            data, split, config.exclude_history, dataset=dataset, return_ranks=True
+    popularity, ranks = {}, {"valid": {"model": valid_ranks}, "test": {"model": test_ranks}}
+    for split, dataset in (("valid", run.valid), ("test", run.test)):
+        popularity[split], ranks[split]["popularity"] = evaluate_popularity(
+            data, split, run.config.exclude_history, dataset=dataset, return_ranks=True
         )
-    ranks = {
-        "valid": {"model": valid_ranks, "popularity": popularity_ranks["valid"]},
-        "test": {"model": test_ranks, "popularity": popularity_ranks["test"]},
-    }
+    return SelectedEvaluation(
+        best_step,
+        {"valid": valid_metrics, "test": test_metrics},
+        ranks,
+        popularity,
+        selection_metrics if data.cold_items else None,
+    )
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The IAM model inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def assemble_results(
+    run: BuiltRun, trainer: Trainer, evaluation: SelectedEvaluation, train_seconds: float, started: float
+) -> dict:
+    """What ``metrics.json`` holds: protocol, data, model, metrics of the model and popularity, paired comparisons,
+    breakdowns, SASRec's reference on the same split, the validation curve, time, memory, settings and ranks."""
+    config, data, ranks = run.config, run.data, evaluation.ranks
     paired = {
         split: {
             metric: paired_comparison(
@@ -187,13 +260,17 @@ def run_experiment(config: ExperimentConfig, callbacks: list[TrainerCallback] | 
         for split in ("valid", "test")
     }
     sasrec = find_sasrec_reference(config, data.statistics, {split: list(ranks[split]["model"]) for split in ranks})
-    results = {
+    trainable, total = count_parameters(run.model)
+    model = unwrap_model(run.model)
+    return {
         "protocol": protocol_line(config.exclude_history, "test"),
         "exclude_history": config.exclude_history,
         "dataset": data.statistics,
         "model": {
             "backbone": backbone_name(config),
-            "layer_types": layer_types,
+            "layer_types": model.config.resolved_layer_types,
+            "num_item_tokens": model.config.num_item_tokens,
+            "item_id_embeddings": model.config.use_item_id_embeddings,
             "trained_parameters": trainable,
             "total_parameters": total,
             "lora": config.lora,
@@ -201,15 +278,16 @@ def run_experiment(config: ExperimentConfig, callbacks: list[TrainerCallback] | 
             "intra_implementation": config.intra_implementation,
         },
         "supervision": config.supervision,
-        "train_targets": count_training_targets(data.train, collator),
-        "best_step": best_step,
-        "valid": valid_metrics,
-        "test": test_metrics,
-        "popularity": popularity,
+        "train_targets": count_training_targets(data.train, run.collator),
+        "best_step": evaluation.best_step,
+        "selection": evaluation.selection_metrics,
+        "valid": evaluation.metrics["valid"],
+        "test": evaluation.metrics["test"],
+        "popularity": evaluation.popularity,
         "paired_vs_popularity": paired,
         "sasrec": sasrec,
         # per split: the long tail and, under the cold-item protocol, cold against warm targets (recsys/breakdown.py)
-        "breakdown": breakdowns(data, ranks, {"valid": valid, "test": test}, sasrec, seed=config.seed),
+        "breakdown": breakdowns(data, ranks, {"valid": run.valid, "test": run.test}, sasrec, seed=config.seed),
         "validation_curve": [
             {"step": entry["step"], "ndcg@10": entry["eval_ndcg@10"]}
             for entry in trainer.state.log_history
@@ -223,9 +301,12 @@ def run_experiment(config: ExperimentConfig, callbacks: list[TrainerCallback] | 
         "config": config.to_dict(),
         "ranks": ranks,  # {split: {"model" | "popularity": {user_id: rank}}}, for paired comparisons
     }
-    if not trainer.is_world_process_zero():  # under accelerate/DDP, one process writes
-        return results
-    # Each folder is written whole in a staging sibling, then moved into place (docs/reliability.md).
+
+
+def write_run(run: BuiltRun, trainer: Trainer, results: dict) -> None:
+    """The checkpoint (with its collator, catalog, settings and training popularity), metrics.json, the figure and
+    report.md. Each folder is written whole in a staging sibling, then moved into place (docs/reliability.md)."""
+    config = run.config
     checkpoint_dir = os.path.join(config.output_dir, "checkpoint")
     final_model = trainer.model
     if config.lora:
@@ -237,18 +318,18 @@ def run_experiment(config: ExperimentConfig, callbacks: list[TrainerCallback] | 
     if os.path.exists(staging):  # left by a crash: never part of a checkpoint
         shutil.rmtree(staging)
     final_model.save_pretrained(staging)
-    collator.save_pretrained(staging)  # prompt settings + tokenizer, for evaluation and pipelines
-    _write_atomically(os.path.join(staging, EXPERIMENT_FILE), json.dumps(config.to_dict(), indent=1))
+    run.collator.save_pretrained(staging)  # prompt settings + tokenizer, for evaluation and pipelines
+    save_training_popularity(staging, run.data)  # what the demo shows beside the model
+    write_text_atomically(os.path.join(staging, EXPERIMENT_FILE), json.dumps(config.to_dict(), indent=1))
     _replace_directory(staging, checkpoint_dir)
 
-    _write_atomically(os.path.join(config.output_dir, "metrics.json"), json.dumps(results, indent=1))
-    reference = {"popularity": popularity["valid"]["ndcg@10"]}
+    write_text_atomically(os.path.join(config.output_dir, "metrics.json"), json.dumps(results, indent=1))
+    reference = {"popularity": results["popularity"]["valid"]["ndcg@10"]}
     if results["sasrec"] is not None:
         reference["SASRec"] = results["sasrec"]["valid"]["ndcg@10"]
     plot_validation(
         trainer.state.log_history, os.path.join(config.output_dir, "validation_ndcg10.png"), reference=reference
     )
     report = render_report(results)
-    _write_atomically(os.path.join(config.output_dir, "report.md"), report)
+    write_text_atomically(os.path.join(config.output_dir, "report.md"), report)
     logger.info(report)
-    return results

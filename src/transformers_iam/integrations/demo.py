@@ -117,7 +117,8 @@ def save_item_popularity(
 
 def save_training_popularity(directory: str | os.PathLike, data: LeaveOneOutData) -> str:
     """Write the popularity the demo shows for a run's checkpoint: each item's count in the training interactions
-    (``data.visible_sequences("valid")``: each user's sequence without its validation and test targets).
+    (``data.visible_sequences("train")``: each user's sequence without its validation and test targets, and without
+    cold items under the cold-item protocol).
 
     The main job's one line, after ``collator.save_pretrained(staging)`` in ``experiments/run.py``:
     ``save_training_popularity(staging, data)``; ``examples/demo.py`` computes the same counts from the run's data
@@ -127,13 +128,13 @@ def save_training_popularity(directory: str | os.PathLike, data: LeaveOneOutData
         >>> save_training_popularity(staging, data)  # doctest: +SKIP
     """
     popularity = training_popularity(data)
-    return save_item_popularity(directory, data.visible_sequences("valid"), data.catalog, popularity.description)
+    return save_item_popularity(directory, data.visible_sequences("train"), data.catalog, popularity.description)
 
 
 def training_popularity(data: LeaveOneOutData) -> ItemPopularity:
     """Each item's count in a split's training interactions, described for the page (see
     :func:`save_training_popularity`)."""
-    training = data.visible_sequences("valid")  # each user's sequence without the validation and test targets
+    training = data.visible_sequences("train")  # each user's sequence without the validation and test targets
     interactions = sum(len(items) for items in training.values())
     name = data.statistics.get("name", "the data")
     description = (
