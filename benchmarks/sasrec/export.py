@@ -12,8 +12,10 @@ match a stable-sort leave-one-out). The main job's `--dataset`, `--cold-items` a
 Under --cold-items the training rows come from each user's training sequence without the cold items, and the
 validation and test rows are those of the plain split. RecBole builds its item vocabulary over the three files, so
 a cold item (it occurs in validation and test rows only) has a RecBole id and an embedding: never a training target
-nor in a training history, but, SASRec's loss being a softmax over every item (CE), a negative of every training
-step, so stock RecBole pushes its score down. An item in no file at all has no RecBole id: rank.py scores it -inf.
+nor in a training history. SASRec's loss is a softmax over every item (CE), so stock RecBole would use cold items
+as negatives at every step and push their scores down; train_score.py leaves them out of that softmax (they are not
+in the catalog while a model trains), so they keep their initial embeddings. An item in no file at all has no
+RecBole id: rank.py scores it -inf.
 Those are the items without interactions (ML-1M has 177) and, under --cold-items, the cold items that are nobody's
 validation or test target and occur only deeper than the 50 newest items of a history (rank.py prints how many: 30
 of 336 on ml-100k with --cold-items 0.2 --seed 3, 28 of 741 on ml-1m at seed 0). Those are nobody's target, so no

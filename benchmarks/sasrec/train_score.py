@@ -29,6 +29,37 @@ from recbole.utils import init_logger, init_seed
 torch.autograd.set_detect_anomaly(False)
 
 
+class SASRecWithoutColdItems(SASRec):
+    """SASRec whose training softmax leaves out the cold items (the cold-item protocol: cold items are not in the
+    catalog while a model trains). Stock RecBole would use them as negatives at every step and push their scores
+    down; left out, their embeddings stay at their initialisation and they are scored as an untrained ID model can."""
+
+    def __init__(self, config, dataset, cold_ids: list[int]):
+        super().__init__(config, dataset)
+        cold = torch.zeros(self.n_items, dtype=torch.bool)
+        cold[cold_ids] = True
+        self.register_buffer("cold", cold)
+
+    def calculate_loss(self, interaction):
+        if self.loss_type != "CE":
+            raise ValueError("the cold-item protocol is implemented for the CE loss only")
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        logits = torch.matmul(seq_output, self.item_embedding.weight.transpose(0, 1))
+        return self.loss_fct(logits.masked_fill(self.cold, float("-inf")), interaction[self.POS_ITEM_ID])
+
+
+def build_model(config, dataset, out: str):
+    """SASRec, without the cold items in its training softmax when the export lists some (cold_items.json)."""
+    path = os.path.join(out, "cold_items.json")
+    if not os.path.isfile(path):
+        return SASRec(config, dataset)
+    with open(path, encoding="utf-8") as handle:
+        tokens = json.load(handle)["tokens"]
+    known = [token for token in tokens if token in dataset.field2token_id["item_id"]]
+    print(f"cold items: {len(known)} of {len(tokens)} have a RecBole id; left out of the training softmax")
+    return SASRecWithoutColdItems(config, dataset, [dataset.field2token_id["item_id"][token] for token in known])
+
+
 def scores_for(model, loader, dataset, device):
     users, targets, rows = [], [], []
     model.eval()
@@ -56,7 +87,7 @@ def main() -> None:
     dataset = create_dataset(config)
     print(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
-    model = SASRec(config, train_data.dataset).to(config["device"])
+    model = build_model(config, train_data.dataset, args.out).to(config["device"])
     trainer = Trainer(config, model)
     # to convergence: RecBole stops after `stopping_step` validations without a better valid_metric (NDCG@10) and
     # keeps the best epoch; `epochs` is only a cap. RecBole calls this after each validation.

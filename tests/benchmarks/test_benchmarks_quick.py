@@ -35,13 +35,17 @@ def run_quick(script: str, tmp_path) -> tuple[str, dict]:
 def test_item_states_quick(tmp_path):
     stdout, results = run_quick("item_states", tmp_path)
     assert "| row | s/step | targets/step | targets/s | targets/s ratio to (i) |" in stdout
-    assert re.search(r"\| \(ii\) IAM stacked \+ item cache \+ every-item \|.*\| \d+\.\d\dx \|", stdout)
-    assert "| item states | wall s | users/s | ratio to no cache |" in stdout
-    assert re.search(r"\| item cache \|.*\| \d+\.\d\dx \|", stdout)
+    assert re.search(r"\| \(iii\) item-level IAM \(one state per item\) \+ item cache \|.*\| \d+\.\d\dx \|", stdout)
+    assert "| item states | wall s | users/s | ratio to the first row |" in stdout
+    assert re.search(r"\| item-level IAM \+ item cache \|.*\| \d+\.\d\dx \|", stdout)
     serve = results["serve"]
-    assert f"top-10 lists identical with and without the cache: {serve['users']}/{serve['users']} users" in stdout
-    assert serve["matching"] == serve["users"] > 0
+    users = serve[0]["users"]
+    assert f"token-level top-10 lists identical with and without the cache: {users}/{users} users" in stdout
+    assert serve[0]["matching"] == users > 0
     assert len(results["train"]) == 4
+    # the item-level cache stores one state per item: fewer bytes per item than the token-level one
+    token_level, item_level = results["memory"]
+    assert item_level["per_item_bytes"] < token_level["per_item_bytes"] and item_level["synthetic_items"] > 0
 
 
 @pytest.mark.slow

@@ -128,7 +128,14 @@ class ItemStateCache:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the states."""
         return self.states.numel() * self.states.element_size()
+
+    @property
+    def index_nbytes(self) -> int:
+        """Bytes of what finds an item's states: its tokens, hash key, lengths and offsets."""
+        tensors = (self.tokens, self.lengths, self.stored, self.offsets, self.sorted_keys, self.key_entries)
+        return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
     # -- what it was built for -------------------------------------------------------------------------------
     def bind(self, modules: Sequence[nn.Module], buffers: Sequence[torch.Tensor], attn_implementation: str) -> None:
