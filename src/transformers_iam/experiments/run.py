@@ -293,6 +293,10 @@ def assemble_results(
             for entry in trainer.state.log_history
             if "eval_ndcg@10" in entry
         ],
+        "training_curve": [
+            {"step": entry["step"], "loss": entry["loss"]} for entry in trainer.state.log_history if "loss" in entry
+        ],
+        "total_steps": trainer.state.global_step,
         "train_seconds": round(train_seconds, 1),
         "wall_seconds": round(time.time() - started, 1),
         **peak_memory(),
