@@ -91,17 +91,50 @@ PRESETS: dict[str, dict] = {
         evaluations=5,
         evaluate_before_training=True,
     ),
-    # A GPU: the full backbone, 20-item histories, every prefix, several epochs.
+    # MovieLens-1M on 2 CPU cores, <= 2 hours end to end (measured: docs/results.md): cpu-quick's model and recipe
+    # over ML-1M's ~20k 50-item windows (~1M targets an epoch); validation passes over 6,040 users cost ~2-3 minutes
+    # each with the cache, so fewer of them.
+    "cpu-ml-1m": dict(
+        dataset="ml-1m",
+        num_backbone_layers=6,
+        max_history=50,
+        max_length=1400,
+        train_examples_per_user=None,
+        supervision="every_item",
+        item_cache=True,
+        freeze_embeddings=True,
+        freeze_bottom_layers=3,
+        num_item_tokens=1,
+        item_id_embeddings=True,
+        freeze_item_embeddings=False,
+        epochs=2.0,
+        batch_size=16,
+        eval_batch_size=128,
+        learning_rate=3e-4,
+        adapter_learning_rate=1e-3,
+        evaluations=3,
+        evaluate_before_training=False,
+    ),
+    # A GPU (either data set, --dataset ml-1m): cpu-quick's item-level recipe on the whole backbone, its bottom half
+    # intra and frozen (the item-state cache serves it), the top half trained over one state per item, several
+    # epochs. Not measured here (no GPU on this project's machines): docs/gpu.md.
     "gpu": dict(
         num_backbone_layers=None,
-        max_history=20,
+        max_history=50,
+        max_length=1400,
         train_examples_per_user=None,
-        freeze_embeddings=False,
-        epochs=3.0,
-        batch_size=32,
-        eval_batch_size=128,
-        learning_rate=5e-5,
-        evaluations=6,
+        supervision="every_item",
+        item_cache=True,
+        freeze_embeddings=True,
+        freeze_bottom_layers=15,
+        num_item_tokens=1,
+        item_id_embeddings=True,
+        epochs=8.0,
+        batch_size=64,
+        eval_batch_size=256,
+        learning_rate=1e-4,
+        adapter_learning_rate=1e-3,
+        evaluations=8,
         bf16=True,
     ),
 }
