@@ -36,9 +36,27 @@ def check_forward_inputs(
     segment_item_indices: torch.Tensor | None = None,
 ) -> None:
     """Refuse what every path would otherwise treat differently or silently: out-of-vocabulary ids, all-padding rows,
-    negative or non-contiguous item segments, item indices outside the catalog. The checks are gathered into one
-    tensor and read back once (one host sync per forward, not one per check); the messages are built only on failure.
+    negative or non-contiguous item segments, item indices outside the catalog. The value checks are gathered into
+    one tensor and read back once (one host sync per forward, not one per check); messages are built only on failure.
     """
+    _check_shapes(config, input_ids, inputs_embeds, attention_mask, item_segment_ids, segment_item_indices)
+    flags = _value_flags(config, input_ids, attention_mask, item_segment_ids, segment_item_indices)
+    failed = dict(zip(flags, torch.stack(list(flags.values())).tolist()))
+    if any(failed.values()):
+        raise ValueError(
+            _value_error(config, failed, input_ids, attention_mask, item_segment_ids, segment_item_indices)
+        )
+
+
+def _check_shapes(
+    config: IAMConfig,
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    item_segment_ids: torch.Tensor | None,
+    segment_item_indices: torch.Tensor | None,
+) -> None:
+    """What is missing or of the wrong shape (no tensor is read)."""
     reference = input_ids if input_ids is not None else inputs_embeds
     if reference is None:
         raise ValueError("Pass input_ids or inputs_embeds")
@@ -64,11 +82,26 @@ def check_forward_inputs(
             f"{tuple(segment_item_indices.shape)}"
         )
 
-    device = reference.device
+
+def _segments(item_segment_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    real = attention_mask.long() if attention_mask is not None else torch.ones_like(item_segment_ids)
+    return item_segment_ids.long() * real
+
+
+def _value_flags(
+    config: IAMConfig,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    item_segment_ids: torch.Tensor | None,
+    segment_item_indices: torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """One boolean tensor per check, computed on the inputs' device without reading any of them back."""
+    device = input_ids if input_ids is not None else attention_mask if attention_mask is not None else None
+    device = device.device if device is not None else None
     false = torch.zeros((), dtype=torch.bool, device=device)
     vocab_size = getattr(config.text_config, "vocab_size", None)
     has_ids = input_ids is not None and input_ids.numel() > 0
-    checks = {
+    flags = {
         "ids_low": (input_ids.min() < 0) if has_ids else false,
         "ids_high": (input_ids.max() >= vocab_size) if has_ids and vocab_size is not None else false,
         "empty_rows": (attention_mask == 0).all(-1).any() if attention_mask is not None else false,
@@ -78,53 +111,60 @@ def check_forward_inputs(
         "indices_outside": false,
         "unindexed_items": false,
     }
-    if item_segment_ids is not None and item_segment_ids.numel():
-        real = attention_mask.long() if attention_mask is not None else torch.ones_like(item_segment_ids)
-        segments = item_segment_ids.long() * real
-        checks["noncontiguous"] = _noncontiguous_rows(segments).any()
-        if segment_item_indices is not None:
-            checks["segments_beyond_indices"] = segments.max() > segment_item_indices.shape[1]
-            used = segment_item_indices >= 0
-            checks["indices_outside"] = (used & (segment_item_indices >= config.num_items)).any() | (
-                segment_item_indices < -1
-            ).any()
-            if segment_item_indices.shape[1]:
-                columns = (segments - 1).clamp(0, segment_item_indices.shape[1] - 1)
-                checks["unindexed_items"] = ((segments > 0) & (segment_item_indices.gather(1, columns) < 0)).any()
-    failed = dict(zip(checks, torch.stack(list(checks.values())).tolist()))
-    if not any(failed.values()):
-        return
+    if item_segment_ids is None or not item_segment_ids.numel():
+        return flags
+    segments = _segments(item_segment_ids, attention_mask).to(false.device)
+    flags["noncontiguous"] = _noncontiguous_rows(segments).any()
+    if segment_item_indices is not None:
+        indices = segment_item_indices.to(false.device)
+        flags["segments_beyond_indices"] = segments.max() > indices.shape[1]
+        flags["indices_outside"] = ((indices >= 0) & (indices >= config.num_items)).any() | (indices < -1).any()
+        if indices.shape[1]:
+            columns = (segments - 1).clamp(0, indices.shape[1] - 1)
+            flags["unindexed_items"] = ((segments > 0) & (indices.gather(1, columns) < 0)).any()
+    return flags
+
+
+def _value_error(
+    config: IAMConfig,
+    failed: dict[str, bool],
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    item_segment_ids: torch.Tensor | None,
+    segment_item_indices: torch.Tensor | None,
+) -> str:
+    """The message of the first failed check, naming the values at fault."""
     if failed["ids_low"] or failed["ids_high"]:
+        vocab_size = getattr(config.text_config, "vocab_size", None)
         low, high = int(input_ids.min()), int(input_ids.max())
-        raise ValueError(
-            f"input_ids must be token ids in [0, {vocab_size}) (text_config.vocab_size), got [{low}, {high}]"
-        )
+        return f"input_ids must be token ids in [0, {vocab_size}) (text_config.vocab_size), got [{low}, {high}]"
     if failed["empty_rows"]:
         empty = (attention_mask == 0).all(-1)
-        raise ValueError(
+        return (
             f"attention_mask rows {empty.nonzero().view(-1).tolist()[:5]} are all padding: every row needs at "
             "least its query token (the adapter reads the last real token)"
         )
     if failed["negative_segments"]:
-        raise ValueError("item_segment_ids must be >= 0 (0 = context, 1..n = history items)")
+        return "item_segment_ids must be >= 0 (0 = context, 1..n = history items)"
+    segments = _segments(item_segment_ids, attention_mask)
     if failed["noncontiguous"]:
         row = int(_noncontiguous_rows(segments).nonzero()[0, 0])
-        raise ValueError(
+        return (
             f"row {row}: an item segment is not contiguous (item_segment_ids {segments[row].tolist()}): every item "
             "must be one span of tokens"
         )
     if failed["segments_beyond_indices"]:
-        raise ValueError(
+        return (
             f"item_segment_ids go up to {int(segments.max())} but segment_item_indices has "
             f"{segment_item_indices.shape[1]} columns: one catalog index per item segment"
         )
     if failed["unindexed_items"] and not failed["indices_outside"]:
-        raise ValueError(
+        return (
             "an item segment has no catalog index in segment_item_indices (-1): every history item needs its "
             "catalog index for its item id embedding"
         )
     bad = segment_item_indices[(segment_item_indices < -1) | (segment_item_indices >= config.num_items)]
-    raise ValueError(
+    return (
         f"segment_item_indices must be catalog indices in [0, {config.num_items}) or -1 (padding), got "
         f"{bad.tolist()[:5]}"
     )
