@@ -292,33 +292,21 @@ def item_aware_forward(
         renumber_positions,
         drop_trailing_context,
     )
-    collected: list | None = [] if output_hidden_states else None
     if lower == "masked":
-        hidden = inputs_embeds if inputs_embeds is not None else parts.backbone.get_input_embeddings()(input_ids)
-        if collected is not None:
-            collected.append(hidden)
-        hidden = run_layers(
-            parts,
-            hidden,
-            0,
-            num_leading_intra,
-            attention_mask,
-            position_ids,
-            ItemSegments(item_segment_ids),
-            all_hidden_states=collected,
-        )
-        lower_states = [layout.gather(hidden)]
-        lower_per_layer = collected
+        lower_states, lower_per_layer = _masked_lower_states(
+            parts, input_ids, inputs_embeds, attention_mask, position_ids, item_segment_ids, layout,
+            num_leading_intra, output_hidden_states,
+        )  # fmt: skip
     else:
         lower_states, lower_per_layer = _lower_item_states(
-            parts, input_ids, spans, layout, position_ids, num_leading_intra, cache, collected is not None
+            parts, input_ids, spans, layout, position_ids, num_leading_intra, cache, output_hidden_states
         )
     hidden = lower_states[-1]
     if item_id_embeddings is not None:
         items = layout.gather(token_items)
         vectors = item_id_embeddings(items.clamp(min=0)) * (items >= 0)[..., None].to(hidden.dtype)
         hidden = hidden + vectors.to(hidden.dtype)
-    upper: list | None = [] if collected is not None else None
+    upper: list | None = [] if output_hidden_states else None
     hidden = run_layers(
         parts,
         hidden,
@@ -331,11 +319,39 @@ def item_aware_forward(
         all_hidden_states=upper,
     )
     hidden_states = None
-    if collected is not None:
+    if output_hidden_states:
         if num_leading_intra == parts.num_layers and lower_per_layer:
             lower_per_layer[-1] = parts.backbone.norm(lower_per_layer[-1])  # the top layer's output is reported normed
         hidden_states = tuple(lower_per_layer) + tuple(layout.scatter(state, length) for state in upper)
     return ItemAwareOutput(hidden, layout, hidden_states)
+
+
+def _masked_lower_states(
+    parts: DecoderParts,
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    item_segment_ids: torch.Tensor,
+    layout: Layout,
+    num_leading_intra: int,
+    per_layer: bool,
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """The leading run over the whole prompt under the item-aware mask (the reference), in ``layout``; with
+    ``per_layer``, also every layer's states at the input's positions."""
+    hidden = inputs_embeds if inputs_embeds is not None else parts.backbone.get_input_embeddings()(input_ids)
+    collected = [hidden] if per_layer else None
+    hidden = run_layers(
+        parts,
+        hidden,
+        0,
+        num_leading_intra,
+        attention_mask,
+        position_ids,
+        ItemSegments(item_segment_ids),
+        all_hidden_states=collected,
+    )
+    return [layout.gather(hidden)], collected
 
 
 def _lower_item_states(

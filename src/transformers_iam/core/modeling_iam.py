@@ -476,20 +476,9 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         )
         item_level = self.config.num_item_tokens is not None or self.item_id_embeddings is not None
         if lower == "masked" and not item_level:
-            # the reference: the backbone's own forward, every layer over the whole prompt under item-aware masks
-            if item_segment_ids is not None:
-                kwargs["item_segment_ids"] = item_segment_ids
-            outputs = self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                inputs_embeds=inputs_embeds,
-                use_cache=False,
-                output_hidden_states=output_hidden_states,
-                **kwargs,
+            return self._reference_forward(
+                input_ids, inputs_embeds, attention_mask, position_ids, item_segment_ids, output_hidden_states, **kwargs
             )
-            segments = item_segment_ids if item_segment_ids is not None else torch.zeros_like(attention_mask)
-            return IAMBackboneOutput(outputs.last_hidden_state, attention_mask, segments, outputs.hidden_states)
         if kwargs:
             raise TypeError(f"unexpected arguments for this model's forward: {sorted(kwargs)}")
         if cache is not None:
@@ -518,6 +507,31 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         return IAMBackboneOutput(
             output.last_hidden_state, layout.attention_mask, layout.item_segment_ids, output.hidden_states
         )
+
+    def _reference_forward(
+        self,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        item_segment_ids: torch.Tensor | None,
+        output_hidden_states: bool,
+        **kwargs,
+    ) -> IAMBackboneOutput:
+        """The masked path: the backbone's own forward, every layer over the whole prompt under item-aware masks."""
+        if item_segment_ids is not None:
+            kwargs["item_segment_ids"] = item_segment_ids
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
+        segments = item_segment_ids if item_segment_ids is not None else torch.zeros_like(attention_mask)
+        return IAMBackboneOutput(outputs.last_hidden_state, attention_mask, segments, outputs.hidden_states)
 
     def _lower_path(
         self,
