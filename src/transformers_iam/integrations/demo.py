@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoModel, pipeline
@@ -34,6 +35,9 @@ from ..core.loading import optional_checkpoint_file
 from ..core.pipeline_item_recommendation import TASK
 from ..recsys.baselines import popularity_scores
 from ..recsys.split import LeaveOneOutData
+
+if TYPE_CHECKING:  # Gradio is an optional extra: imported only when a page is built
+    import gradio as gr
 
 logger = logging.getLogger(__name__)
 
@@ -385,11 +389,34 @@ def build_demo(recommender: DemoRecommender | str):
     return demo
 
 
+@dataclass
+class _Components:
+    """The components of the page that its handlers read or write."""
+
+    history: gr.State  # the history's item ids, oldest first
+    query: gr.Textbox
+    add: gr.Button
+    matches: gr.Radio
+    shown: gr.CheckboxGroup  # the history as the person sees it, with boxes to tick for removal
+    remove: gr.Button
+    clear: gr.Button
+    message: gr.Markdown
+    model_list: gr.HTML
+    popularity_list: gr.HTML
+
+    @property
+    def outputs(self) -> list:
+        """What a new history changes, in the order :meth:`_Page.show` answers."""
+        return [self.history, self.shown, self.matches, self.model_list, self.popularity_list, self.message]
+
+
 class _Page:
     """The page's components and handlers; every handler answers bad input with a message, never a traceback."""
 
     def __init__(self, recommender: DemoRecommender):
         self.recommender = recommender
+        self.catalog = recommender.catalog
+        self.gr = None  # the gradio module, given to build(): imported only when a page is built
 
     def describe(self) -> str:
         recommender, config = self.recommender, self.recommender.model.config
@@ -407,7 +434,19 @@ class _Page:
         )
 
     def build(self, gr) -> None:
-        catalog = self.recommender.catalog
+        """Lay the page out (inside the caller's ``gr.Blocks``) and wire every control to its handler."""
+        self.gr = gr
+        page = self.layout()
+        page.query.input(self.search, page.query, page.matches, show_progress="hidden", trigger_mode="always_last")
+        page.query.submit(self.guarded(self.add_typed), [page.history, page.query], page.outputs)
+        page.add.click(self.guarded(self.add_typed), [page.history, page.query], page.outputs)
+        page.matches.input(self.guarded(self.add_match), [page.history, page.matches], page.outputs)
+        page.remove.click(self.guarded(self.remove_items), [page.history, page.shown], page.outputs)
+        page.clear.click(self.guarded(self.clear_history), [page.history], page.outputs)
+
+    def layout(self) -> _Components:
+        """The description, the search beside the history, the message, and the two lists side by side."""
+        gr = self.gr
         gr.Markdown(self.describe(), elem_id="about")
         history = gr.State([])
         with gr.Row():
@@ -432,78 +471,84 @@ class _Page:
             with gr.Column():
                 gr.Markdown("### Popularity's top-10")
                 popularity_list = gr.HTML(elem_id="popularity-list")
+        return _Components(history, query, add, matches, shown, remove, clear, message, model_list, popularity_list)
 
-        def choices(ids: list[str]) -> list[tuple[str, str]]:
-            return [(catalog.text_of(item_id), item_id) for item_id in ids]
+    def choices(self, ids: list[str]) -> list[tuple[str, str]]:
+        """Items as ``(text shown, item id)`` choices of a radio or checkbox group."""
+        return [(self.catalog.text_of(item_id), item_id) for item_id in ids]
 
-        def show(ids: list[str], note: str = "") -> tuple:
-            """Everything a new history changes: the state, the history box, the match list, both lists, the message."""
-            box = gr.CheckboxGroup(choices=choices(ids), value=[])
-            unselected = gr.Radio(value=None)  # so that clicking the same match again adds it again
-            if not ids:
-                text = f"{note} The history is empty: add at least one item to see recommendations."
-                return ids, box, unselected, "", "", text.strip()
-            lists = self.recommender.recommend(ids)
-            model_html = render_list(lists.model, "score", ".4f", "No item is left to recommend.")
-            if lists.popularity is None:
-                popular_html = "<div class='iam-list'><p>Popularity is not known for this checkpoint.</p></div>"
-            else:
-                popular_html = render_list(lists.popularity, "count", ".0f", "No item is left to recommend.")
-            timing = f"Recommended in {lists.seconds * 1000:.0f} ms ({self.recommender.item_cache_note})."
-            return ids, box, unselected, model_html, popular_html, f"{note} {timing}".strip()
+    def show(self, ids: list[str], note: str = "") -> tuple:
+        """Everything a new history changes: the state, the history box, the match list, both lists, the message."""
+        gr = self.gr
+        box = gr.CheckboxGroup(choices=self.choices(ids), value=[])
+        unselected = gr.Radio(value=None)  # so that clicking the same match again adds it again
+        if not ids:
+            text = f"{note} The history is empty: add at least one item to see recommendations."
+            return ids, box, unselected, "", "", text.strip()
+        lists = self.recommender.recommend(ids)
+        model_html = render_list(lists.model, "score", ".4f", "No item is left to recommend.")
+        if lists.popularity is None:
+            popular_html = "<div class='iam-list'><p>Popularity is not known for this checkpoint.</p></div>"
+        else:
+            popular_html = render_list(lists.popularity, "count", ".0f", "No item is left to recommend.")
+        timing = f"Recommended in {lists.seconds * 1000:.0f} ms ({self.recommender.item_cache_note})."
+        return ids, box, unselected, model_html, popular_html, f"{note} {timing}".strip()
 
-        def guarded(handler):
-            """Bad input becomes the page's message; an unexpected error is logged here and named there."""
+    def guarded(self, handler):
+        """Bad input becomes the page's message; an unexpected error is logged here and named there."""
+        gr = self.gr
 
-            def run(ids, *args):
-                try:
-                    return handler(list(ids), *args)
-                except DemoInputError as error:
-                    return (gr.skip(),) * 5 + (str(error),)
-                except Exception as error:  # the page must never show a traceback: name the error, log the rest
-                    logger.exception("demo request failed")
-                    return (gr.skip(),) * 5 + (f"Something went wrong: {type(error).__name__}: {error}",)
+        def run(ids, *args):
+            try:
+                return handler(list(ids), *args)
+            except DemoInputError as error:
+                return (gr.skip(),) * 5 + (str(error),)
+            except Exception as error:  # the page must never show a traceback: name the error, log the rest
+                logger.exception("demo request failed")
+                return (gr.skip(),) * 5 + (f"Something went wrong: {type(error).__name__}: {error}",)
 
-            return run
+        return run
 
-        def add_item(ids: list[str], item_id: str) -> tuple:
-            if item_id in ids:
-                raise DemoInputError(f"{catalog.text_of(item_id)!r} is already in the history.")
-            return show(ids + [item_id], f"Added {catalog.text_of(item_id)!r}.")
+    # -- the handlers of the history: its item ids first, the answer is _Components.outputs's six values ---------
+    def add_item(self, ids: list[str], item_id: str) -> tuple:
+        """The history with ``item_id`` added last (refused when it is already in it)."""
+        if item_id in ids:
+            raise DemoInputError(f"{self.catalog.text_of(item_id)!r} is already in the history.")
+        return self.show(ids + [item_id], f"Added {self.catalog.text_of(item_id)!r}.")
 
-        def add_typed(ids: list[str], typed: str) -> tuple:
-            return add_item(ids, self.recommender.resolve(typed or ""))
+    def add_typed(self, ids: list[str], typed: str) -> tuple:
+        """Add the item the typed entry names (see :meth:`DemoRecommender.resolve`)."""
+        return self.add_item(ids, self.recommender.resolve(typed or ""))
 
-        def add_match(ids: list[str], item_id: str | None) -> tuple:
-            if not item_id:
-                return (gr.skip(),) * 6
-            return add_item(ids, item_id)
+    def add_match(self, ids: list[str], item_id: str | None) -> tuple:
+        """Add the clicked match; nothing changes when the match list is merely cleared (``item_id`` empty)."""
+        if not item_id:
+            return (self.gr.skip(),) * 6
+        return self.add_item(ids, item_id)
 
-        def remove_items(ids: list[str], ticked: list[str]) -> tuple:
-            if not ticked:
-                raise DemoInputError("Tick the history items to remove first.")
-            removed = [catalog.text_of(item_id) for item_id in ids if item_id in ticked]
-            return show([item_id for item_id in ids if item_id not in ticked], f"Removed {'; '.join(removed)}.")
+    def remove_items(self, ids: list[str], ticked: list[str]) -> tuple:
+        """The history without the ticked items (refused when none is ticked)."""
+        if not ticked:
+            raise DemoInputError("Tick the history items to remove first.")
+        removed = [self.catalog.text_of(item_id) for item_id in ids if item_id in ticked]
+        return self.show([item_id for item_id in ids if item_id not in ticked], f"Removed {'; '.join(removed)}.")
 
-        def search(typed: str):
-            typed = (typed or "").strip()
-            found = self.recommender.search(typed)
-            if not typed:
-                label = "Matches: click one to add it"
-            elif found:  # the query in the label: a person (and a test) can tell the list is for what was typed
-                more = "+" if len(found) == MAX_MATCHES else ""
-                label = f"Matches for {typed!r}: click one to add it ({len(found)}{more})"
-            else:
-                label = f"No catalog item matches {typed!r}"
-            return gr.Radio(choices=choices(found), value=None, label=label)
+    def clear_history(self, ids: list[str]) -> tuple:
+        """An empty history."""
+        return self.show([], "History cleared.")
 
-        outputs = [history, shown, matches, model_list, popularity_list, message]
-        query.input(search, query, matches, show_progress="hidden", trigger_mode="always_last")
-        query.submit(guarded(add_typed), [history, query], outputs)
-        add.click(guarded(add_typed), [history, query], outputs)
-        matches.input(guarded(add_match), [history, matches], outputs)
-        remove.click(guarded(remove_items), [history, shown], outputs)
-        clear.click(guarded(lambda ids: show([], "History cleared.")), [history], outputs)
+    def search(self, typed: str):
+        """The match list for what is typed so far, its label naming the query (it changes nothing else)."""
+        typed = (typed or "").strip()
+        found = self.recommender.search(typed)
+        if not typed:
+            label = "Matches: click one to add it"
+        elif found:  # the query in the label: a person (and a test) can tell the list is for what was typed
+            more = "+" if len(found) == MAX_MATCHES else ""
+            label = f"Matches for {typed!r}: click one to add it ({len(found)}{more})"
+        else:
+            label = f"No catalog item matches {typed!r}"
+        return self.gr.Radio(choices=self.choices(found), value=None, label=label)
 
 
 def launch_demo(

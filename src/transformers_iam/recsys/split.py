@@ -226,139 +226,223 @@ def leave_one_out(
     interactions (seeded by ``seed``) and the training sequences lose every interaction with them before the
     examples above are cut; which items are each user's validation and test targets does not change.
     """
-    for argument, value in (("max_history", max_history), ("train_examples_per_user", train_examples_per_user)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{argument} must be None (no limit) or an int >= 1, got {value!r}")
+    _check_limits(max_history=max_history, train_examples_per_user=train_examples_per_user)
     if not interactions:
         raise ValueError(f"{name}: no interactions")
     with gc_paused():
-        by_user: dict[str, list[Interaction]] = defaultdict(list)
-        seen, duplicates = set(), 0
-        for interaction in interactions:
-            timestamp = interaction.timestamp
-            if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)) or not math.isfinite(timestamp):
-                # NaN compares false with everything: a stable sort would then reorder that user's whole history
-                raise DataFormatError(
-                    f"{interaction.source}: user {interaction.user_id!r}, item {interaction.item_id!r}: the "
-                    f"timestamp must be a finite number, got {interaction.timestamp!r}"
-                )
-            # an exact repeat (same user, item and time) is kept, as the data says it; it is counted and reported
-            key = (interaction.user_id, interaction.item_id, interaction.timestamp)
-            duplicates += key in seen
-            seen.add(key)
-            by_user[interaction.user_id].append(interaction)
-        # each distinct item looked up once (not once per interaction); the first interaction with an unknown one named
-        unknown = {item_id for item_id in {item_id for _, item_id, _ in seen} if item_id not in catalog}
-        if unknown:
-            interaction = next(interaction for interaction in interactions if interaction.item_id in unknown)
-            raise DataFormatError(
-                f"{interaction.source}: user {interaction.user_id!r} interacted with item {interaction.item_id!r}, "
-                "which is not in the catalog"
-            )
-
-        sequences, ties, dropped = {}, 0, 0
-        for user, events in by_user.items():
-            if len(events) < 3:
-                dropped += 1
-                continue
-            events = sorted(events, key=lambda event: event.timestamp)  # stable: ties keep file order
-            timestamps = [event.timestamp for event in events]
-            ties += sum(
-                1
-                for i, t in enumerate(timestamps)
-                if (i > 0 and timestamps[i - 1] == t) or (i + 1 < len(timestamps) and timestamps[i + 1] == t)
-            )
-            sequences[user] = [event.item_id for event in events]
+        by_user, duplicates = _group_by_user(interactions, catalog)
+        sequences, ties, dropped = _time_ordered(by_user)
         if not sequences:
             raise ValueError(f"{name}: no user has the 3 interactions a leave-one-out split needs")
         cold = () if cold_items is None else choose_cold_items(sequences, catalog, cold_items, seed)
-        cold_set = set(cold)
-
-        rng = random.Random(seed)
-        train_rows: dict[str, list] = {"user_id": [], "history": [], "target": []}
-        valid_rows: dict[str, list] = {"user_id": [], "history": [], "target": []}
-        test_rows: dict[str, list] = {"user_id": [], "history": [], "target": []}
-        warm_rows: dict[str, list] = {"user_id": [], "history": [], "target": []}
-        removed = cold_valid_targets = only_cold_histories = cold_test_targets = 0
-        for user, items in sequences.items():
-            _append(valid_rows, user, items[:-2], items[-2])
-            _append(test_rows, user, items[:-1], items[-1])
-            train_sequence = [item for item in items[:-2] if item not in cold_set] if cold_set else items[:-2]
-            if cold_set:  # the validation view of training: the cold-free training sequence, a warm target
-                removed += len(items) - 2 - len(train_sequence)
-                cold_test_targets += items[-1] in cold_set
-                if items[-2] in cold_set:
-                    cold_valid_targets += 1
-                elif not train_sequence:
-                    only_cold_histories += 1
-                else:
-                    _append(warm_rows, user, train_sequence, items[-2])
-            if train_windows:  # (first history item, target) of consecutive windows
-                size = max_history or len(train_sequence)
-                spans = [
-                    (start, min(start + size, len(train_sequence) - 1))
-                    for start in range(0, len(train_sequence) - 1, size)
-                ]
-            else:  # every prefix, its history cut to the newest max_history items
-                spans = [(max(0, cut - (max_history or cut)), cut) for cut in range(1, len(train_sequence))]
-            if train_examples_per_user is not None and len(spans) > train_examples_per_user:
-                spans = sorted(rng.sample(spans, train_examples_per_user))
-            for start, cut in spans:
-                _append(train_rows, user, train_sequence[start:cut], train_sequence[cut])
-
-        lengths = sorted(len(items) for items in sequences.values())
+        rows = _split_rows(sequences, set(cold), max_history, train_examples_per_user, seed, train_windows)
         statistics = {
-            "name": name,
-            "users": len(sequences),
-            "items": len(catalog),
-            "items_with_interactions": len({item for items in sequences.values() for item in items}),
-            "interactions": sum(lengths),
-            "history_min": lengths[0],
-            "history_median": lengths[len(lengths) // 2],
-            "history_mean": sum(lengths) / len(lengths),
-            "history_max": lengths[-1],
+            **_sequence_statistics(name, catalog, sequences),
             "timestamp_ties": ties,
             "dropped_users": dropped,
             "duplicate_interactions": duplicates,
-            "train_examples": len(train_rows["target"]),
+            "train_examples": len(rows.train["target"]),
             "max_history": max_history,
             "train_examples_per_user": train_examples_per_user,
             "train_windows": train_windows,
             # what makes two runs' cold items the same (a SASRec reference is matched on it); None: no cold items
-            "cold_items": None
-            if not cold
-            else {
-                "share": cold_items,
-                "seed": seed,
-                "items": len(cold),
-                "fingerprint": catalog_fingerprint(cold),
-                "training_interactions_removed": removed,
-                "valid_users_with_cold_target": cold_valid_targets,
-                "valid_users_with_only_cold_history": only_cold_histories,
-                "warm_valid_users": len(warm_rows["target"]),
-                "test_users_with_cold_target": cold_test_targets,
-            },
+            "cold_items": _cold_statistics(cold, cold_items, seed, rows) if cold else None,
         }
-        fingerprint = _fingerprint(
-            sequences,
-            {
-                "max_history": max_history,
-                "train_examples_per_user": train_examples_per_user,
-                "seed": seed,
-                "train_windows": train_windows,
-                "cold_items": list(cold),
-            },
-        )[:40]
-        return LeaveOneOutData(
-            catalog=catalog,
-            train=_to_dataset(train_rows, f"{fingerprint}-train"),
-            valid=_to_dataset(valid_rows, f"{fingerprint}-valid"),
-            test=_to_dataset(test_rows, f"{fingerprint}-test"),
-            sequences=sequences,
-            statistics=statistics,
-            cold_items=cold,
-            warm_valid=_to_dataset(warm_rows, f"{fingerprint}-warm-valid") if cold else None,
+        settings = {
+            "max_history": max_history,
+            "train_examples_per_user": train_examples_per_user,
+            "seed": seed,
+            "train_windows": train_windows,
+            "cold_items": list(cold),
+        }
+        fingerprint = _fingerprint(sequences, settings)[:40]
+        return _leave_one_out_data(catalog, sequences, rows, statistics, cold, fingerprint)
+
+
+def _check_limits(**limits: int | None) -> None:
+    """Refuse a limit that is neither ``None`` (no limit) nor a positive int (a bool is not a count)."""
+    for argument, value in limits.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{argument} must be None (no limit) or an int >= 1, got {value!r}")
+
+
+def _group_by_user(
+    interactions: Sequence[Interaction], catalog: ItemCatalog
+) -> tuple[dict[str, list[Interaction]], int]:
+    """Each user's interactions in file order, and how many exact duplicates (same user, item and time) there are.
+
+    Raises :class:`DataFormatError` for a timestamp that is not a finite number and then for an item that is not in
+    the catalog, naming the interaction's source.
+    """
+    by_user: dict[str, list[Interaction]] = defaultdict(list)
+    seen, duplicates = set(), 0
+    for interaction in interactions:
+        timestamp = interaction.timestamp
+        if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)) or not math.isfinite(timestamp):
+            # NaN compares false with everything: a stable sort would then reorder that user's whole history
+            raise DataFormatError(
+                f"{interaction.source}: user {interaction.user_id!r}, item {interaction.item_id!r}: the "
+                f"timestamp must be a finite number, got {interaction.timestamp!r}"
+            )
+        # an exact repeat (same user, item and time) is kept, as the data says it; it is counted and reported
+        key = (interaction.user_id, interaction.item_id, interaction.timestamp)
+        duplicates += key in seen
+        seen.add(key)
+        by_user[interaction.user_id].append(interaction)
+    # each distinct item looked up once (not once per interaction); the first interaction with an unknown one named
+    unknown = {item_id for item_id in {item_id for _, item_id, _ in seen} if item_id not in catalog}
+    if unknown:
+        interaction = next(interaction for interaction in interactions if interaction.item_id in unknown)
+        raise DataFormatError(
+            f"{interaction.source}: user {interaction.user_id!r} interacted with item {interaction.item_id!r}, "
+            "which is not in the catalog"
         )
+    return by_user, duplicates
+
+
+def _time_ordered(by_user: dict[str, list[Interaction]]) -> tuple[dict[str, list[str]], int, int]:
+    """Each user's item ids sorted by timestamp, stably (ties keep file order), how many interactions share their
+    user's timestamp with another, and how many users were dropped for having fewer than 3 interactions."""
+    sequences, ties, dropped = {}, 0, 0
+    for user, events in by_user.items():
+        if len(events) < 3:
+            dropped += 1
+            continue
+        events = sorted(events, key=lambda event: event.timestamp)  # stable: ties keep file order
+        timestamps = [event.timestamp for event in events]
+        ties += sum(
+            1
+            for i, t in enumerate(timestamps)
+            if (i > 0 and timestamps[i - 1] == t) or (i + 1 < len(timestamps) and timestamps[i + 1] == t)
+        )
+        sequences[user] = [event.item_id for event in events]
+    return sequences, ties, dropped
+
+
+def _new_rows() -> dict[str, list]:
+    """Empty columns of one split, filled row by row and handed to arrow as they are (see :func:`_to_dataset`)."""
+    return {"user_id": [], "history": [], "target": []}
+
+
+@dataclass
+class _SplitRows:
+    """The columns of each split, and what the cold-item protocol left out (0 without cold items)."""
+
+    train: dict[str, list] = field(default_factory=_new_rows)
+    valid: dict[str, list] = field(default_factory=_new_rows)
+    test: dict[str, list] = field(default_factory=_new_rows)
+    warm_valid: dict[str, list] = field(default_factory=_new_rows)  # filled only under the cold-item protocol
+    training_interactions_removed: int = 0
+    valid_users_with_cold_target: int = 0
+    valid_users_with_only_cold_history: int = 0
+    test_users_with_cold_target: int = 0
+
+
+def _split_rows(
+    sequences: dict[str, list[str]],
+    cold: set[str],
+    max_history: int | None,
+    train_examples_per_user: int | None,
+    seed: int,
+    train_windows: bool,
+) -> _SplitRows:
+    """Every user's validation and test row, warm validation row (under the cold-item protocol) and training rows
+    (see :func:`leave_one_out`), users in the order of ``sequences``.
+
+    One random stream, seeded by ``seed``, samples the training examples of the users in turn, so a user's sample
+    depends on the users before it: the order of the loop is part of the output.
+    """
+    rows = _SplitRows()
+    rng = random.Random(seed)
+    for user, items in sequences.items():
+        _append(rows.valid, user, items[:-2], items[-2])
+        _append(rows.test, user, items[:-1], items[-1])
+        train_sequence = [item for item in items[:-2] if item not in cold] if cold else items[:-2]
+        if cold:  # the validation view of training: the cold-free training sequence, a warm target
+            rows.training_interactions_removed += len(items) - 2 - len(train_sequence)
+            rows.test_users_with_cold_target += items[-1] in cold
+            if items[-2] in cold:
+                rows.valid_users_with_cold_target += 1
+            elif not train_sequence:
+                rows.valid_users_with_only_cold_history += 1
+            else:
+                _append(rows.warm_valid, user, train_sequence, items[-2])
+        spans = _training_spans(len(train_sequence), max_history, train_windows)
+        if train_examples_per_user is not None and len(spans) > train_examples_per_user:
+            spans = sorted(rng.sample(spans, train_examples_per_user))
+        for start, cut in spans:
+            _append(rows.train, user, train_sequence[start:cut], train_sequence[cut])
+    return rows
+
+
+def _training_spans(length: int, max_history: int | None, train_windows: bool) -> list[tuple[int, int]]:
+    """The training examples of a training sequence of ``length`` items, as ``(first history index, target index)``:
+    with ``train_windows`` consecutive windows of ``max_history`` items that overlap by one (each window's target is
+    the next window's first item), otherwise every prefix with its history cut to the newest ``max_history`` items.
+
+    Example:
+        >>> _training_spans(5, 2, train_windows=True)
+        [(0, 2), (2, 4)]
+        >>> _training_spans(4, 2, train_windows=False)
+        [(0, 1), (0, 2), (1, 3)]
+    """
+    if train_windows:
+        size = max_history or length
+        return [(start, min(start + size, length - 1)) for start in range(0, length - 1, size)]
+    return [(max(0, cut - (max_history or cut)), cut) for cut in range(1, length)]
+
+
+def _sequence_statistics(name: str, catalog: ItemCatalog, sequences: dict[str, list[str]]) -> dict:
+    """The first entries of :attr:`LeaveOneOutData.statistics`: users, items and sequence lengths."""
+    lengths = sorted(len(items) for items in sequences.values())
+    return {
+        "name": name,
+        "users": len(sequences),
+        "items": len(catalog),
+        "items_with_interactions": len({item for items in sequences.values() for item in items}),
+        "interactions": sum(lengths),
+        "history_min": lengths[0],
+        "history_median": lengths[len(lengths) // 2],
+        "history_mean": sum(lengths) / len(lengths),
+        "history_max": lengths[-1],
+    }
+
+
+def _cold_statistics(cold: tuple[str, ...], share: float, seed: int, rows: _SplitRows) -> dict:
+    """``statistics["cold_items"]``: how the cold items were drawn, their fingerprint and what they left out."""
+    return {
+        "share": share,
+        "seed": seed,
+        "items": len(cold),
+        "fingerprint": catalog_fingerprint(cold),
+        "training_interactions_removed": rows.training_interactions_removed,
+        "valid_users_with_cold_target": rows.valid_users_with_cold_target,
+        "valid_users_with_only_cold_history": rows.valid_users_with_only_cold_history,
+        "warm_valid_users": len(rows.warm_valid["target"]),
+        "test_users_with_cold_target": rows.test_users_with_cold_target,
+    }
+
+
+def _leave_one_out_data(
+    catalog: ItemCatalog,
+    sequences: dict[str, list[str]],
+    rows: _SplitRows,
+    statistics: dict,
+    cold: tuple[str, ...],
+    fingerprint: str,
+) -> LeaveOneOutData:
+    """The split's datasets, each fingerprinted ``<fingerprint>-<split>``; a warm validation set only when items are
+    cold (otherwise ``warm_valid`` is ``valid``)."""
+    return LeaveOneOutData(
+        catalog=catalog,
+        train=_to_dataset(rows.train, f"{fingerprint}-train"),
+        valid=_to_dataset(rows.valid, f"{fingerprint}-valid"),
+        test=_to_dataset(rows.test, f"{fingerprint}-test"),
+        sequences=sequences,
+        statistics=statistics,
+        cold_items=cold,
+        warm_valid=_to_dataset(rows.warm_valid, f"{fingerprint}-warm-valid") if cold else None,
+    )
 
 
 def _append(rows: dict[str, list], user: str, history: list[str], target: str) -> None:
