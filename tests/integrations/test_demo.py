@@ -32,7 +32,6 @@ from transformers_iam.integrations.demo import (
     load_item_popularity,
     load_recommender,
     save_item_popularity,
-    save_training_popularity,
 )
 
 from ..testing_utils import catalog_tokenizer, collator_kwargs, synthetic_catalog, tiny_model
@@ -186,8 +185,8 @@ def load_example():
 
 
 def test_popularity_of_a_main_job_checkpoint_is_its_training_interactions(tmp_path):
-    """A checkpoint written by the main job (tiny backbone, seconds) has no item_popularity.json: the example reads
-    the run's data again and counts each item in the training sequences (validation and test targets held out)."""
+    """The main job (tiny backbone, seconds) saves item_popularity.json: each item counted in the training sequences
+    (validation and test targets held out); without that file the example reads the run's data again."""
     from transformers_iam.experiments import ExperimentConfig, run_experiment
     from transformers_iam.experiments.build import load_data
     from transformers_iam.recsys.baselines import popularity_scores
@@ -197,17 +196,15 @@ def test_popularity_of_a_main_job_checkpoint_is_its_training_interactions(tmp_pa
     config = ExperimentConfig(output_dir=str(tmp_path / "run"), **tiny_run_files(str(tmp_path)))
     run_experiment(config)
     checkpoint = str(tmp_path / "run" / "checkpoint")
-    assert not os.path.exists(os.path.join(checkpoint, POPULARITY_FILE))
-    popularity = load_example().popularity_for(checkpoint)
     data = load_data(config)
-    assert torch.equal(popularity.counts, popularity_scores(data.visible_sequences("valid"), data.catalog))
-    assert "validation and test targets, are not counted" in popularity.description
-    assert "50 interactions of 10 users" in popularity.description  # 10 users x (7 - 2)
-    # the main job's one-line call writes the same counts, which the demo then reads first
-    save_training_popularity(checkpoint, data)
     saved = load_item_popularity(checkpoint, data.catalog)
-    assert torch.equal(saved.counts, popularity.counts) and saved.description == popularity.description
-    assert load_recommender(checkpoint).popularity.description == popularity.description
+    assert torch.equal(saved.counts, popularity_scores(data.visible_sequences("valid"), data.catalog))
+    assert "validation and test targets, are not counted" in saved.description
+    assert "50 interactions of 10 users" in saved.description  # 10 users x (7 - 2)
+    assert load_recommender(checkpoint).popularity.description == saved.description
+    os.remove(os.path.join(checkpoint, POPULARITY_FILE))  # an older checkpoint: the example counts them again
+    popularity = load_example().popularity_for(checkpoint)
+    assert torch.equal(popularity.counts, saved.counts) and popularity.description == saved.description
 
 
 def test_the_example_says_how_to_make_the_default_checkpoint(tmp_path, monkeypatch, capsys):

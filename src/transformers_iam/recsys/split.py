@@ -385,9 +385,11 @@ def _training_spans(length: int, max_history: int | None, train_windows: bool) -
         [(0, 2), (2, 4)]
         >>> _training_spans(4, 2, train_windows=False)
         [(0, 1), (0, 2), (1, 3)]
+        >>> _training_spans(0, None, train_windows=True)  # every training item cold: no example, no error
+        []
     """
     if train_windows:
-        size = max_history or length
+        size = max_history or max(length, 1)
         return [(start, min(start + size, length - 1)) for start in range(0, length - 1, size)]
     return [(max(0, cut - (max_history or cut)), cut) for cut in range(1, length)]
 
