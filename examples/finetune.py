@@ -89,6 +89,14 @@ def parse_args(argv=None) -> ExperimentConfig:
         help="a learned, zero-initialised vector per item, added where items enter the layers above the intra run",
     )
     model.add_argument("--adapter-scoring", choices=["dot", "cosine"], help="how the adapter scores an item")
+    model.add_argument(
+        "--score-items-from-text",
+        action=argparse.BooleanOptionalAction,
+        help="each item's adapter row = a learned map of its text + its own residual (items added later: text only)",
+    )
+    model.add_argument(
+        "--item-residual-dropout", type=float, help="with --score-items-from-text: share of items without residual"
+    )
     model.add_argument("--lora", action="store_true", help="LoRA on attention and MLP, adapter trained in full")
     model.add_argument("--lora-rank", type=int)
     train = parser.add_argument_group("training")
@@ -128,6 +136,7 @@ def parse_args(argv=None) -> ExperimentConfig:
             "no_item_cache",
             "train_item_embeddings",
             "item_id_embeddings",
+            "score_items_from_text",
         )
     }
     every_token = values.get("num_item_tokens") == 0  # 0 on the command line: every token (None in the config)
@@ -150,6 +159,7 @@ def parse_args(argv=None) -> ExperimentConfig:
             resume=args.resume,
             item_cache=not args.no_item_cache,
             item_id_embeddings=args.item_id_embeddings,
+            score_items_from_text=args.score_items_from_text,
             freeze_item_embeddings=None if args.train_item_embeddings is None else not args.train_item_embeddings,
             **values,
         )

@@ -124,6 +124,13 @@ class IAMConfig(PreTrainedConfig):
         adapter_scoring (`str`, *optional*, defaults to `"dot"`):
             How the adapter scores an item: `"dot"` (dot product with its embedding, plus its bias) or `"cosine"`
             (cosine similarity times a learned temperature, plus its bias).
+        score_items_from_text (`bool`, *optional*, defaults to `False`):
+            Each item's adapter row is a learned map of its text features (where items enter the layers above the
+            intra run: mean and last state) plus a learned residual of its own; items added after training
+            ([`IAMForCausalRecommendation.add_items`]) have no residual and are scored from their text.
+        item_residual_dropout (`float`, *optional*, defaults to 0.0):
+            With `score_items_from_text`, the share of items that lose their residual at each training step, so the
+            text map learns to score items alone (as items never trained will be).
         catalog_fingerprint (`str`, *optional*):
             sha256 of the catalog's item ids in order (`ItemCatalog.fingerprint`), set by `set_catalog`: loading
             refuses an `item_catalog.json` that does not match it (docs/reliability.md).
@@ -152,6 +159,8 @@ class IAMConfig(PreTrainedConfig):
     item_token_positions: Literal["original", "renumbered"] = "original"
     use_item_id_embeddings: bool = False
     adapter_scoring: Literal["dot", "cosine"] = "dot"
+    score_items_from_text: bool = False
+    item_residual_dropout: int | float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
     catalog_fingerprint: str | None = validated_field(_check_catalog_fingerprint, default=None)
 
     def validate_layer_layout(self):

@@ -16,6 +16,7 @@ from transformers.utils import ModelOutput, logging
 from .adapter import (
     _INITIAL_LOGIT_SCALE,
     IAMRecommendationAdapter,
+    TextToItemRows,
     log_popularity_prior,
     rows_from_text,
     text_item_embeddings,
@@ -96,6 +97,17 @@ def _grown_linear(linear: nn.Linear, new_weight: torch.Tensor, new_bias: torch.T
     return grown
 
 
+def _token_sequences(renderer, num_items: int) -> list[list[int]]:
+    """Item token sequences in catalog order: given, or rendered by a collator (``item_token_ids``)."""
+    if isinstance(renderer, Sequence):
+        sequences = [list(tokens) for tokens in renderer]
+    else:
+        sequences = [renderer.item_token_ids(index) for index in range(len(renderer.catalog))]
+    if len(sequences) != num_items:
+        raise ValueError(f"got {len(sequences)} item token sequences, the catalog has {num_items} items")
+    return sequences
+
+
 class ItemIdEmbeddings(nn.Embedding):
     """One learned vector per catalog item, zero-initialised (see `IAMConfig.use_item_id_embeddings`)."""
 
@@ -116,6 +128,9 @@ class IAMPreTrainedModel(PreTrainedModel):
         # zero: an untrained model is the text-only model, and an item never trained keeps no identity of its own
         if isinstance(module, ItemIdEmbeddings):
             init.zeros_(module.weight)
+        elif isinstance(module, TextToItemRows):  # zero: at first the rows are the items' own
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
         elif isinstance(module, IAMRecommendationAdapter) and hasattr(module, "logit_scale"):
             init.constant_(module.logit_scale, _INITIAL_LOGIT_SCALE)
         else:
@@ -214,6 +229,23 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         weight = self.adapter.item_embeddings.weight
         weight.copy_((embeddings * scale).to(weight.dtype))
 
+    @torch.no_grad()
+    def init_item_text_features(self, renderer) -> None:
+        """Read every catalog item's text once (``config.score_items_from_text``): its states where items enter the
+        layers above the intra run (mean and last), standardised over the catalog and kept in the adapter.
+        ``renderer``: an [`IAMDataCollator`] (or the item token sequences in catalog order)."""
+        if not hasattr(self.adapter, "text_to_item"):
+            raise ValueError("init_item_text_features needs config.score_items_from_text=True")
+        features = self._text_features(_token_sequences(renderer, self.config.num_items))
+        self.adapter.text_feature_mean.copy_(features.mean(0))
+        self.adapter.text_feature_std.copy_(features.std(0).clamp(min=1e-6))
+        self.adapter.item_text_features.copy_(self.adapter.standardised(features))
+
+    def _text_features(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+        return item_text_features(decoder_parts(self.model), sequences, self.num_leading_intra_layers).to(
+            self.adapter.dense.weight
+        )
+
     # -- catalog -----------------------------------------------------------------------------
     def set_catalog(self, catalog: ItemCatalog) -> None:
         """Attach the catalog whose order the adapter's scores follow, and record its fingerprint in the config.
@@ -259,11 +291,20 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         renderer.extend_catalog(extended)
         sequences = [renderer.item_token_ids(index) for index in range(len(extended))]
         parts = decoder_parts(self.model)
-        features = item_text_features(parts, sequences, self.num_leading_intra_layers).to(self.adapter.dense.weight)
+        features = self._text_features(sequences)
         head = self.adapter.item_embeddings
-        trained_rows = torch.cat([head.weight, head.bias[:, None]], dim=1)
-        rows, ridge = rows_from_text(features[:old_size], trained_rows, features[old_size:])
-        logger.info(f"add_items: {len(new)} items scored from their text (ridge {ridge:g}, chosen by cross-validation)")
+        if hasattr(self.adapter, "text_to_item"):  # scored by the text map: no row of their own
+            rows = torch.zeros(len(new), head.weight.shape[1] + 1).to(head.weight)
+            self.adapter.item_text_features = torch.cat(
+                [self.adapter.item_text_features, self.adapter.standardised(features[old_size:])]
+            )
+            logger.info(f"add_items: {len(new)} items scored from their text by the trained text map")
+        else:
+            trained_rows = torch.cat([head.weight, head.bias[:, None]], dim=1)
+            rows, ridge = rows_from_text(features[:old_size], trained_rows, features[old_size:])
+            logger.info(
+                f"add_items: {len(new)} items scored from their text (ridge {ridge:g}, chosen by cross-validation)"
+            )
         self.adapter.item_embeddings = _grown_linear(head, rows[:, :-1], rows[:, -1])
         if self.item_id_embeddings is not None:
             weight = self.item_id_embeddings.weight

@@ -109,12 +109,16 @@ def build_model(
         item_token_positions=config.item_token_positions,
         use_item_id_embeddings=config.item_id_embeddings,
         adapter_scoring=config.adapter_scoring,
+        score_items_from_text=config.score_items_from_text,
+        item_residual_dropout=config.item_residual_dropout,
     )
     layer_types = config.layer_types(model.config.num_backbone_layers)
     if layer_types is not None:
         model.set_iam_layer_types(layer_types)
     if config.init_item_embeddings_from_text:
         model.init_item_embeddings_from_text([collator.item_token_ids(index) for index in range(len(catalog))])
+    if config.score_items_from_text:
+        model.init_item_text_features(collator)
     if config.init_item_prior:
         model.init_item_prior(popularity_scores(data.visible_sequences("train"), catalog))
     if config.freeze_item_embeddings:

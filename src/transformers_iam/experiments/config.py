@@ -190,6 +190,9 @@ class ExperimentConfig:
     item_id_embeddings: bool = False  # one learned vector per item, zero-initialised, added where items enter the top
     item_id_embedding_learning_rate: float | None = None  # None: the adapter's rate
     adapter_scoring: str = "dot"  # or "cosine" (cosine similarity times a learned temperature)
+    # each item's adapter row = a learned map of its text + its own residual, dropped for a share of items per step
+    score_items_from_text: bool = False
+    item_residual_dropout: float = 0.0
     lora: bool = False
     lora_rank: int = 16
     # prompt
