@@ -93,7 +93,7 @@ PRESETS: dict[str, dict] = {
     ),
     # MovieLens-1M on 2 CPU cores, <= 2 hours end to end (measured: docs/results.md): cpu-quick's model and recipe
     # over ML-1M's ~20k 50-item windows (~1M targets an epoch); validation passes over 6,040 users cost ~2-3 minutes
-    # each with the cache, so fewer of them.
+    # each with the cache.
     "cpu-ml-1m": dict(
         dataset="ml-1m",
         num_backbone_layers=6,
@@ -112,7 +112,7 @@ PRESETS: dict[str, dict] = {
         eval_batch_size=128,
         learning_rate=3e-4,
         adapter_learning_rate=1e-3,
-        evaluations=3,
+        evaluations=4,
         evaluate_before_training=False,
     ),
     # A GPU (either data set, --dataset ml-1m): cpu-quick's item-level recipe on the whole backbone, its bottom half
