@@ -1,6 +1,8 @@
-"""Collect runs/*/metrics.json (examples/finetune.py) and runs/sasrec/sasrec_metrics.json into docs/results.md tables.
+"""Collect runs' metrics.json (examples/finetune.py) and SASRec's sasrec_metrics.json into docs/results.md tables.
 
-python benchmarks/results_table.py runs
+python benchmarks/results_table.py runs                                   # every run under runs/, runs/sasrec
+python benchmarks/results_table.py runs/a runs/b runs/sasrec-ml-1m        # these runs (and SASRec folders)
+python benchmarks/results_table.py runs/probes --valid-only               # probes: validation only, test never shown
 
 Works with older metrics.json files too: a field they lack (peak memory, paired comparison, SASRec's epochs) is
 left blank.
@@ -8,10 +10,10 @@ left blank.
 
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import os
-import sys
 
 from transformers_iam.recsys.metrics import format_metrics_table
 from transformers_iam.recsys.results import run_name
@@ -32,11 +34,29 @@ def _run_length(config: dict) -> str:
     return _cell(config.get("epochs"), "{} epochs")
 
 
-def collect(folder: str = "runs") -> dict:
-    """The tables' rows from every run under ``folder``: test and valid metrics, and one line of facts per run."""
+def _paths(folders: list[str]) -> tuple[list[str], list[str]]:
+    """The metrics.json of the runs and the sasrec_metrics.json of the SASRec runs named by ``folders`` (a run or
+    SASRec folder itself, or a folder holding runs, whose ``sasrec`` folder is then read too)."""
+    runs, sasrec = [], []
+    for folder in folders:
+        if os.path.isfile(os.path.join(folder, "metrics.json")):
+            runs.append(os.path.join(folder, "metrics.json"))
+        elif os.path.isfile(os.path.join(folder, "sasrec_metrics.json")):
+            sasrec.append(os.path.join(folder, "sasrec_metrics.json"))
+        else:
+            runs += sorted(glob.glob(os.path.join(folder, "*", "metrics.json")))
+            if os.path.isfile(os.path.join(folder, "sasrec", "sasrec_metrics.json")):
+                sasrec.append(os.path.join(folder, "sasrec", "sasrec_metrics.json"))
+    return runs, sasrec
+
+
+def collect(*folders: str, split_shown: str = "test") -> dict:
+    """The tables' rows from the runs in ``folders`` (see :func:`_paths`): test and valid metrics, and one line of
+    facts per run."""
     test_rows, valid_rows, runs = {}, {}, []
     loaded = []
-    for path in sorted(glob.glob(os.path.join(folder, "*", "metrics.json"))):
+    run_paths, sasrec_paths = _paths(list(folders) or ["runs"])
+    for path in run_paths:
         with open(path) as handle:
             results = json.load(handle)
         if "config" in results:
@@ -48,7 +68,7 @@ def collect(folder: str = "runs") -> dict:
         test_rows[name], valid_rows[name] = results["test"], results["valid"]
         for split, metrics in results.get("popularity", {}).items():
             (test_rows if split == "test" else valid_rows)["popularity"] = metrics
-        paired = results.get("paired_vs_popularity", {}).get("test", {}).get("ndcg@10")
+        paired = results.get("paired_vs_popularity", {}).get(split_shown, {}).get("ndcg@10")
         runs.append(
             {
                 "run": name,
@@ -61,19 +81,18 @@ def collect(folder: str = "runs") -> dict:
                 "peak memory": _cell(results.get("peak_rss_mib"), "{:.0f} MiB RSS")
                 + _cell(results.get("peak_gpu_mib"), ", {:.0f} MiB GPU"),
                 "trained parameters": f"{results['model']['trained_parameters']:,}",
-                "test NDCG@10 vs popularity (paired)": ""
+                f"{split_shown} NDCG@10 vs popularity (paired)": ""
                 if paired is None
                 else f"{paired['difference']:+.4f} [{paired['interval'][0]:+.4f}, {paired['interval'][1]:+.4f}], "
                 f"p = {paired['p_value']:.3g}",
             }
         )
-    sasrec = os.path.join(folder, "sasrec", "sasrec_metrics.json")
-    if os.path.exists(sasrec):
+    for sasrec in sasrec_paths:
         with open(sasrec) as handle:
             metrics = json.load(handle)
         training = metrics.get("training", {})
         name = "SASRec (RecBole 1.2.1" + (f", {training['epochs_run']} epochs" if training.get("epochs_run") else "")
-        name += ")"
+        name += f", {os.path.basename(os.path.dirname(sasrec))})" if len(sasrec_paths) > 1 else ")"
         test_rows[name], valid_rows[name] = metrics["SASRec, test"], metrics["SASRec, valid"]
         best = training.get("best_epoch")
         runs.append(
@@ -88,7 +107,7 @@ def collect(folder: str = "runs") -> dict:
                 "wall": _minutes(training.get("wall_seconds")),
                 "peak memory": "",
                 "trained parameters": "",
-                "test NDCG@10 vs popularity (paired)": "",
+                f"{split_shown} NDCG@10 vs popularity (paired)": "",
             }
         )
     return {"test": test_rows, "valid": valid_rows, "runs": runs}
@@ -103,21 +122,25 @@ def format_runs_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(folder: str = "runs") -> str:
-    tables = collect(folder)
-    text = "\n".join(
-        [
-            "Test split (reported once, on the checkpoint chosen on validation):\n",
-            format_metrics_table(tables["test"]),
-            "\nValidation split (used for checkpoint selection):\n",
-            format_metrics_table(tables["valid"]),
-            "",
-            format_runs_table(tables["runs"]),
-        ]
-    )
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="*", default=["runs"])
+    parser.add_argument("--valid-only", action="store_true", help="probes: print validation only, never test")
+    args = parser.parse_args(argv)
+    tables = collect(*args.folders, split_shown="valid" if args.valid_only else "test")
+    parts = [] if args.valid_only else [
+        "Test split (reported once, on the checkpoint chosen on validation):\n", format_metrics_table(tables["test"]),
+    ]  # fmt: skip
+    parts += [
+        "\nValidation split (used for checkpoint selection):\n",
+        format_metrics_table(tables["valid"]),
+        "",
+        format_runs_table(tables["runs"]),
+    ]
+    text = "\n".join(parts)
     print(text)
     return text
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main()

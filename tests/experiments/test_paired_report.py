@@ -91,7 +91,7 @@ def test_paired_script_compares_a_run_with_its_popularity_and_with_itself(tiny_r
 
 def test_results_table_shows_new_fields_and_reads_older_metrics(tiny_run, tmp_path):
     root, results = tiny_run
-    text = results_table.main(str(root))
+    text = results_table.main([str(root)])
     assert "SASRec (RecBole 1.2.1, 17 epochs)" in text and "epoch 6" in text and "MiB RSS" in text
     assert "17 epochs (early stopping, patience 10)" in text
     assert "| 6 steps |" in text  # a budgeted run (--max-steps) is as long as its steps, whatever its epochs say
@@ -100,10 +100,10 @@ def test_results_table_shows_new_fields_and_reads_older_metrics(tiny_run, tmp_pa
     old.pop("peak_rss_mib")
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "metrics.json").write_text(json.dumps(old))
-    assert "IAM stacked" in results_table.main(str(tmp_path))
+    assert "IAM stacked" in results_table.main([str(tmp_path)])
     old["config"]["max_steps"] = -1
     (tmp_path / "old" / "metrics.json").write_text(json.dumps(old))
-    assert f"| {old['config']['epochs']} epochs |" in results_table.main(str(tmp_path))
+    assert f"| {old['config']['epochs']} epochs |" in results_table.main([str(tmp_path)])
 
 
 def test_the_figure_takes_many_points_and_a_run_without_logged_loss(tmp_path):
@@ -142,8 +142,8 @@ def test_results_table_keeps_two_runs_of_one_configuration_apart(tiny_run, tmp_p
         (tmp_path / folder).mkdir()
         copy = {**results, "test": {**results["test"], "ndcg@10": ndcg}}
         (tmp_path / folder / "metrics.json").write_text(json.dumps(copy))
-    text = results_table.main(str(tmp_path))
-    assert "0.0123" in text and "0.0456" in text and "IAM stacked (second)" in text and "IAM stacked (first)" in text
+    text = results_table.main([str(tmp_path)])
+    assert "0.0123" in text and "0.0456" in text and "ids (second)" in text and "ids (first)" in text
 
 
 def test_every_run_breaks_its_ranks_down_by_how_popular_the_target_is(tiny_run):
@@ -169,5 +169,8 @@ def test_every_run_breaks_its_ranks_down_by_how_popular_the_target_is(tiny_run):
                     assert entry["metrics"][ranker]["ndcg@10"] == pytest.approx(expected)
                 assert set(entry["paired"]) == {"model", "SASRec"}  # each against popularity
     report = (root / "tiny" / "report.md").read_text()
-    assert "## The long tail (test)" in report and "| IAM stacked - popularity NDCG@10 [95% interval] |" in report
+    assert (
+        "## The long tail (test)" in report
+        and "| item-level IAM stacked + item ids - popularity NDCG@10 [95% interval] |" in report
+    )
     assert "| SASRec NDCG@10 |" in report and "## Cold items" not in report

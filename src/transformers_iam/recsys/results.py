@@ -4,14 +4,27 @@ from __future__ import annotations
 
 
 def run_name(config: dict) -> str:
-    """How a run is named in reports: the layout, or the ablation, in words."""
+    """How a run is named in reports: the layout, or the ablation, in words; item-level and item id embeddings said.
+
+    Example:
+        >>> run_name({"iam_layout": "stacked", "num_item_tokens": 1, "item_id_embeddings": True})
+        'item-level IAM stacked + item ids'
+    """
     if config.get("iam_layer_types"):
-        return "IAM (" + ",".join(config["iam_layer_types"]) + ")"
-    if config.get("ablation"):
-        return {"no-intra": "IAM without intra layers", "no-inter": "IAM without inter layers"}[config["ablation"]]
-    if config.get("iam_layout") == "vanilla":
-        return "same LLM without IAM (vanilla)"
-    return f"IAM {config.get('iam_layout', 'stacked')}"
+        name = "IAM (" + ",".join(config["iam_layer_types"]) + ")"
+    elif config.get("ablation"):
+        name = {"no-intra": "IAM without intra layers", "no-inter": "IAM without inter layers"}[config["ablation"]]
+    elif config.get("iam_layout") == "vanilla":
+        return "same LLM without IAM (vanilla)" + (" + item ids" if config.get("item_id_embeddings") else "")
+    else:
+        name = f"IAM {config.get('iam_layout', 'stacked')}"
+    if config.get("num_item_tokens"):
+        name = "item-level " + name + (f" (last {config['num_item_tokens']} states)" * (config["num_item_tokens"] > 1))
+    if config.get("item_id_embeddings"):
+        name += " + item ids"
+    if config.get("score_items_from_text"):
+        name += " + text-scored items"
+    return name
 
 
 def results_rows(results: dict) -> dict[str, dict[str, float]]:
