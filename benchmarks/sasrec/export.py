@@ -83,6 +83,10 @@ USER_ID_FIELD: user_id
 ITEM_ID_FIELD: item_id
 load_col:
   inter: [user_id, item_id_list, item_id]
+# one id per item in both fields: without it RecBole remaps the history field apart from the target field, so a
+# history item is embedded as another item (1,287 of ml-100k's 1,680 tokens got another id) and an item that occurs
+# only in histories (a cold item) gets an id past the embedding table
+alias_of_item_id: [item_id_list]
 MAX_ITEM_LIST_LENGTH: {MAX_HISTORY}
 train_neg_sample_args: ~
 loss_type: CE
