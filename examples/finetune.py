@@ -57,7 +57,8 @@ def parse_args(argv=None) -> ExperimentConfig:
     data.add_argument(
         "--cold-items", type=float, help="cold-item protocol: this share of the items never seen in training (seeded)"
     )
-    data.add_argument("--max-history", type=int, help="history length in items (default 20; cpu-quick 10)")
+    data.add_argument("--max-history", type=int, help="history length in items (cpu-quick: 50)")
+    data.add_argument("--max-length", type=int, help="tokens per window, the history's text included (cpu-quick: 1400)")
     data.add_argument("--train-examples-per-user", type=int, help="prefixes sampled per user (default: all)")
     data.add_argument("--keep-history", action="store_true", help="rank history items too (default: excluded)")
     data.add_argument("--max-eval-users", type=int, help="smoke runs only: evaluate the first N users")
@@ -161,10 +162,9 @@ def parse_args(argv=None) -> ExperimentConfig:
             item_id_embeddings=args.item_id_embeddings,
             score_items_from_text=args.score_items_from_text,
             freeze_item_embeddings=None if args.train_item_embeddings is None else not args.train_item_embeddings,
+            reset=("num_item_tokens",) if every_token else (),
             **values,
         )
-        if every_token:
-            config.num_item_tokens = None
     except ValueError as error:
         message = str(error)
         for dest in vars(args):  # name the flag the user typed, not only the config field

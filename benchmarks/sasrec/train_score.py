@@ -73,9 +73,57 @@ def scores_for(model, loader, dataset, device):
     return np.concatenate(rows), users, targets
 
 
+def train_to_convergence(trainer, config, train_data, valid_data) -> tuple[dict, dict]:
+    """RecBole stops after `stopping_step` validations without a better valid_metric (NDCG@10) and keeps the best
+    epoch's weights in the trainer's model; `epochs` is only a cap."""
+    valid_scores: list[tuple[int, float]] = []
+    started = time.time()
+    _, best_result = trainer.fit(
+        train_data,
+        valid_data,
+        show_progress=config["show_progress"],
+        callback_fn=lambda epoch, score: valid_scores.append((int(epoch), float(score))),
+    )
+    trainer.model.load_state_dict(torch.load(trainer.saved_model_file, weights_only=False)["state_dict"])
+    best_epoch = max(valid_scores, key=lambda pair: pair[1])[0] if valid_scores else None  # first best: RecBole's
+    training = {
+        "epochs_cap": config["epochs"],
+        "stopping_step": config["stopping_step"],
+        "valid_metric": config["valid_metric"],
+        "epochs_run": valid_scores[-1][0] + 1 if valid_scores else None,
+        "best_epoch": best_epoch,  # 0-based, as RecBole logs it
+        "stopped_early": bool(valid_scores) and valid_scores[-1][0] + 1 < config["epochs"],
+        "train_seconds": round(time.time() - started, 1),
+        "valid_curve": valid_scores,
+        "device": str(config["device"]),
+    }
+    return training, dict(best_result)
+
+
+def training_from_checkpoint(trainer, config, path: str) -> dict:
+    """The best-so-far weights that RecBole saved before a run was cut short (a machine restart): its record names
+    the epoch and says that training did not reach its stopping rule."""
+    checkpoint = torch.load(path, weights_only=False)
+    trainer.model.load_state_dict(checkpoint["state_dict"])
+    return {
+        "epochs_cap": config["epochs"],
+        "stopping_step": config["stopping_step"],
+        "valid_metric": config["valid_metric"],
+        "best_epoch": checkpoint["epoch"],
+        "best_valid_ndcg@10": float(checkpoint["best_valid_score"]),
+        "epochs_without_improvement_at_checkpoint": int(checkpoint["cur_step"]),
+        "interrupted": f"scored from {os.path.basename(path)}, the best epoch saved before the run was cut short",
+        "device": str(config["device"]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="runs/sasrec")
+    parser.add_argument(
+        "--from-checkpoint",
+        help="score a best-so-far checkpoint in <out>/saved instead of training (a run cut short: its record says so)",
+    )
     args = parser.parse_args()
     script_started = time.time()
     args.out = os.path.abspath(args.out)
@@ -89,32 +137,16 @@ def main() -> None:
     train_data, valid_data, test_data = data_preparation(config, dataset)
     model = build_model(config, train_data.dataset, args.out).to(config["device"])
     trainer = Trainer(config, model)
-    # to convergence: RecBole stops after `stopping_step` validations without a better valid_metric (NDCG@10) and
-    # keeps the best epoch; `epochs` is only a cap. RecBole calls this after each validation.
-    valid_scores: list[tuple[int, float]] = []
-    started = time.time()
-    best_valid, best_result = trainer.fit(
-        train_data,
-        valid_data,
-        show_progress=config["show_progress"],
-        callback_fn=lambda epoch, score: valid_scores.append((int(epoch), float(score))),
-    )
-    train_seconds = time.time() - started
-    recbole_test = trainer.evaluate(test_data, load_best_model=True, show_progress=config["show_progress"])
+    if args.from_checkpoint:
+        training = training_from_checkpoint(
+            trainer, config, os.path.abspath(os.path.join(args.out, args.from_checkpoint))
+        )
+        best_result = {"ndcg@10": training["best_valid_ndcg@10"]}
+    else:
+        training, best_result = train_to_convergence(trainer, config, train_data, valid_data)
+    recbole_test = trainer.evaluate(test_data, load_best_model=False, show_progress=config["show_progress"])
     print("RecBole's own test metrics:", dict(recbole_test))
     item_tokens = list(dataset.field2id_token["item_id"])  # index = RecBole internal id; 0 is [PAD]
-    best_epoch = max(valid_scores, key=lambda pair: pair[1])[0] if valid_scores else None  # first best: RecBole's
-    training = {
-        "epochs_cap": config["epochs"],
-        "stopping_step": config["stopping_step"],
-        "valid_metric": config["valid_metric"],
-        "epochs_run": valid_scores[-1][0] + 1 if valid_scores else None,
-        "best_epoch": best_epoch,  # 0-based, as RecBole logs it
-        "stopped_early": bool(valid_scores) and valid_scores[-1][0] + 1 < config["epochs"],
-        "train_seconds": round(train_seconds, 1),
-        "valid_curve": valid_scores,
-        "device": str(config["device"]),
-    }
     print("training:", {key: value for key, value in training.items() if key != "valid_curve"})
     result = {
         "item_tokens": item_tokens,

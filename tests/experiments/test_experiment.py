@@ -25,7 +25,9 @@ import finetune  # noqa: E402  (examples/finetune.py: its parse_args is what a u
 def test_gpu_preset_resolves_to_a_full_backbone_run(tmp_path):
     config = ExperimentConfig.from_preset("gpu", output_dir=str(tmp_path))
     assert config.num_backbone_layers is None and config.train_examples_per_user is None and config.epochs >= 3
-    assert config.freeze_bottom_layers == 15 and config.num_item_tokens == 1  # SmolLM2's 30 layers: 15 intra, cached
+    assert (
+        config.freeze_bottom_layers == 0 and config.num_item_tokens is None
+    )  # the paper's token-level IAM, all trained
     args = training_arguments(config, num_train_examples=97171)
     steps = -(-97171 // config.batch_size) * int(config.epochs)
     assert args.eval_steps == -(-steps // config.evaluations) and args.load_best_model_at_end
@@ -174,3 +176,16 @@ def test_item_embeddings_train_at_their_own_rate_and_the_bias_at_the_adapters(lo
 
     with pytest.raises(ValueError, match=r"item_embedding_learning_rate must be a finite number > 0, got 0"):
         ExperimentConfig(item_embedding_learning_rate=0)
+
+
+def test_item_level_options_on_a_layout_without_intra_layers_name_the_flags_that_turn_them_off(tmp_path):
+    with pytest.raises(ValueError, match="--num-item-tokens 0 --no-item-id-embeddings"):
+        ExperimentConfig.from_preset("cpu-quick", output_dir=str(tmp_path), iam_layout="vanilla")
+    with pytest.raises(ValueError, match="ablation='no-intra'"):
+        ExperimentConfig.from_preset("cpu-quick", output_dir=str(tmp_path), ablation="no-intra")
+    plain = ExperimentConfig.from_preset(
+        "cpu-quick", output_dir=str(tmp_path), iam_layout="vanilla", reset=("num_item_tokens", "item_id_embeddings")
+    )
+    assert plain.num_item_tokens is None and plain.item_id_embeddings is False and plain.max_history == 50
+    with pytest.raises(ValueError, match="does not have: \\['no_such_field'\\]"):
+        ExperimentConfig.from_preset("cpu-quick", reset=("no_such_field",))
