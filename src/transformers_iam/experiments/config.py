@@ -308,8 +308,8 @@ class ExperimentConfig:
                 f"num_item_tokens={self.num_item_tokens!r} and item_id_embeddings={self.item_id_embeddings!r} need "
                 f"a leading run of intra layers, which iam_layout={self.iam_layout!r}"
                 + (f" with ablation={self.ablation!r}" if self.ablation else "")
-                + " does not have: turn them off (--num-item-tokens 0 --no-item-id-embeddings on the command line) for the token-level "
-                "model on this layout"
+                + " does not have: turn them off (--num-item-tokens 0 --no-item-id-embeddings on the command line) "
+                "for the token-level model on this layout"
             )
 
     def _check_data_fields(self) -> None:
