@@ -18,8 +18,10 @@ from .run import evaluate_split
 logger = logging.get_logger(__name__)
 
 
-def evaluate_checkpoint(checkpoint_dir: str, split: str = "test", exclude_history: bool | None = None) -> dict:
-    """Evaluate a saved checkpoint on the split it was trained for, with the run's own data and prompt settings."""
+def load_checkpoint_run(checkpoint_dir: str, exclude_history: bool | None = None):
+    """``(config, data, model, collator)`` of a saved run: its experiment settings, its split (the catalog checked
+    against the checkpoint's), the model in inference mode with the item-state cache where it applies, and the
+    collator with the run's prompt settings."""
     from transformers import AutoModel
 
     with open(os.path.join(checkpoint_dir, EXPERIMENT_FILE)) as handle:
@@ -37,6 +39,12 @@ def evaluate_checkpoint(checkpoint_dir: str, split: str = "test", exclude_histor
     model.requires_grad_(False)  # inference only: the item-state cache can then serve the frozen intra layers
     if config.item_cache and model.num_leading_intra_layers > 0:
         model.enable_item_cache(collator)
+    return config, data, model, collator
+
+
+def evaluate_checkpoint(checkpoint_dir: str, split: str = "test", exclude_history: bool | None = None) -> dict:
+    """Evaluate a saved checkpoint on the split it was trained for, with the run's own data and prompt settings."""
+    config, data, model, collator = load_checkpoint_run(checkpoint_dir, exclude_history)
     dataset = eval_subset(data.split(split), config)
     args = training_arguments(
         config,
