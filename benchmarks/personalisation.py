@@ -19,6 +19,7 @@ import time
 import torch
 
 from transformers_iam.core.ranking import exclude_items
+from transformers_iam.experiments.build import eval_subset
 from transformers_iam.experiments.evaluate import load_checkpoint_run
 from transformers_iam.recsys.baselines import popularity_scores
 
@@ -27,7 +28,7 @@ K = 10
 
 def top_lists(checkpoint_dir: str, split: str, batch_size: int) -> dict:
     config, data, model, collator = load_checkpoint_run(checkpoint_dir)
-    dataset = data.split(split)
+    dataset = eval_subset(data.split(split), config)  # the users the run evaluated (all, but in a smoke run)
     histories = [data.catalog.indices_of(history) for history in dataset["history"]]
     popular = popularity_scores(data.popularity_sequences(split), data.catalog)
     model_lists, popularity_lists = [], []

@@ -76,6 +76,18 @@ def test_checkpoint_loads_with_auto_model_and_evaluates_the_same(smoke_run):
     assert torch.isfinite(model.adapter.item_embeddings.bias).all()
 
 
+def test_personalisation_benchmark_ranks_as_the_evaluation_does(smoke_run):
+    """benchmarks/personalisation.py's top-10 lists give the run's own HR@10 (same users, same exclusion)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+    import personalisation
+
+    output_dir, results = smoke_run
+    result = personalisation.main([str(output_dir / "checkpoint"), "--split", "test", "--batch-size", "5"])
+    assert result["users"] == 24 and result["hr@10"] == pytest.approx(results["test"]["hr@10"], abs=1e-9)
+    assert 0 <= result["mean_overlap_with_popularity@10"] <= 1
+    assert 10 <= result["coverage@10"] <= 240 and 10 <= result["popularity_coverage@10"] <= 240
+
+
 def test_lora_run_reports_trained_parameters_and_saves_both_checkpoints(tmp_path):
     argv = [
         "--num-layers",
