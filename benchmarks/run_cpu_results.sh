@@ -1,27 +1,48 @@
 #!/usr/bin/env bash
-# Every CPU number of docs/results.md, one run after another (nothing else running), logs under runs/.
+# Every CPU number of docs/results.md's item-level sections, one run after another (nothing else running), logs under
+# runs/. The token-level sections' runs (the previous rounds) are the same commands with --preset cpu-quick-token-level.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p runs
+mkdir -p runs/final runs/probes
 run() { local name=$1; shift; /usr/bin/time -v python "$@" > "runs/$name.log" 2> "runs/$name.time"; }
-run cpu-quick-stacked  examples/finetune.py
-# the same LLM without IAM and the two ablations, at IAM's 240 steps ...
-run cpu-quick-vanilla  examples/finetune.py --layout vanilla
-run cpu-quick-no-intra examples/finetune.py --ablation no-intra
-run cpu-quick-no-inter examples/finetune.py --ablation no-inter
-# ... and at IAM's wall clock (they cannot use the item-state cache): steps and passes sized from the runs above
-# (docs/results.md shows the arithmetic)
-run cpu-quick-vanilla-equal-wall examples/finetune.py --layout vanilla --max-steps 172 --evaluations 2 \
-    --output-dir runs/cpu-quick-vanilla-equal-wall
-run cpu-quick-no-intra-equal-wall examples/finetune.py --ablation no-intra --max-steps 154 --evaluations 2 \
-    --output-dir runs/cpu-quick-no-intra-equal-wall
-run cpu-quick-no-inter-equal-wall examples/finetune.py --ablation no-inter --max-steps 209 \
-    --output-dir runs/cpu-quick-no-inter-equal-wall
-run cpu-full-stacked   examples/finetune.py --preset cpu-full
+# SASRec first: every report then shows it beside the model
 bash benchmarks/sasrec/setup.sh
 python benchmarks/sasrec/export.py --out runs/sasrec --patience 5
 /usr/bin/time -v .venv-recbole/bin/python benchmarks/sasrec/train_score.py --out runs/sasrec > runs/sasrec.log 2> runs/sasrec.err
 python benchmarks/sasrec/rank.py --out runs/sasrec
+S="--sasrec-metrics runs/sasrec/sasrec_metrics.json"
+# the final runs, alone: the default (item-level IAM + item ids), the paper's token-level IAM at the same wall clock,
+# and the longer preset
+run final/cpu-quick examples/finetune.py $S --output-dir runs/final/cpu-quick-stacked
+run final/cpu-quick-token-level examples/finetune.py --preset cpu-quick-token-level $S \
+    --output-dir runs/cpu-quick-token-level-stacked
+run final/cpu-full examples/finetune.py --preset cpu-full $S --output-dir runs/final/cpu-quick-6-epochs
+for folder in runs/final/cpu-quick-stacked runs/final/cpu-quick-6-epochs runs/cpu-quick-token-level-stacked; do
+    python benchmarks/personalisation.py "$folder/checkpoint" --json-out "$folder/personalisation.json"
+done
+# validation-only probes (their test numbers are not read); "--epochs 4": the preset had 4 epochs when they ran
+probe() { local name=$1; shift; run "probes/$name" examples/finetune.py --output-dir "runs/probes/$name" "$@"; }
+probe p1-item-ids --epochs 4
+probe p2-text-only --epochs 4 --no-item-id-embeddings
+probe p3-cosine --epochs 4 --adapter-scoring cosine
+probe p4-renumbered --epochs 4 --item-token-positions renumbered
+probe p5-epochs6 --epochs 6
+probe p6-ids-lr3e-3 --epochs 4 --item-id-embedding-learning-rate 3e-3
+probe p7-cold --epochs 4 --cold-items 0.2
+probe p8-cold-text --epochs 4 --cold-items 0.2 --score-items-from-text --item-residual-dropout 0.3
+probe p10-12layers --num-layers 12 --freeze-bottom-layers 6
+probe p11-history200 --max-history 200 --max-length 4000 --batch-size 4
+# equal steps on the token-level recipe
+probe p12-tl-recipe-item --preset cpu-quick-token-level --num-item-tokens 1
+probe p13-tl-recipe-item-ids --preset cpu-quick-token-level --num-item-tokens 1 --item-id-embeddings
+# MovieLens-1M: IAM and SASRec (capped at 3 epochs)
+run cpu-ml-1m-stacked examples/finetune.py --preset cpu-ml-1m --output-dir runs/cpu-ml-1m-stacked
+python benchmarks/sasrec/export.py --dataset ml-1m --out runs/sasrec-ml-1m --patience 5 --epochs 3
+/usr/bin/time -v .venv-recbole/bin/python benchmarks/sasrec/train_score.py --out runs/sasrec-ml-1m \
+    > runs/sasrec-ml-1m.log 2> runs/sasrec-ml-1m.err
+python benchmarks/sasrec/rank.py --out runs/sasrec-ml-1m --dataset ml-1m
+python benchmarks/curves.py runs/final/cpu-quick-stacked runs/cpu-quick-token-level-stacked runs/probes/p1-item-ids \
+    runs/probes/p2-text-only --out docs/images/curves_cpu_quick.png --title "ml-100k; 6 layers; the ~6-minute budget"
 python benchmarks/speed_memory.py > runs/speed_memory.md
 python benchmarks/item_states.py all --json-out runs/item_states.json > runs/item_states_train_serve.md
 python benchmarks/item_states_scaling.py all --json-out runs/item_states_scaling.json > runs/item_states_scaling.md

@@ -122,18 +122,18 @@ def test_every_preset_gives_a_curve_of_at_least_four_points(preset, tmp_path):
     assert args.eval_steps == args.save_steps
 
 
-def test_cpu_full_preset_trains_item_embeddings_over_a_cached_frozen_intra_half():
+def test_cpu_full_preset_is_item_level_over_a_cached_frozen_intra_half():
     # what the preset promises a user: the exact item-state cache applies (its frozen bottom covers the leading intra
-    # run, embeddings frozen), every window of every user is trained on, and the item embeddings learn at a rate
-    # below the adapter's
+    # run, embeddings frozen), the layers above read one state per item plus its id vector, every window of every
+    # user is trained on, and it trains longer than the default
     config = ExperimentConfig.from_preset("cpu-full")
     kinds = layer_types_for_layout(config.iam_layout, config.num_backbone_layers)
     leading_intra = len(list(itertools.takewhile(lambda kind: kind == "intra", kinds)))
     assert 0 < leading_intra <= config.freeze_bottom_layers
     assert config.item_cache and config.freeze_embeddings and config.supervision == "every_item"
+    assert config.num_item_tokens == 1 and config.item_id_embeddings
     assert config.train_examples_per_user is None
-    assert not config.freeze_item_embeddings
-    assert config.item_embedding_learning_rate < config.adapter_learning_rate
+    assert config.epochs > ExperimentConfig.from_preset("cpu-quick").epochs
 
 
 def test_results_table_keeps_two_runs_of_one_configuration_apart(tiny_run, tmp_path):
