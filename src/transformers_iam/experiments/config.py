@@ -23,36 +23,38 @@ EXPERIMENT_FILE = "experiment.json"
 # dict (a key left out keeps the default above it in the dataclass); `ExperimentConfig.from_preset(name, **overrides)`
 # and every command-line flag of examples/finetune.py override them in turn. tests/experiments/test_experiment.py
 # checks what each preset promises (its layer counts, its evaluation points), not its tuning.
+
+# The item-level recipe of the CPU presets (docs/results.md, "Item-level IAM"): 6 of SmolLM2's 30 layers, the 3 intra
+# layers and the token embeddings kept as pretrained (the item-state cache serves them), the 3 inter layers above see
+# each history item through its last state (num_item_tokens=1) plus a learned item id embedding; every-item
+# supervision over every 50-item window of every user. The presets differ in data and length.
+ITEM_LEVEL_CPU_RECIPE: dict = dict(
+    num_backbone_layers=6,
+    max_history=50,
+    max_length=1400,
+    train_examples_per_user=None,
+    supervision="every_item",
+    item_cache=True,
+    freeze_embeddings=True,
+    freeze_bottom_layers=3,
+    num_item_tokens=1,
+    item_id_embeddings=True,
+    freeze_item_embeddings=False,
+    batch_size=16,
+    eval_batch_size=64,
+    learning_rate=3e-4,
+    adapter_learning_rate=1e-3,
+    evaluations=4,
+    evaluate_before_training=False,
+)
+
 PRESETS: dict[str, dict] = {
-    # The default (being re-tuned on validation: docs/results.md). Item-level IAM: 6 of 30 layers, the 3 intra layers
-    # and the token embeddings kept as pretrained (the item-state cache serves them), the 3 inter layers above see
-    # each history item through its last state (num_item_tokens=1) plus a learned item id embedding; every-item
-    # supervision over every 50-item window of every user.
-    "cpu-quick": dict(
-        num_backbone_layers=6,
-        max_history=50,
-        max_length=1400,
-        train_examples_per_user=None,
-        supervision="every_item",
-        item_cache=True,
-        freeze_embeddings=True,
-        freeze_bottom_layers=3,
-        num_item_tokens=1,
-        item_id_embeddings=True,
-        freeze_item_embeddings=False,
-        # cut by cost, not by validation (0.1142 at 6 epochs, 0.1091 at 4): 6 epochs took 9:07, the token-level
-        # default 6:00 in the same session, and the default must not be slower (docs/results.md)
-        epochs=3.5,
-        batch_size=16,
-        eval_batch_size=64,
-        learning_rate=3e-4,
-        adapter_learning_rate=1e-3,
-        evaluations=4,
-        evaluate_before_training=False,
-    ),
-    # The paper's token-level IAM, the previous default (<= 15 minutes end to end on 2 CPU cores, measured:
-    # docs/results.md): 6 of 30 layers, the 3 intra layers and
-    # the token embeddings kept as pretrained, so the exact item-state cache serves them; every-item supervision over
+    # The default: the item-level recipe for 3.5 epochs, cut by cost, not by validation (0.1142 at 6 epochs, 0.1091
+    # at 4): 6 epochs took 9:07, the token-level default 6:00 in the same session, and the default must not be slower.
+    "cpu-quick": dict(ITEM_LEVEL_CPU_RECIPE, epochs=3.5),
+    # The paper's token-level IAM, the previous default (6:00 end to end on 2 CPU cores this round, 11:18 on an earlier
+    # machine: docs/results.md): 6 of 30 layers, the 3 intra layers and the token embeddings kept as pretrained, so
+    # the exact item-state cache serves them; every-item supervision over
     # 3 random 10-item windows per user, 70% of an epoch (~17.6k targets, ~6x the 2,829 of one target per example);
     # item embeddings start at their text init and train at 1e-4 (chosen on validation over keeping them fixed:
     # +0.0065 NDCG@10, 95% interval [+0.0011, +0.0121]); 4 validation passes (~70 s each with the cache: the curve's
@@ -73,54 +75,15 @@ PRESETS: dict[str, dict] = {
         evaluations=4,
         evaluate_before_training=False,
     ),
-    # The longer run (at most 2 hours on 2 cores; measured 9:07: docs/results.md): cpu-quick's item-level recipe for
-    # 6 epochs, what validation chose before the default was cut to the token-level default's time. Validation found
-    # nothing that turns more of the budget into quality: 12 layers (-0.0001), 200-item histories, and this run's
+    # The longer run (at most 2 hours on 2 cores; measured 9:07: docs/results.md): the item-level recipe for 6 epochs,
+    # what validation chose before the default was cut to the token-level default's time. Validation found nothing
+    # that turns more of the budget into quality: 12 layers (-0.0001), 200-item histories (-0.0001), and this run's
     # own best checkpoint at 4.5 of its 6 epochs.
-    "cpu-full": dict(
-        num_backbone_layers=6,
-        max_history=50,
-        max_length=1400,
-        train_examples_per_user=None,
-        supervision="every_item",
-        item_cache=True,
-        freeze_embeddings=True,
-        freeze_bottom_layers=3,
-        num_item_tokens=1,
-        item_id_embeddings=True,
-        freeze_item_embeddings=False,
-        epochs=6.0,
-        batch_size=16,
-        eval_batch_size=64,
-        learning_rate=3e-4,
-        adapter_learning_rate=1e-3,
-        evaluations=4,
-        evaluate_before_training=False,
-    ),
-    # MovieLens-1M on 2 CPU cores, <= 2 hours end to end (measured: docs/results.md): cpu-quick's model and recipe
-    # over ML-1M's ~20k 50-item windows (~1M targets an epoch); validation passes over 6,040 users cost ~2-3 minutes
-    # each with the cache.
-    "cpu-ml-1m": dict(
-        dataset="ml-1m",
-        num_backbone_layers=6,
-        max_history=50,
-        max_length=1400,
-        train_examples_per_user=None,
-        supervision="every_item",
-        item_cache=True,
-        freeze_embeddings=True,
-        freeze_bottom_layers=3,
-        num_item_tokens=1,
-        item_id_embeddings=True,
-        freeze_item_embeddings=False,
-        epochs=2.0,
-        batch_size=16,
-        eval_batch_size=128,
-        learning_rate=3e-4,
-        adapter_learning_rate=1e-3,
-        evaluations=4,
-        evaluate_before_training=False,
-    ),
+    "cpu-full": dict(ITEM_LEVEL_CPU_RECIPE, epochs=6.0),
+    # MovieLens-1M on 2 CPU cores, <= 2 hours end to end (measured 1:17 at 1 thread beside other runs:
+    # docs/results.md): the item-level recipe over ML-1M's 22,546 50-item windows (~1M targets an epoch) for 2 epochs;
+    # a validation pass over 6,040 users costs ~2-3 minutes with the cache.
+    "cpu-ml-1m": dict(ITEM_LEVEL_CPU_RECIPE, dataset="ml-1m", epochs=2.0, eval_batch_size=128),
     # A GPU: the paper's token-level IAM on the whole backbone, every training prefix, all layers trained; what
     # benchmarks/gpu/run_gpu.py runs for the stacked and vanilla layouts at equal steps (docs/gpu.md). cpu-quick's
     # item-level recipe on the whole backbone is flags away: --num-item-tokens 1 --item-id-embeddings
