@@ -29,14 +29,14 @@ K = 10
 def top_lists(checkpoint_dir: str, split: str, batch_size: int) -> dict:
     config, data, model, collator = load_checkpoint_run(checkpoint_dir)
     dataset = eval_subset(data.split(split), config)  # the users the run evaluated (all, but in a smoke run)
-    histories = [data.catalog.indices_of(history) for history in dataset["history"]]
     popular = popularity_scores(data.popularity_sequences(split), data.catalog)
     model_lists, popularity_lists = [], []
     started = time.perf_counter()
     for start in range(0, len(dataset), batch_size):
         rows = [dataset[index] for index in range(start, min(start + batch_size, len(dataset)))]
         batch = collator(rows)
-        excluded = histories[start : start + len(rows)] if config.exclude_history else None
+        # the collator's history indices: what the evaluation excludes (recsys/evaluation.py reads the same field)
+        excluded = batch["history_item_indices"] if config.exclude_history else None
         with torch.no_grad():
             model_lists += model.recommend(**batch, k=K, exclude_item_ids=excluded).indices.tolist()
         scores = popular.expand(len(rows), -1)

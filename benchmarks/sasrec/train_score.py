@@ -73,6 +73,13 @@ def scores_for(model, loader, dataset, device):
     return np.concatenate(rows), users, targets
 
 
+def load_saved_weights(trainer, path: str) -> dict:
+    """Put the weights of a checkpoint RecBole saved into the trainer's model; returns the checkpoint's record."""
+    checkpoint = torch.load(path, weights_only=False)
+    trainer.model.load_state_dict(checkpoint["state_dict"])
+    return checkpoint
+
+
 def train_to_convergence(trainer, config, train_data, valid_data) -> tuple[dict, dict]:
     """RecBole stops after `stopping_step` validations without a better valid_metric (NDCG@10) and keeps the best
     epoch's weights in the trainer's model; `epochs` is only a cap."""
@@ -84,7 +91,7 @@ def train_to_convergence(trainer, config, train_data, valid_data) -> tuple[dict,
         show_progress=config["show_progress"],
         callback_fn=lambda epoch, score: valid_scores.append((int(epoch), float(score))),
     )
-    trainer.model.load_state_dict(torch.load(trainer.saved_model_file, weights_only=False)["state_dict"])
+    load_saved_weights(trainer, trainer.saved_model_file)
     best_epoch = max(valid_scores, key=lambda pair: pair[1])[0] if valid_scores else None  # first best: RecBole's
     training = {
         "epochs_cap": config["epochs"],
@@ -103,8 +110,7 @@ def train_to_convergence(trainer, config, train_data, valid_data) -> tuple[dict,
 def training_from_checkpoint(trainer, config, path: str) -> dict:
     """The best-so-far weights that RecBole saved before a run was cut short (a machine restart): its record names
     the epoch and says that training did not reach its stopping rule."""
-    checkpoint = torch.load(path, weights_only=False)
-    trainer.model.load_state_dict(checkpoint["state_dict"])
+    checkpoint = load_saved_weights(trainer, path)
     return {
         "epochs_cap": config["epochs"],
         "stopping_step": config["stopping_step"],

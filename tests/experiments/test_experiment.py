@@ -25,9 +25,8 @@ import finetune  # noqa: E402  (examples/finetune.py: its parse_args is what a u
 def test_gpu_preset_resolves_to_a_full_backbone_run(tmp_path):
     config = ExperimentConfig.from_preset("gpu", output_dir=str(tmp_path))
     assert config.num_backbone_layers is None and config.train_examples_per_user is None and config.epochs >= 3
-    assert (
-        config.freeze_bottom_layers == 0 and config.num_item_tokens is None
-    )  # the paper's token-level IAM, all trained
+    # the paper's token-level IAM, every layer trained
+    assert config.freeze_bottom_layers == 0 and config.num_item_tokens is None
     args = training_arguments(config, num_train_examples=97171)
     steps = -(-97171 // config.batch_size) * int(config.epochs)
     assert args.eval_steps == -(-steps // config.evaluations) and args.load_best_model_at_end
