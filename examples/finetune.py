@@ -89,6 +89,9 @@ def parse_args(argv=None) -> ExperimentConfig:
         action=argparse.BooleanOptionalAction,
         help="a learned, zero-initialised vector per item, added where items enter the layers above the intra run",
     )
+    model.add_argument(
+        "--item-id-dropout", type=float, help="with --item-id-embeddings: share of item states without their id vector"
+    )
     model.add_argument("--adapter-scoring", choices=["dot", "cosine"], help="how the adapter scores an item")
     model.add_argument(
         "--score-items-from-text",

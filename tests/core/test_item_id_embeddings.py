@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassError
 
 from transformers_iam import IAMDataCollator
 from transformers_iam.experiments import ExperimentConfig
@@ -78,3 +79,42 @@ def test_they_need_the_item_of_each_segment(collator):
     batch["segment_item_indices"][1, 2] = 20
     with pytest.raises(ValueError, match=r"segment_item_indices must be catalog indices in \[0, 20\)"):
         model(**batch)
+
+
+def test_id_dropout_lets_an_item_in_whole_or_from_its_text_alone(collator):
+    # one history item per row: its state enters the layers above either without its id vector or with the vector
+    # scaled by 1 / (1 - p), never with part of it; at inference the vector is always there, unscaled
+    with_ids = tiny_model(num_layers=4, num_item_tokens=1, use_item_id_embeddings=True)
+    with torch.no_grad():
+        with_ids.item_id_embeddings.weight.normal_()
+    dropping = same_weights_with(with_ids, item_id_dropout=0.5)
+    text_only = same_weights_with(with_ids)
+    doubled = same_weights_with(with_ids)
+    with torch.no_grad():
+        text_only.item_id_embeddings.weight.zero_()
+        doubled.item_id_embeddings.weight.mul_(2)
+    batch = collator([{"history": [f"i{index}"], "target": "i0"} for index in range(1, 9)])
+    with torch.no_grad():
+        torch.testing.assert_close(dropping.eval()(**batch).logits, with_ids(**batch).logits)
+        without, scaled = text_only(**batch).logits, doubled(**batch).logits
+        dropping.train()
+        outcomes = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            logits = dropping(**batch).logits
+            for row in range(len(logits)):
+                if torch.allclose(logits[row], without[row], atol=1e-5):
+                    outcomes.append("text")
+                else:
+                    torch.testing.assert_close(logits[row], scaled[row])
+                    outcomes.append("id")
+    assert {"text", "id"} == set(outcomes)
+
+
+def test_id_dropout_needs_id_embeddings():
+    with pytest.raises(StrictDataclassError, match="set use_item_id_embeddings=True"):
+        tiny_model(num_layers=4, num_item_tokens=1, item_id_dropout=0.3)
+    with pytest.raises(ValueError, match=r"turn them on \(--item-id-embeddings\)"):
+        ExperimentConfig(item_id_dropout=0.3)
+    with pytest.raises(ValueError, match=r"item_id_dropout must be a number in \[0, 1\)"):
+        ExperimentConfig(item_id_embeddings=True, num_item_tokens=1, item_id_dropout=1.0)

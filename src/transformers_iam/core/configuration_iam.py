@@ -121,6 +121,11 @@ class IAMConfig(PreTrainedConfig):
             the leading intra run. Zero-initialised: an untrained model equals the text-only model, and an item with
             no training interactions keeps its zero vector. Needs `segment_item_indices` in the forward
             ([`IAMDataCollator`] emits it).
+        item_id_dropout (`float`, *optional*, defaults to 0.0):
+            With `use_item_id_embeddings`, the share of item states that enter the layers above the intra run
+            without their id vector in training (the others scaled by `1 / (1 - item_id_dropout)`, as dropout
+            does), so the model also learns to read items from their text alone: what a rarely seen item, and an
+            item added after training, is read from.
         adapter_scoring (`str`, *optional*, defaults to `"dot"`):
             How the adapter scores an item: `"dot"` (dot product with its embedding, plus its bias) or `"cosine"`
             (cosine similarity times a learned temperature, plus its bias).
@@ -158,6 +163,7 @@ class IAMConfig(PreTrainedConfig):
     num_item_tokens: int | None = positive_int_field(default=None)
     item_token_positions: Literal["original", "renumbered"] = "original"
     use_item_id_embeddings: bool = False
+    item_id_dropout: int | float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
     adapter_scoring: Literal["dot", "cosine"] = "dot"
     score_items_from_text: bool = False
     item_residual_dropout: int | float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
@@ -177,6 +183,13 @@ class IAMConfig(PreTrainedConfig):
             raise ValueError(
                 "supervision='every_item' reads a target after every item at the item's last token: set "
                 "readout='last_item' so that evaluation reads the same kind of position"
+            )
+
+    def validate_item_id_dropout(self):
+        """Dropout of item id vectors needs the vectors."""
+        if self.item_id_dropout and not self.use_item_id_embeddings:
+            raise ValueError(
+                f"item_id_dropout={self.item_id_dropout!r} drops item id vectors: set use_item_id_embeddings=True"
             )
 
     @property

@@ -109,7 +109,20 @@ def _token_sequences(renderer, num_items: int) -> list[list[int]]:
 
 
 class ItemIdEmbeddings(nn.Embedding):
-    """One learned vector per catalog item, zero-initialised (see `IAMConfig.use_item_id_embeddings`)."""
+    """One learned vector per catalog item, zero-initialised (see `IAMConfig.use_item_id_embeddings`); in training,
+    a share ``dropout`` of the looked-up vectors is dropped whole (`IAMConfig.item_id_dropout`)."""
+
+    def __init__(self, num_items: int, hidden_size: int, dropout: float = 0.0):
+        super().__init__(num_items, hidden_size)
+        self.dropout = dropout
+
+    def forward(self, item_indices: torch.Tensor) -> torch.Tensor:
+        vectors = super().forward(item_indices)
+        if not self.training or self.dropout == 0:
+            return vectors
+        # one draw per looked-up vector, so an item enters either with its identity or from its text alone
+        kept = torch.ones(vectors.shape[:-1] + (1,), dtype=vectors.dtype, device=vectors.device)
+        return vectors * nn.functional.dropout(kept, self.dropout, training=True)
 
 
 class IAMPreTrainedModel(PreTrainedModel):
@@ -164,7 +177,7 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         self.model = AutoModel.from_config(config.text_config, attn_implementation=implementation)
         enable_item_aware_attention(self.model, config.resolved_layer_types)
         self.item_id_embeddings = (
-            ItemIdEmbeddings(config.num_items, config.text_config.hidden_size)
+            ItemIdEmbeddings(config.num_items, config.text_config.hidden_size, config.item_id_dropout)
             if config.use_item_id_embeddings
             else None
         )
@@ -308,7 +321,7 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         self.adapter.item_embeddings = _grown_linear(head, rows[:, :-1], rows[:, -1])
         if self.item_id_embeddings is not None:
             weight = self.item_id_embeddings.weight
-            grown = ItemIdEmbeddings(len(extended), weight.shape[1]).to(weight)
+            grown = ItemIdEmbeddings(len(extended), weight.shape[1], self.config.item_id_dropout).to(weight)
             grown.weight.zero_()
             grown.weight[:old_size] = weight
             self.item_id_embeddings = grown

@@ -108,6 +108,7 @@ def build_model(
         num_item_tokens=config.num_item_tokens,
         item_token_positions=config.item_token_positions,
         use_item_id_embeddings=config.item_id_embeddings,
+        item_id_dropout=config.item_id_dropout,
         adapter_scoring=config.adapter_scoring,
         score_items_from_text=config.score_items_from_text,
         item_residual_dropout=config.item_residual_dropout,

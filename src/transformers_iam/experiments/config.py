@@ -152,6 +152,7 @@ class ExperimentConfig:
     item_token_positions: str = "original"
     item_id_embeddings: bool = False  # one learned vector per item, zero-initialised, added where items enter the top
     item_id_embedding_learning_rate: float | None = None  # None: the adapter's rate
+    item_id_dropout: float = 0.0  # share of item states entering the top without their id vector, in training
     adapter_scoring: str = "dot"  # or "cosine" (cosine similarity times a learned temperature)
     # each item's adapter row = a learned map of its text + its own residual, dropped for a share of items per step
     score_items_from_text: bool = False
@@ -229,12 +230,14 @@ class ExperimentConfig:
             positive(name)
         positive("item_embedding_learning_rate", optional=True)
         positive("item_id_embedding_learning_rate", optional=True)
-        if (
-            isinstance(self.weight_decay, bool)
-            or not isinstance(self.weight_decay, (int, float))
-            or not (0 <= self.weight_decay < 1)
-        ):
-            raise ValueError(f"weight_decay must be a number in [0, 1), got {self.weight_decay!r}")
+        for name in ("weight_decay", "item_residual_dropout", "item_id_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < 1):
+                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+        if self.item_id_dropout and not self.item_id_embeddings:
+            raise ValueError(
+                f"item_id_dropout={self.item_id_dropout!r} drops item id vectors: turn them on (--item-id-embeddings)"
+            )
         if self.max_item_tokens >= self.max_length:
             raise ValueError(f"max_item_tokens ({self.max_item_tokens}) must be below max_length ({self.max_length})")
         if self.num_backbone_layers is not None and self.freeze_bottom_layers > self.num_backbone_layers:
