@@ -118,6 +118,9 @@ def parse_args(argv=None) -> ExperimentConfig:
         help="when they train (cpu presets: 1e-4; default: the adapter's); unused with --no-train-item-embeddings",
     )
     train.add_argument("--item-id-embedding-learning-rate", type=float, help="default: the adapter's")
+    train.add_argument(
+        "--lr-scheduler-type", help="the Trainer's schedule after warm-up: cosine (default), constant_with_warmup, ..."
+    )
     train.add_argument("--weight-decay", type=float, help="AdamW's, on weight matrices (default 0)")
     train.add_argument("--evaluations", type=int, help="validation passes during training")
     train.add_argument("--seed", type=int)

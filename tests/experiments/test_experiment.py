@@ -89,6 +89,22 @@ def test_evaluations_is_the_number_of_validation_passes_the_trainer_makes(tmp_pa
     assert counter.steps == expected_steps
 
 
+@pytest.mark.parametrize("kind", ["cosine", "constant_with_warmup"])
+def test_the_trainer_follows_the_configs_learning_rate_schedule(tmp_path, kind):
+    config = ExperimentConfig(
+        output_dir=str(tmp_path), batch_size=8, max_steps=10, warmup_steps=2, learning_rate=1e-2, evaluations=1,
+        evaluate_before_training=False, lr_scheduler_type=kind,
+    )  # fmt: skip
+    args = training_arguments(config, 101, metric_for_best_model="loss", greater_is_better=False, label_names=["labels"])
+    trainer = Trainer(model=_Regression(), args=args, train_dataset=_Points(101), eval_dataset=_Points(8))
+    trainer.train()
+    last_rate = trainer.lr_scheduler.get_last_lr()[0]
+    # cosine ends at 0 after its last step; constant stays at the peak after warm-up
+    assert last_rate == (pytest.approx(0.0, abs=1e-6) if kind == "cosine" else pytest.approx(1e-2))
+    with pytest.raises(ValueError, match="lr_scheduler_type must be one of"):
+        ExperimentConfig(lr_scheduler_type="cosine_decay")
+
+
 def test_cpu_quick_is_the_default_and_overrides_win(tmp_path):
     config = ExperimentConfig.from_preset("cpu-quick", output_dir=str(tmp_path), max_history=5, ablation=None)
     assert config.num_backbone_layers == 6 and config.max_history == 5 and config.freeze_bottom_layers == 3

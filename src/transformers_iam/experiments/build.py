@@ -195,7 +195,7 @@ def training_arguments(config: ExperimentConfig, num_train_examples: int, **over
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
         learning_rate=config.learning_rate,
-        lr_scheduler_type="cosine",
+        lr_scheduler_type=config.lr_scheduler_type,
         warmup_steps=min(config.warmup_steps, max(0, total_steps // 10)),
         eval_strategy="steps",
         eval_steps=eval_steps,

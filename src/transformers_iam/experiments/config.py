@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from transformers import SchedulerType
+
 from ..core.configuration_iam import IAM_LAYOUTS, layer_types_for_layout
 from ..core.masks import check_layer_types
 from ..recsys.readers import DATASETS
@@ -173,6 +175,7 @@ class ExperimentConfig:
     # norm, ~0.004 per weight), so at the adapter's 1e-3 Adam erases it within a few steps; None: the adapter's rate
     item_embedding_learning_rate: float | None = None
     warmup_steps: int = 20
+    lr_scheduler_type: str = "cosine"  # the Trainer's: "cosine" (after warm-up), "constant_with_warmup", "linear", ...
     evaluations: int = 2  # validation passes (as near as a fixed interval allows), the last at the final step
     evaluate_before_training: bool = True  # one more validation pass at step 0 (the curve's starting point)
     max_steps: int = -1
@@ -248,6 +251,7 @@ class ExperimentConfig:
         if self.iam_layout not in IAM_LAYOUTS:
             raise ValueError(f"iam_layout must be one of {list(IAM_LAYOUTS)}, got {self.iam_layout!r}")
         for name, allowed in (
+            ("lr_scheduler_type", tuple(kind.value for kind in SchedulerType)),
             ("supervision", ("last", "every_item")),
             ("intra_implementation", ("masked", "packed")),
             ("item_token_positions", ("original", "renumbered")),
