@@ -3,8 +3,10 @@ items, the report's section for them, and the main job training on the warm cata
 
 from __future__ import annotations
 
+import pytest
+
 from transformers_iam import IAMForCausalRecommendation, ItemCatalog
-from transformers_iam.experiments import ExperimentConfig, run_experiment
+from transformers_iam.experiments import ExperimentConfig, evaluate_checkpoint, run_experiment
 from transformers_iam.experiments.build import load_data
 from transformers_iam.experiments.report import breakdown_section
 from transformers_iam.experiments.run import breakdowns
@@ -53,6 +55,7 @@ def test_the_main_job_trains_on_warm_items_then_adds_the_cold_ones(tmp_path):
     # trained on the warm catalog, the cold items appended after training: every item scored at the end
     assert len(data.cold_items) == 3 and model.config.num_items == 12 and len(model.catalog) == 12
     assert model.catalog.item_ids == data.warm_catalog.item_ids + list(data.cold_items)
+    assert model.catalog == data.catalog_after_training
     # selected on the users with a warm validation target; validation and test then ranked for every user
     assert (
         results["selection"]["users"] == len(data.warm_valid)
@@ -60,3 +63,6 @@ def test_the_main_job_trains_on_warm_items_then_adds_the_cold_ones(tmp_path):
     )
     assert set(results["breakdown"]["cold"]) == {"valid", "test"}
     assert "cold-item protocol" in (tmp_path / "run" / "report.md").read_text()
+    # the saved checkpoint evaluates again to the run's own numbers, cold items included
+    again = evaluate_checkpoint(str(tmp_path / "run" / "checkpoint"), "test")
+    assert again["ndcg@10"] == pytest.approx(results["test"]["ndcg@10"]) and again["users"] == 10

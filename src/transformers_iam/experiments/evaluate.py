@@ -33,9 +33,15 @@ def load_checkpoint_run(checkpoint_dir: str, exclude_history: bool | None = None
         config.exclude_history = exclude_history
     data = load_data(config)
     model = AutoModel.from_pretrained(checkpoint_dir)
-    if model.catalog != data.catalog:
-        raise ValueError(f"{checkpoint_dir}: the checkpoint's catalog differs from the data's catalog")
-    collator = IAMDataCollator.from_pretrained(checkpoint_dir, catalog=data.catalog)
+    # under the cold-item protocol the saved model has the cold items after the warm ones (added after training)
+    catalog = data.catalog_after_training
+    if model.catalog != catalog:
+        raise ValueError(
+            f"{checkpoint_dir}: the checkpoint's catalog ({len(model.catalog)} items) differs from its run's data's "
+            f"({len(catalog)} items" + (f", {len(data.cold_items)} of them cold, added last" if data.cold_items else "")
+            + ")"
+        )
+    collator = IAMDataCollator.from_pretrained(checkpoint_dir, catalog=catalog)
     model.requires_grad_(False)  # inference only: the item-state cache can then serve the frozen intra layers
     if config.item_cache and model.num_leading_intra_layers > 0:
         model.enable_item_cache(collator)

@@ -115,6 +115,16 @@ class LeaveOneOutData:
         kept = [index for index, item_id in enumerate(self.catalog.item_ids) if item_id not in cold]
         return ItemCatalog(self.catalog.ids_of(kept), [self.catalog.texts[index] for index in kept])
 
+    @cached_property
+    def catalog_after_training(self) -> ItemCatalog:
+        """The catalog of a trained model of this split: the warm catalog, then the cold items as the model adds
+        them after training (``add_items`` appends them in catalog order); the catalog itself when no item is cold."""
+        if not self.cold_items:
+            return self.catalog
+        warm = self.warm_catalog
+        cold = list(self.cold_items)
+        return ItemCatalog(warm.item_ids + cold, warm.texts + [self.catalog.text_of(item) for item in cold])
+
     def visible_sequences(self, split: str) -> dict[str, list[str]]:
         """Each user's interactions known before the split's targets: ``valid`` sees the training sequence,
         ``test`` sees it plus the validation item (the histories of those rows). ``train`` is what training sees:
