@@ -95,7 +95,9 @@ def test_the_trainer_follows_the_configs_learning_rate_schedule(tmp_path, kind):
         output_dir=str(tmp_path), batch_size=8, max_steps=10, warmup_steps=2, learning_rate=1e-2, evaluations=1,
         evaluate_before_training=False, lr_scheduler_type=kind,
     )  # fmt: skip
-    args = training_arguments(config, 101, metric_for_best_model="loss", greater_is_better=False, label_names=["labels"])
+    args = training_arguments(
+        config, 101, metric_for_best_model="loss", greater_is_better=False, label_names=["labels"]
+    )
     trainer = Trainer(model=_Regression(), args=args, train_dataset=_Points(101), eval_dataset=_Points(8))
     trainer.train()
     last_rate = trainer.lr_scheduler.get_last_lr()[0]

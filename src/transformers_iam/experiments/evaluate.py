@@ -38,7 +38,8 @@ def load_checkpoint_run(checkpoint_dir: str, exclude_history: bool | None = None
     if model.catalog != catalog:
         raise ValueError(
             f"{checkpoint_dir}: the checkpoint's catalog ({len(model.catalog)} items) differs from its run's data's "
-            f"({len(catalog)} items" + (f", {len(data.cold_items)} of them cold, added last" if data.cold_items else "")
+            f"({len(catalog)} items"
+            + (f", {len(data.cold_items)} of them cold, added last" if data.cold_items else "")
             + ")"
         )
     collator = IAMDataCollator.from_pretrained(checkpoint_dir, catalog=catalog)
