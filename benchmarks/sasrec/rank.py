@@ -32,6 +32,21 @@ from transformers_iam.recsys.metrics import (  # noqa: E402
 SPLIT_KEYS = ("name", "users", "items", "interactions", "cold_items")
 
 
+def sasrec_scores(out: str, dumped: dict, catalog, split: str) -> tuple[list[str], list[str], torch.Tensor]:
+    """SASRec's dumped scores of ``split`` (``<out>/scores_<split>.npy``) in ``catalog``'s columns: the users and
+    targets of its rows (RecBole's order) and a ``(users, items)`` tensor; items RecBole has no id for get -inf."""
+    tokens = item_tokens(catalog)
+    item_of_token = dict(zip(tokens, catalog.item_ids))
+    recbole_index = {token: index for index, token in enumerate(dumped["item_tokens"])}
+    missing = [index for index, token in enumerate(tokens) if token not in recbole_index]
+    columns = np.array([recbole_index.get(token, 0) for token in tokens])
+    scores = torch.from_numpy(np.load(os.path.join(out, f"scores_{split}.npy"))[:, columns])
+    if missing:
+        scores[:, missing] = float("-inf")
+    targets = [item_of_token[token] for token in dumped[f"{split}_targets"]]
+    return dumped[f"{split}_users"], targets, scores
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser()
     add_split_arguments(parser)
@@ -52,7 +67,6 @@ def main(argv: list[str] | None = None) -> dict:
             )
     catalog = data.catalog
     tokens = item_tokens(catalog)
-    item_of_token = dict(zip(tokens, catalog.item_ids))
     recbole_index = {token: index for index, token in enumerate(dumped["item_tokens"])}
     missing = [item for item, token in zip(catalog.item_ids, tokens) if token not in recbole_index]
     if missing:
@@ -63,15 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"cold items: {known} of {len(data.cold_items)} have a RecBole id (they occur in validation or test rows) "
             "and are scored by their embedding, trained only as a negative; the others get -inf"
         )
-    columns = np.array([recbole_index.get(token, 0) for token in tokens])
     results, ranks_by_user = {}, {}
     for split in ("valid", "test"):
-        raw = np.load(os.path.join(out, f"scores_{split}.npy"))
-        scores = torch.from_numpy(raw[:, columns])
-        if missing:
-            scores[:, [catalog.index_of(item) for item in missing]] = float("-inf")
-        users = dumped[f"{split}_users"]
-        targets = [item_of_token[token] for token in dumped[f"{split}_targets"]]
+        users, targets, scores = sasrec_scores(out, dumped, catalog, split)
         expected = data.split(split)
         truth = dict(zip(expected["user_id"], expected["target"]))
         mismatched = [user for user, target in zip(users, targets) if truth.get(user) != target]
