@@ -29,7 +29,8 @@ K = 10
 def top_lists(checkpoint_dir: str, split: str, batch_size: int) -> dict:
     config, data, model, collator = load_checkpoint_run(checkpoint_dir)
     dataset = eval_subset(data.split(split), config)  # the users the run evaluated (all, but in a smoke run)
-    popular = popularity_scores(data.popularity_sequences(split), data.catalog)
+    catalog = model.catalog  # a cold-item run's has its cold items last (LeaveOneOutData.catalog_after_training)
+    popular = popularity_scores(data.popularity_sequences(split), catalog)
     model_lists, popularity_lists = [], []
     started = time.perf_counter()
     for start in range(0, len(dataset), batch_size):
@@ -44,12 +45,12 @@ def top_lists(checkpoint_dir: str, split: str, batch_size: int) -> dict:
             scores = exclude_items(scores, excluded)
         popularity_lists += scores.topk(K, dim=-1).indices.tolist()
     overlap = [len(set(mine) & set(theirs)) / K for mine, theirs in zip(model_lists, popularity_lists)]
-    targets = data.catalog.indices_of(dataset["target"])
+    targets = catalog.indices_of(dataset["target"])
     return {
         "checkpoint": checkpoint_dir,
         "split": split,
         "users": len(model_lists),
-        "catalog_items": len(data.catalog),
+        "catalog_items": len(catalog),
         "mean_overlap_with_popularity@10": sum(overlap) / len(overlap),
         "coverage@10": len({item for items in model_lists for item in items}),
         "popularity_coverage@10": len({item for items in popularity_lists for item in items}),
