@@ -1,0 +1,201 @@
+"""Cold items after training, two views from one run's scores: a "new arrivals" shelf, and what a score offset for
+cold items trades on the full catalog.
+
+    python benchmarks/cold_items.py runs/cold/checkpoint                                # IAM and popularity
+    python benchmarks/cold_items.py runs/cold/checkpoint --sasrec runs/sasrec-cold0.2   # and SASRec, same split
+
+The checkpoint is one that `examples/finetune.py --cold-items S` wrote (the cold items added after training, last
+in its catalog). Every number is over the users whose target is a cold item, history excluded, ties pessimistic:
+
+- **New arrivals**: the target's rank among the cold items only (the ones not in the user's history), what a shelf
+  of items added since training would show. Popularity counts 0 for every cold item: all tie, so it ranks the target
+  last among them; SASRec scores them with embeddings trained only as negatives.
+- **Offset**: on the full catalog, cold items' scores raised by an offset (a prior for new items as a group).
+  Validation picks the offset with the best NDCG@10 over all users; test is read at that offset and at 0 only.
+
+Item-state cache on where the run used it; SASRec's scores are those `benchmarks/sasrec/train_score.py` dumped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "sasrec"))
+
+from rank import sasrec_scores  # noqa: E402
+
+from transformers_iam.experiments.build import eval_subset  # noqa: E402
+from transformers_iam.experiments.evaluate import load_checkpoint_run  # noqa: E402
+from transformers_iam.recsys.baselines import popularity_scores  # noqa: E402
+from transformers_iam.recsys.metrics import metrics_from_ranks, target_ranks  # noqa: E402
+from transformers_iam.recsys.paired import format_paired_table, paired_comparison  # noqa: E402
+
+OFFSETS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
+
+
+def model_scores(checkpoint_dir: str, batch_size: int) -> dict:
+    """The run's scores over its catalog for every validation and test user, with what ranking them needs."""
+    config, data, model, collator = load_checkpoint_run(checkpoint_dir)
+    if not data.cold_items:
+        raise SystemExit(f"{checkpoint_dir}: not a run of the cold-item protocol (--cold-items)")
+    catalog = model.catalog
+    splits = {}
+    for split in ("valid", "test"):
+        dataset = eval_subset(data.split(split), config)
+        scores, excluded = [], []
+        for start in range(0, len(dataset), batch_size):
+            batch = collator([dataset[index] for index in range(start, min(start + batch_size, len(dataset)))])
+            history = batch.pop("history_item_indices")
+            batch.pop("labels", None)
+            with torch.no_grad():
+                scores.append(model(**batch).logits.float())
+            excluded += [[index for index in row if index >= 0] for row in history.tolist()]
+        splits[split] = dict(
+            users=list(dataset["user_id"]),
+            targets=torch.tensor(catalog.indices_of(dataset["target"])),
+            scores=torch.cat(scores),
+            excluded=excluded if config.exclude_history else None,
+            popularity=popularity_scores(data.popularity_sequences(split), catalog),
+        )
+    cold = torch.zeros(len(catalog), dtype=torch.bool)
+    cold[catalog.indices_of(list(data.cold_items))] = True
+    for split, values in splits.items():
+        if not cold[values["targets"]].any():
+            raise SystemExit(f"{checkpoint_dir}: no {split} user has a cold target: nothing to measure")
+    return dict(config=config, data=data, catalog=catalog, cold=cold, splits=splits)
+
+
+def new_arrival_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded, cold: torch.Tensor) -> torch.Tensor:
+    """Each cold target's rank among the cold items (warm items left out, history excluded)."""
+    return target_ranks(scores.masked_fill(~cold, float("-inf")), targets, excluded)
+
+
+def by_user(users, ranks: torch.Tensor, keep: torch.Tensor) -> dict[str, int]:
+    return {str(user): int(rank) for user, rank, kept in zip(users, ranks.tolist(), keep.tolist()) if kept}
+
+
+def new_arrivals(run: dict, sasrec_dir: str | None) -> dict:
+    results = {}
+    for split, values in run["splits"].items():
+        targets, excluded = values["targets"], values["excluded"]
+        is_cold = run["cold"][targets]
+        rankers = {
+            "IAM": values["scores"],
+            "popularity": values["popularity"].expand(len(targets), -1),
+        }
+        if sasrec_dir:
+            with open(os.path.join(sasrec_dir, "sasrec_scores.json"), encoding="utf-8") as handle:
+                dumped = json.load(handle)
+            users, sasrec_targets, scores = sasrec_scores(sasrec_dir, dumped, run["catalog"], split)
+            order = {str(user): row for row, user in enumerate(users)}
+            rows = [order[str(user)] for user in values["users"]]  # RecBole's rows in our users' order
+            if [sasrec_targets[row] for row in rows] != run["catalog"].ids_of(targets.tolist()):
+                raise SystemExit(f"{sasrec_dir}: SASRec's {split} targets are not this run's")
+            rankers["SASRec"] = scores[rows]
+        candidates = (run["cold"][None, :].expand(len(targets), -1)).clone()
+        for row, items in enumerate(excluded or []):
+            candidates[row, items] = False
+        ranks = {
+            name: by_user(values["users"], new_arrival_ranks(scores, targets, excluded, run["cold"]), is_cold)
+            for name, scores in rankers.items()
+        }
+        chance = (candidates[is_cold].sum(-1).float() + 1) / 2  # a random order's expected rank
+        results[split] = dict(
+            users=int(is_cold.sum()),
+            cold_candidates_median=float(candidates[is_cold].sum(-1).float().median()),
+            metrics={name: metrics_from_ranks(list(r.values()), ks=(10, 50)) for name, r in ranks.items()},
+            median_rank={name: float(torch.tensor(list(r.values())).float().median()) for name, r in ranks.items()},
+            chance_median_rank=float(chance.median()),
+            paired={f"IAM - {name}": paired_comparison(ranks["IAM"], ranks[name]) for name in rankers if name != "IAM"},
+        )
+    return results
+
+
+def offset_ndcg(run: dict, split: str, offset: float) -> dict:
+    """NDCG@10 on the full catalog with cold items' scores raised by ``offset``: all users, cold and warm targets,
+    and the per-user ranks."""
+    values = run["splits"][split]
+    targets, is_cold = values["targets"], run["cold"][values["targets"]]
+    ranks = target_ranks(values["scores"] + offset * run["cold"], targets, values["excluded"])
+    return dict(
+        all=metrics_from_ranks(ranks)["ndcg@10"],
+        cold=metrics_from_ranks(ranks[is_cold])["ndcg@10"],
+        warm=metrics_from_ranks(ranks[~is_cold])["ndcg@10"],
+        ranks=by_user(values["users"], ranks, torch.ones_like(is_cold)),
+    )
+
+
+def offsets(run: dict) -> dict:
+    """Validation's curve over ``OFFSETS`` picks the offset with the best NDCG@10 over all users; test is read at
+    that offset and at 0 only, paired."""
+    curve = {offset: offset_ndcg(run, "valid", offset) for offset in OFFSETS}
+    chosen = max(OFFSETS, key=lambda offset: curve[offset]["all"])
+    test = {offset: offset_ndcg(run, "test", offset) for offset in dict.fromkeys((0.0, chosen))}
+    strip = lambda values: {key: value for key, value in values.items() if key != "ranks"}  # noqa: E731
+    return dict(
+        valid={offset: strip(values) for offset, values in curve.items()},
+        chosen_on_validation=chosen,
+        test={offset: strip(values) for offset, values in test.items()},
+        test_paired_vs_no_offset=paired_comparison(test[chosen]["ranks"], test[0.0]["ranks"]),
+    )
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a checkpoint folder that examples/finetune.py --cold-items wrote")
+    parser.add_argument("--sasrec", help="SASRec's folder on the same exported split (export.py --cold-items)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--json-out")
+    args = parser.parse_args(argv)
+    run = model_scores(args.checkpoint, args.batch_size)
+    shelf = new_arrivals(run, args.sasrec)
+    trade = offsets(run)
+    for split, result in shelf.items():
+        print(
+            f"\n### New arrivals ({split}): {result['users']} users whose target is cold, ranked among the cold items "
+            f"not in their history (median {result['cold_candidates_median']:.0f}; a random order's median rank "
+            f"{result['chance_median_rank']:.0f}); history excluded, ties pessimistic"
+        )
+        print("| ranker | NDCG@10 | HR@10 | HR@50 | median rank |")
+        print("| --- | --- | --- | --- | --- |")
+        for name, metrics in result["metrics"].items():
+            print(
+                f"| {name} | {metrics['ndcg@10']:.4f} | {metrics['hr@10']:.4f} | {metrics['hr@50']:.4f} | "
+                f"{result['median_rank'][name]:.0f} |"
+            )
+        print(format_paired_table(result["paired"]))
+    print(
+        "\n### A score offset for cold items on the full catalog (validation NDCG@10: all users, cold and warm targets)"
+    )
+    print("| offset | all | cold targets | warm targets |")
+    print("| --- | --- | --- | --- |")
+    for offset, values in trade["valid"].items():
+        print(f"| {offset:g} | {values['all']:.4f} | {values['cold']:.4f} | {values['warm']:.4f} |")
+    chosen = trade["chosen_on_validation"]
+    print(f"validation chooses offset {chosen:g}; test, read at it and at 0:")
+    for offset, values in trade["test"].items():
+        print(
+            f"- offset {offset:g}: all {values['all']:.4f}, cold targets {values['cold']:.4f}, "
+            f"warm {values['warm']:.4f}"
+        )
+    print(format_paired_table({f"offset {chosen:g} - 0": trade["test_paired_vs_no_offset"]}))
+    result = dict(checkpoint=args.checkpoint, sasrec=args.sasrec, new_arrivals=shelf, offsets=trade)
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as handle:
+            json.dump(
+                result,
+                handle,
+                indent=1,
+                default=lambda value: dataclasses.asdict(value) if dataclasses.is_dataclass(value) else str(value),
+            )
+    return result
+
+
+if __name__ == "__main__":
+    main()
