@@ -71,50 +71,62 @@ def model_scores(checkpoint_dir: str, batch_size: int) -> dict:
     return dict(config=config, data=data, catalog=catalog, cold=cold, splits=splits)
 
 
-def new_arrival_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded, cold: torch.Tensor) -> torch.Tensor:
-    """Each cold target's rank among the cold items (warm items left out, history excluded)."""
-    return target_ranks(scores.masked_fill(~cold, float("-inf")), targets, excluded)
-
-
 def by_user(users, ranks: torch.Tensor, keep: torch.Tensor) -> dict[str, int]:
     return {str(user): int(rank) for user, rank, kept in zip(users, ranks.tolist(), keep.tolist()) if kept}
 
 
+def sasrec_rows(run: dict, sasrec_dir: str, split: str) -> torch.Tensor:
+    """SASRec's scores of ``split`` in the run's catalog columns and user rows."""
+    with open(os.path.join(sasrec_dir, "sasrec_scores.json"), encoding="utf-8") as handle:
+        dumped = json.load(handle)
+    users, targets, scores = sasrec_scores(sasrec_dir, dumped, run["catalog"], split)
+    values = run["splits"][split]
+    order = {str(user): row for row, user in enumerate(users)}
+    rows = [order[str(user)] for user in values["users"]]  # RecBole's rows in our users' order
+    if [targets[row] for row in rows] != run["catalog"].ids_of(values["targets"].tolist()):
+        raise SystemExit(f"{sasrec_dir}: SASRec's {split} targets are not this run's")
+    return scores[rows]
+
+
+def shelf(run: dict, split: str, rankers: dict[str, torch.Tensor], shelf_items: torch.Tensor) -> dict:
+    """Each cold target's rank among ``shelf_items`` (a mask over the catalog) not in the user's history, for every
+    ranker, over the users whose target is cold; each ranker paired against IAM."""
+    values = run["splits"][split]
+    targets, excluded, users = values["targets"], values["excluded"], values["users"]
+    is_cold = run["cold"][targets]
+    if not shelf_items[targets[is_cold]].all():
+        raise ValueError("a cold target is not on the shelf: its rank would be meaningless")
+    candidates = shelf_items[None, :].expand(len(targets), -1).clone()
+    for row, items in enumerate(excluded or []):
+        candidates[row, items] = False
+    candidates = candidates[is_cold].sum(-1).float()
+    ranks = {
+        name: by_user(users, target_ranks(scores.masked_fill(~shelf_items, float("-inf")), targets, excluded), is_cold)
+        for name, scores in rankers.items()
+    }
+    return dict(
+        users=int(is_cold.sum()),
+        shelf_items=int(shelf_items.sum()),
+        candidates_median=float(candidates.median()),
+        chance_median_rank=float(((candidates + 1) / 2).median()),  # a random order's expected rank
+        metrics={name: metrics_from_ranks(list(r.values()), ks=(10, 50)) for name, r in ranks.items()},
+        median_rank={name: float(torch.tensor(list(r.values())).float().median()) for name, r in ranks.items()},
+        paired={f"IAM - {name}": paired_comparison(ranks["IAM"], ranks[name]) for name in rankers if name != "IAM"},
+    )
+
+
 def new_arrivals(run: dict, sasrec_dir: str | None) -> dict:
-    results = {}
+    """The shelf of every cold item (IAM, popularity) and, with SASRec, the shelf of the cold items SASRec has an
+    id for (all three): RecBole scores the others -inf, which would shorten its shelf alone."""
+    results = {"every cold item": {}, "cold items SASRec has an id for": {}}
     for split, values in run["splits"].items():
-        targets, excluded = values["targets"], values["excluded"]
-        is_cold = run["cold"][targets]
-        rankers = {
-            "IAM": values["scores"],
-            "popularity": values["popularity"].expand(len(targets), -1),
-        }
+        rankers = {"IAM": values["scores"], "popularity": values["popularity"].expand(len(values["targets"]), -1)}
+        results["every cold item"][split] = shelf(run, split, rankers, run["cold"])
         if sasrec_dir:
-            with open(os.path.join(sasrec_dir, "sasrec_scores.json"), encoding="utf-8") as handle:
-                dumped = json.load(handle)
-            users, sasrec_targets, scores = sasrec_scores(sasrec_dir, dumped, run["catalog"], split)
-            order = {str(user): row for row, user in enumerate(users)}
-            rows = [order[str(user)] for user in values["users"]]  # RecBole's rows in our users' order
-            if [sasrec_targets[row] for row in rows] != run["catalog"].ids_of(targets.tolist()):
-                raise SystemExit(f"{sasrec_dir}: SASRec's {split} targets are not this run's")
-            rankers["SASRec"] = scores[rows]
-        candidates = (run["cold"][None, :].expand(len(targets), -1)).clone()
-        for row, items in enumerate(excluded or []):
-            candidates[row, items] = False
-        ranks = {
-            name: by_user(values["users"], new_arrival_ranks(scores, targets, excluded, run["cold"]), is_cold)
-            for name, scores in rankers.items()
-        }
-        chance = (candidates[is_cold].sum(-1).float() + 1) / 2  # a random order's expected rank
-        results[split] = dict(
-            users=int(is_cold.sum()),
-            cold_candidates_median=float(candidates[is_cold].sum(-1).float().median()),
-            metrics={name: metrics_from_ranks(list(r.values()), ks=(10, 50)) for name, r in ranks.items()},
-            median_rank={name: float(torch.tensor(list(r.values())).float().median()) for name, r in ranks.items()},
-            chance_median_rank=float(chance.median()),
-            paired={f"IAM - {name}": paired_comparison(ranks["IAM"], ranks[name]) for name in rankers if name != "IAM"},
-        )
-    return results
+            rankers["SASRec"] = sasrec_rows(run, sasrec_dir, split)
+            known = run["cold"] & torch.isfinite(rankers["SASRec"]).all(0)
+            results["cold items SASRec has an id for"][split] = shelf(run, split, rankers, known)
+    return {name: splits for name, splits in results.items() if splits}
 
 
 def offset_ndcg(run: dict, split: str, offset: float) -> dict:
@@ -154,22 +166,24 @@ def main(argv=None) -> dict:
     parser.add_argument("--json-out")
     args = parser.parse_args(argv)
     run = model_scores(args.checkpoint, args.batch_size)
-    shelf = new_arrivals(run, args.sasrec)
+    shelf_results = new_arrivals(run, args.sasrec)
     trade = offsets(run)
-    for split, result in shelf.items():
-        print(
-            f"\n### New arrivals ({split}): {result['users']} users whose target is cold, ranked among the cold items "
-            f"not in their history (median {result['cold_candidates_median']:.0f}; a random order's median rank "
-            f"{result['chance_median_rank']:.0f}); history excluded, ties pessimistic"
-        )
-        print("| ranker | NDCG@10 | HR@10 | HR@50 | median rank |")
-        print("| --- | --- | --- | --- | --- |")
-        for name, metrics in result["metrics"].items():
+    for shelf_name, splits in shelf_results.items():
+        for split, result in splits.items():
             print(
-                f"| {name} | {metrics['ndcg@10']:.4f} | {metrics['hr@10']:.4f} | {metrics['hr@50']:.4f} | "
-                f"{result['median_rank'][name]:.0f} |"
+                f"\n### New arrivals, {shelf_name} ({result['shelf_items']} items; {split}): {result['users']} users "
+                f"whose target is cold, ranked among the shelf's items not in their history (median "
+                f"{result['candidates_median']:.0f}; a random order's median rank {result['chance_median_rank']:.0f}); "
+                "ties pessimistic"
             )
-        print(format_paired_table(result["paired"]))
+            print("| ranker | NDCG@10 | HR@10 | HR@50 | median rank |")
+            print("| --- | --- | --- | --- | --- |")
+            for name, metrics in result["metrics"].items():
+                print(
+                    f"| {name} | {metrics['ndcg@10']:.4f} | {metrics['hr@10']:.4f} | {metrics['hr@50']:.4f} | "
+                    f"{result['median_rank'][name]:.0f} |"
+                )
+            print(format_paired_table(result["paired"]))
     print(
         "\n### A score offset for cold items on the full catalog (validation NDCG@10: all users, cold and warm targets)"
     )
@@ -185,7 +199,7 @@ def main(argv=None) -> dict:
             f"warm {values['warm']:.4f}"
         )
     print(format_paired_table({f"offset {chosen:g} - 0": trade["test_paired_vs_no_offset"]}))
-    result = dict(checkpoint=args.checkpoint, sasrec=args.sasrec, new_arrivals=shelf, offsets=trade)
+    result = dict(checkpoint=args.checkpoint, sasrec=args.sasrec, new_arrivals=shelf_results, offsets=trade)
     if args.json_out:
         with open(args.json_out, "w", encoding="utf-8") as handle:
             json.dump(
