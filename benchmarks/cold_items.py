@@ -1,16 +1,18 @@
-"""Cold items after training, two views from one run's scores: a "new arrivals" shelf, and what a score offset for
-cold items trades on the full catalog.
+"""Cold items after training, three views from one run's scores: the whole catalog, a "new arrivals" shelf, and
+what a score offset for cold items trades on the whole catalog.
 
     python benchmarks/cold_items.py runs/cold/checkpoint                                # IAM and popularity
     python benchmarks/cold_items.py runs/cold/checkpoint --sasrec runs/sasrec-cold0.2   # and SASRec, same split
 
 The checkpoint is one that `examples/finetune.py --cold-items S` wrote (the cold items added after training, last
-in its catalog). Every number is over the users whose target is a cold item, history excluded, ties pessimistic:
+in its catalog). History excluded, ties pessimistic, validation and test users:
 
-- **New arrivals**: the target's rank among the cold items only (the ones not in the user's history), what a shelf
-  of items added since training would show. Popularity counts 0 for every cold item: all tie, so it ranks the target
-  last among them; SASRec scores them with embeddings trained only as negatives.
-- **Offset**: on the full catalog, cold items' scores raised by an offset (a prior for new items as a group).
+- **Whole catalog**: cold against warm targets (the run's own breakdown), with SASRec when given.
+- **New arrivals**: for the users whose target is cold, its rank among the cold items only (those not in the
+  user's history), what a shelf of items added since training would show. Popularity counts 0 for every cold item:
+  all tie, so it ranks the target last among them; SASRec scores them with their initial embeddings (they are left
+  out of its training softmax), on the shelf of the cold items it has an id for.
+- **Offset**: on the whole catalog, cold items' scores raised by an offset (a prior for new items as a group).
   Validation picks the offset with the best NDCG@10 over all users; test is read at that offset and at 0 only.
 
 Item-state cache on where the run used it; SASRec's scores are those `benchmarks/sasrec/train_score.py` dumped.
@@ -33,6 +35,7 @@ from rank import sasrec_scores  # noqa: E402
 from transformers_iam.experiments.build import eval_subset  # noqa: E402
 from transformers_iam.experiments.evaluate import load_checkpoint_run  # noqa: E402
 from transformers_iam.recsys.baselines import popularity_scores  # noqa: E402
+from transformers_iam.recsys.breakdown import cold_breakdown, format_group_table, format_rank_distribution  # noqa: E402
 from transformers_iam.recsys.metrics import metrics_from_ranks, target_ranks  # noqa: E402
 from transformers_iam.recsys.paired import format_paired_table, paired_comparison  # noqa: E402
 
@@ -111,22 +114,52 @@ def shelf(run: dict, split: str, rankers: dict[str, torch.Tensor], shelf_items: 
         chance_median_rank=float(((candidates + 1) / 2).median()),  # a random order's expected rank
         metrics={name: metrics_from_ranks(list(r.values()), ks=(10, 50)) for name, r in ranks.items()},
         median_rank={name: float(torch.tensor(list(r.values())).float().median()) for name, r in ranks.items()},
-        paired={f"IAM - {name}": paired_comparison(ranks["IAM"], ranks[name]) for name in rankers if name != "IAM"},
+        paired={
+            f"IAM - {name}, {metric.upper()}": paired_comparison(ranks["IAM"], ranks[name], metric)
+            for name in rankers
+            if name != "IAM"
+            for metric in ("ndcg@10", "hr@50")
+        },
     )
 
 
-def new_arrivals(run: dict, sasrec_dir: str | None) -> dict:
+def rankers_of(run: dict, split: str, sasrec_dir: str | None) -> dict[str, torch.Tensor]:
+    """Each ranker's ``(users, items)`` scores of ``split`` in the run's catalog and user order."""
+    values = run["splits"][split]
+    rankers = {"IAM": values["scores"], "popularity": values["popularity"].expand(len(values["targets"]), -1)}
+    if sasrec_dir:
+        rankers["SASRec"] = sasrec_rows(run, sasrec_dir, split)
+    return rankers
+
+
+def new_arrivals(run: dict, rankers: dict[str, dict[str, torch.Tensor]]) -> dict:
     """The shelf of every cold item (IAM, popularity) and, with SASRec, the shelf of the cold items SASRec has an
     id for (all three): RecBole scores the others -inf, which would shorten its shelf alone."""
     results = {"every cold item": {}, "cold items SASRec has an id for": {}}
-    for split, values in run["splits"].items():
-        rankers = {"IAM": values["scores"], "popularity": values["popularity"].expand(len(values["targets"]), -1)}
-        results["every cold item"][split] = shelf(run, split, rankers, run["cold"])
-        if sasrec_dir:
-            rankers["SASRec"] = sasrec_rows(run, sasrec_dir, split)
-            known = run["cold"] & torch.isfinite(rankers["SASRec"]).all(0)
-            results["cold items SASRec has an id for"][split] = shelf(run, split, rankers, known)
+    for split, scores in rankers.items():
+        results["every cold item"][split] = shelf(
+            run, split, {"IAM": scores["IAM"], "popularity": scores["popularity"]}, run["cold"]
+        )
+        if "SASRec" in scores:
+            known = run["cold"] & torch.isfinite(scores["SASRec"]).all(0)
+            results["cold items SASRec has an id for"][split] = shelf(run, split, scores, known)
     return {name: splits for name, splits in results.items() if splits}
+
+
+def full_catalog(run: dict, rankers: dict[str, dict[str, torch.Tensor]]) -> dict:
+    """Cold against warm targets on the whole catalog (the run's own breakdown, SASRec added when given)."""
+    results = {}
+    for split, scores in rankers.items():
+        values = run["splits"][split]
+        targets, users = values["targets"], values["users"]
+        everyone = torch.ones_like(targets, dtype=torch.bool)
+        ranks = {
+            name: by_user(users, target_ranks(matrix, targets, values["excluded"]), everyone)
+            for name, matrix in scores.items()
+        }
+        target_ids = dict(zip(map(str, users), run["catalog"].ids_of(targets.tolist())))
+        results[split] = cold_breakdown(ranks, target_ids, run["data"].cold_items, len(run["catalog"]))
+    return results
 
 
 def offset_ndcg(run: dict, split: str, offset: float) -> dict:
@@ -166,8 +199,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--json-out")
     args = parser.parse_args(argv)
     run = model_scores(args.checkpoint, args.batch_size)
-    shelf_results = new_arrivals(run, args.sasrec)
+    rankers = {split: rankers_of(run, split, args.sasrec) for split in run["splits"]}
+    whole = full_catalog(run, rankers)
+    shelf_results = new_arrivals(run, rankers)
     trade = offsets(run)
+    for split, breakdown in whole.items():
+        print(f"\n### The whole catalog ({split}): cold against warm targets, NDCG@10 and the cold targets' ranks")
+        print(format_group_table(breakdown, metric="ndcg@10"))
+        print(format_rank_distribution(breakdown, "cold"))
     for shelf_name, splits in shelf_results.items():
         for split, result in splits.items():
             print(
@@ -199,7 +238,9 @@ def main(argv=None) -> dict:
             f"warm {values['warm']:.4f}"
         )
     print(format_paired_table({f"offset {chosen:g} - 0": trade["test_paired_vs_no_offset"]}))
-    result = dict(checkpoint=args.checkpoint, sasrec=args.sasrec, new_arrivals=shelf_results, offsets=trade)
+    result = dict(
+        checkpoint=args.checkpoint, sasrec=args.sasrec, whole_catalog=whole, new_arrivals=shelf_results, offsets=trade
+    )
     if args.json_out:
         with open(args.json_out, "w", encoding="utf-8") as handle:
             json.dump(

@@ -32,6 +32,15 @@ probe p7-cold --epochs 4 --cold-items 0.2
 probe p8-cold-text --epochs 4 --cold-items 0.2 --score-items-from-text --item-residual-dropout 0.3
 probe p10-12layers --num-layers 12 --freeze-bottom-layers 6
 probe p11-history200 --max-history 200 --max-length 4000 --batch-size 4
+probe p14-iddrop0.3-e6 --epochs 6 --item-id-dropout 0.3
+probe p15-constant --lr-scheduler-type constant_with_warmup
+# cold items: SASRec on the same cold split, then both on the new-arrivals shelf and the offset trade-off
+python benchmarks/sasrec/export.py --cold-items 0.2 --seed 0 --out runs/sasrec-cold0.2 --patience 5
+/usr/bin/time -v .venv-recbole/bin/python benchmarks/sasrec/train_score.py --out runs/sasrec-cold0.2 \
+    > runs/sasrec-cold0.2.log 2> runs/sasrec-cold0.2.err
+python benchmarks/sasrec/rank.py --out runs/sasrec-cold0.2 --cold-items 0.2 --seed 0
+python benchmarks/cold_items.py runs/probes/p7-cold/checkpoint --sasrec runs/sasrec-cold0.2 \
+    --json-out runs/cold_items.json > runs/cold_items.md
 # equal steps on the token-level recipe
 probe p12-tl-recipe-item --preset cpu-quick-token-level --num-item-tokens 1
 probe p13-tl-recipe-item-ids --preset cpu-quick-token-level --num-item-tokens 1 --item-id-embeddings
@@ -44,5 +53,7 @@ python benchmarks/sasrec/rank.py --out runs/sasrec-ml-1m --dataset ml-1m
 python benchmarks/curves.py runs/final/cpu-quick-stacked runs/cpu-quick-token-level-stacked runs/probes/p1-item-ids \
     runs/probes/p2-text-only --out docs/images/curves_cpu_quick.png --title "ml-100k; 6 layers; the ~6-minute budget"
 python benchmarks/speed_memory.py > runs/speed_memory.md
-python benchmarks/item_states.py all --json-out runs/item_states.json > runs/item_states_train_serve.md
+python benchmarks/item_states.py train --steps 8 --warmup-steps 2 --json-out runs/item_states.json > runs/item_states.md
+python benchmarks/item_states.py serve --json-out runs/item_states_serve.json > runs/item_states_serve.md
+python benchmarks/item_states.py memory --json-out runs/item_states_memory.json > runs/item_states_memory.md
 python benchmarks/item_states_scaling.py all --json-out runs/item_states_scaling.json > runs/item_states_scaling.md

@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
         known = sum(tokens[catalog.index_of(item)] in recbole_index for item in data.cold_items)
         print(
             f"cold items: {known} of {len(data.cold_items)} have a RecBole id (they occur in validation or test rows) "
-            "and are scored by their embedding, trained only as a negative; the others get -inf"
+            "and are scored by their initial embedding (train_score.py leaves them out of the training softmax); the "
+            "others get -inf"
         )
     results, ranks_by_user = {}, {}
     for split in ("valid", "test"):

@@ -73,4 +73,11 @@ def test_cold_items_ranks_as_the_run_and_reads_sasrec_in_its_order(cold_run):
         # as the model, on the same shelf
         with_sasrec = report["new_arrivals"]["cold items SASRec has an id for"][split]
         assert with_sasrec["metrics"]["SASRec"] == with_sasrec["metrics"]["IAM"] == shelf["metrics"]["IAM"]
+        # on the whole catalog the run's own cold/warm breakdown, SASRec beside it
+        whole = report["whole_catalog"][split]["groups"]
+        assert whole["cold"]["users"] == len(cold_users)
+        assert whole["cold"]["metrics"]["SASRec"] == whole["cold"]["metrics"]["IAM"]
+        assert (
+            whole["cold"]["metrics"]["IAM"] == results["breakdown"]["cold"][split]["groups"]["cold"]["metrics"]["model"]
+        )
     assert json.loads((root / "cold.json").read_text())["offsets"]["chosen_on_validation"] in cold_items.OFFSETS
