@@ -90,6 +90,11 @@ def parse_args(argv=None) -> ExperimentConfig:
         help="a learned, zero-initialised vector per item, added where items enter the layers above the intra run",
     )
     model.add_argument(
+        "--init-item-prior",
+        action=argparse.BooleanOptionalAction,
+        help="start the adapter's per-item bias at the training split's log-popularity (default) or at 0",
+    )
+    model.add_argument(
         "--item-id-dropout", type=float, help="with --item-id-embeddings: share of item states without their id vector"
     )
     model.add_argument("--adapter-scoring", choices=["dot", "cosine"], help="how the adapter scores an item")

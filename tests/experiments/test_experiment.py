@@ -155,6 +155,11 @@ def test_item_embeddings_flag_leaves_the_preset_alone_unless_given(argv, frozen)
     assert config.item_embedding_learning_rate == preset_rate
 
 
+@pytest.mark.parametrize("argv, prior", [([], True), (["--no-init-item-prior"], False)])
+def test_item_prior_flag(argv, prior):
+    assert finetune.parse_args(argv).init_item_prior is prior
+
+
 def test_library_users_get_the_same_checks():
     with pytest.raises(ValueError, match=r"batch_size must be an int >= 1, got 0"):
         ExperimentConfig(batch_size=0)
