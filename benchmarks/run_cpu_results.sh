@@ -17,6 +17,9 @@ run final/cpu-quick examples/finetune.py $S --output-dir runs/final/cpu-quick-st
 run final/cpu-quick-token-level examples/finetune.py --preset cpu-quick-token-level $S \
     --output-dir runs/cpu-quick-token-level-stacked
 run final/cpu-full examples/finetune.py --preset cpu-full $S --output-dir runs/final/cpu-quick-6-epochs
+# the same LLM without IAM at the default's wall clock (the paper's token-level recipe, 172 steps: previous round's fit)
+run final/vanilla-equal-wall examples/finetune.py --preset cpu-quick-token-level --layout vanilla --max-steps 172 \
+    --evaluations 2 $S --output-dir runs/final/vanilla-equal-wall
 for folder in runs/final/cpu-quick-stacked runs/final/cpu-quick-6-epochs runs/cpu-quick-token-level-stacked; do
     python benchmarks/personalisation.py "$folder/checkpoint" --json-out "$folder/personalisation.json"
 done
@@ -34,6 +37,8 @@ probe p10-12layers --num-layers 12 --freeze-bottom-layers 6
 probe p11-history200 --max-history 200 --max-length 4000 --batch-size 4
 probe p14-iddrop0.3-e6 --epochs 6 --item-id-dropout 0.3
 probe p15-constant --lr-scheduler-type constant_with_warmup
+probe p16-no-prior --no-init-item-prior
+probe p17-lr-x2 --learning-rate 6e-4 --adapter-learning-rate 2e-3
 # cold items: SASRec on the same cold split, then both on the new-arrivals shelf and the offset trade-off
 python benchmarks/sasrec/export.py --cold-items 0.2 --seed 0 --out runs/sasrec-cold0.2 --patience 5
 /usr/bin/time -v .venv-recbole/bin/python benchmarks/sasrec/train_score.py --out runs/sasrec-cold0.2 \
