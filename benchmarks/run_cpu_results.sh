@@ -40,6 +40,8 @@ probe p15-constant --lr-scheduler-type constant_with_warmup
 probe p16-no-prior --no-init-item-prior
 probe p17-lr-x2 --learning-rate 6e-4 --adapter-learning-rate 2e-3
 probe p18-no-prior-e6 --epochs 6 --no-init-item-prior
+probe p19-seed1 --seed 1
+probe p20-no-prior-seed1 --seed 1 --no-init-item-prior
 # cold items: SASRec on the same cold split, then both on the new-arrivals shelf and the offset trade-off
 python benchmarks/sasrec/export.py --cold-items 0.2 --seed 0 --out runs/sasrec-cold0.2 --patience 5
 /usr/bin/time -v .venv-recbole/bin/python benchmarks/sasrec/train_score.py --out runs/sasrec-cold0.2 \
