@@ -74,8 +74,10 @@ def model_scores(checkpoint_dir: str, batch_size: int) -> dict:
     return dict(config=config, data=data, catalog=catalog, cold=cold, splits=splits)
 
 
-def by_user(users, ranks: torch.Tensor, keep: torch.Tensor) -> dict[str, int]:
-    return {str(user): int(rank) for user, rank, kept in zip(users, ranks.tolist(), keep.tolist()) if kept}
+def by_user(users, ranks: torch.Tensor, keep: torch.Tensor | None = None) -> dict[str, int]:
+    """``{user_id: rank}`` (ids as strings, as in metrics.json) of every user, or of those ``keep`` marks."""
+    kept = [True] * len(users) if keep is None else keep.tolist()
+    return {str(user): int(rank) for user, rank, chosen in zip(users, ranks.tolist(), kept) if chosen}
 
 
 def sasrec_rows(run: dict, sasrec_dir: str, split: str) -> torch.Tensor:
@@ -152,10 +154,8 @@ def full_catalog(run: dict, rankers: dict[str, dict[str, torch.Tensor]]) -> dict
     for split, scores in rankers.items():
         values = run["splits"][split]
         targets, users = values["targets"], values["users"]
-        everyone = torch.ones_like(targets, dtype=torch.bool)
         ranks = {
-            name: by_user(users, target_ranks(matrix, targets, values["excluded"]), everyone)
-            for name, matrix in scores.items()
+            name: by_user(users, target_ranks(matrix, targets, values["excluded"])) for name, matrix in scores.items()
         }
         target_ids = dict(zip(map(str, users), run["catalog"].ids_of(targets.tolist())))
         results[split] = cold_breakdown(ranks, target_ids, run["data"].cold_items, len(run["catalog"]))
@@ -172,7 +172,7 @@ def offset_ndcg(run: dict, split: str, offset: float) -> dict:
         all=metrics_from_ranks(ranks)["ndcg@10"],
         cold=metrics_from_ranks(ranks[is_cold])["ndcg@10"],
         warm=metrics_from_ranks(ranks[~is_cold])["ndcg@10"],
-        ranks=by_user(values["users"], ranks, torch.ones_like(is_cold)),
+        ranks=by_user(values["users"], ranks),
     )
 
 
