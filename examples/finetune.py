@@ -92,7 +92,7 @@ def parse_args(argv=None) -> ExperimentConfig:
     model.add_argument(
         "--init-item-prior",
         action=argparse.BooleanOptionalAction,
-        help="start the adapter's per-item bias at the training split's log-popularity (default) or at 0",
+        help="start the adapter's per-item bias at the training split's log-popularity or at 0 (item-level presets)",
     )
     model.add_argument(
         "--item-id-dropout", type=float, help="with --item-id-embeddings: share of item states without their id vector"

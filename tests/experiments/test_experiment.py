@@ -155,7 +155,16 @@ def test_item_embeddings_flag_leaves_the_preset_alone_unless_given(argv, frozen)
     assert config.item_embedding_learning_rate == preset_rate
 
 
-@pytest.mark.parametrize("argv, prior", [([], True), (["--no-init-item-prior"], False)])
+@pytest.mark.parametrize(
+    "argv, prior",
+    [
+        ([], False),  # the item-level presets start the bias at 0
+        (["--init-item-prior"], True),
+        (["--preset", "cpu-quick-token-level"], True),
+        (["--preset", "cpu-quick-token-level", "--no-init-item-prior"], False),
+        (["--preset", "cpu-ml-1m"], True),
+    ],
+)
 def test_item_prior_flag(argv, prior):
     assert finetune.parse_args(argv).init_item_prior is prior
 
