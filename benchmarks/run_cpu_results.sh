@@ -23,24 +23,29 @@ run final/vanilla-equal-wall examples/finetune.py --preset cpu-quick-token-level
 for folder in runs/final/cpu-quick-stacked runs/final/cpu-quick-6-epochs runs/cpu-quick-token-level-stacked; do
     python benchmarks/personalisation.py "$folder/checkpoint" --json-out "$folder/personalisation.json"
 done
-# validation-only probes (their test numbers are not read); "--epochs 4": the preset had 4 epochs when they ran
+# the default and cpu-full as they were before the recipe dropped the popularity prior (the previous round's finals)
+run final/cpu-quick-prior examples/finetune.py --init-item-prior $S --output-dir runs/final/cpu-quick-prior
+run final/cpu-full-prior examples/finetune.py --preset cpu-full --init-item-prior $S \
+    --output-dir runs/final/cpu-full-prior
+# validation-only probes (their test numbers are not read); "--epochs 4": the preset had 4 epochs when they ran,
+# "--init-item-prior": the recipe started the per-item bias at the popularity prior until p16-p20
 probe() { local name=$1; shift; run "probes/$name" examples/finetune.py --output-dir "runs/probes/$name" "$@"; }
-probe p1-item-ids --epochs 4
-probe p2-text-only --epochs 4 --no-item-id-embeddings
-probe p3-cosine --epochs 4 --adapter-scoring cosine
-probe p4-renumbered --epochs 4 --item-token-positions renumbered
-probe p5-epochs6 --epochs 6
-probe p6-ids-lr3e-3 --epochs 4 --item-id-embedding-learning-rate 3e-3
-probe p7-cold --epochs 4 --cold-items 0.2
-probe p8-cold-text --epochs 4 --cold-items 0.2 --score-items-from-text --item-residual-dropout 0.3
-probe p10-12layers --num-layers 12 --freeze-bottom-layers 6
-probe p11-history200 --max-history 200 --max-length 4000 --batch-size 4
-probe p14-iddrop0.3-e6 --epochs 6 --item-id-dropout 0.3
-probe p15-constant --lr-scheduler-type constant_with_warmup
+probe p1-item-ids --epochs 4 --init-item-prior
+probe p2-text-only --epochs 4 --no-item-id-embeddings --init-item-prior
+probe p3-cosine --epochs 4 --adapter-scoring cosine --init-item-prior
+probe p4-renumbered --epochs 4 --item-token-positions renumbered --init-item-prior
+probe p5-epochs6 --epochs 6 --init-item-prior
+probe p6-ids-lr3e-3 --epochs 4 --item-id-embedding-learning-rate 3e-3 --init-item-prior
+probe p7-cold --epochs 4 --cold-items 0.2 --init-item-prior
+probe p8-cold-text --epochs 4 --cold-items 0.2 --score-items-from-text --item-residual-dropout 0.3 --init-item-prior
+probe p10-12layers --num-layers 12 --freeze-bottom-layers 6 --init-item-prior
+probe p11-history200 --max-history 200 --max-length 4000 --batch-size 4 --init-item-prior
+probe p14-iddrop0.3-e6 --epochs 6 --item-id-dropout 0.3 --init-item-prior
+probe p15-constant --lr-scheduler-type constant_with_warmup --init-item-prior
 probe p16-no-prior --no-init-item-prior
-probe p17-lr-x2 --learning-rate 6e-4 --adapter-learning-rate 2e-3
+probe p17-lr-x2 --learning-rate 6e-4 --adapter-learning-rate 2e-3 --init-item-prior
 probe p18-no-prior-e6 --epochs 6 --no-init-item-prior
-probe p19-seed1 --seed 1
+probe p19-seed1 --seed 1 --init-item-prior
 probe p20-no-prior-seed1 --seed 1 --no-init-item-prior
 # cold items: SASRec on the same cold split, then both on the new-arrivals shelf and the offset trade-off
 python benchmarks/sasrec/export.py --cold-items 0.2 --seed 0 --out runs/sasrec-cold0.2 --patience 5
