@@ -16,16 +16,16 @@ S="--sasrec-metrics runs/sasrec/sasrec_metrics.json"
 run final/cpu-quick examples/finetune.py $S --output-dir runs/final/cpu-quick-stacked
 run final/cpu-quick-token-level examples/finetune.py --preset cpu-quick-token-level $S \
     --output-dir runs/cpu-quick-token-level-stacked
-run final/cpu-full examples/finetune.py --preset cpu-full $S --output-dir runs/final/cpu-quick-6-epochs
+run final/cpu-full examples/finetune.py --preset cpu-full $S --output-dir runs/final/cpu-full
 # the same LLM without IAM at the default's wall clock (the paper's token-level recipe, 172 steps: previous round's fit)
 run final/vanilla-equal-wall examples/finetune.py --preset cpu-quick-token-level --layout vanilla --max-steps 172 \
     --evaluations 2 $S --output-dir runs/final/vanilla-equal-wall
-for folder in runs/final/cpu-quick-stacked runs/final/cpu-quick-6-epochs runs/cpu-quick-token-level-stacked; do
+for folder in runs/final/cpu-quick-stacked runs/final/cpu-full runs/cpu-quick-token-level-stacked; do
     python benchmarks/personalisation.py "$folder/checkpoint" --json-out "$folder/personalisation.json"
 done
 # the default and cpu-full as they were before the recipe dropped the popularity prior (the previous round's finals)
 run final/cpu-quick-prior examples/finetune.py --init-item-prior $S --output-dir runs/final/cpu-quick-prior
-run final/cpu-full-prior examples/finetune.py --preset cpu-full --init-item-prior $S \
+run final/cpu-full-prior examples/finetune.py --preset cpu-full --epochs 6 --init-item-prior $S \
     --output-dir runs/final/cpu-full-prior
 # validation-only probes (their test numbers are not read); "--epochs 4": the preset had 4 epochs when they ran,
 # "--init-item-prior": the recipe started the per-item bias at the popularity prior until p16-p20
@@ -47,6 +47,9 @@ probe p17-lr-x2 --learning-rate 6e-4 --adapter-learning-rate 2e-3 --init-item-pr
 probe p18-no-prior-e6 --epochs 6 --no-init-item-prior
 probe p19-seed1 --seed 1 --init-item-prior
 probe p20-no-prior-seed1 --seed 1 --no-init-item-prior
+probe p21-no-prior-e6-wd0.1 --epochs 6 --no-init-item-prior --weight-decay 0.1
+probe p22-no-prior-e10 --epochs 10 --no-init-item-prior
+probe p23-cold-no-prior --epochs 4 --cold-items 0.2 --no-init-item-prior
 # cold items: SASRec on the same cold split, then both on the new-arrivals shelf and the offset trade-off
 python benchmarks/sasrec/export.py --cold-items 0.2 --seed 0 --out runs/sasrec-cold0.2 --patience 5
 /usr/bin/time -v .venv-recbole/bin/python benchmarks/sasrec/train_score.py --out runs/sasrec-cold0.2 \
