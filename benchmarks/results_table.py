@@ -118,7 +118,8 @@ def collect(*folders: str, split_shown: str = "test") -> dict:
                 + _cell(training.get("stopping_step"), " (early stopping, patience {})"),
                 "best": "" if best is None else f"epoch {best}",
                 "training": _minutes(training.get("train_seconds")),
-                "wall": _minutes(training.get("wall_seconds")),
+                "wall": _minutes(training.get("wall_seconds"))
+                + (" (scoring a saved checkpoint only)" if training.get("interrupted") else ""),
                 "peak memory": "",
                 "trained parameters": "",
                 f"{split_shown} NDCG@10 vs popularity (paired)": "",

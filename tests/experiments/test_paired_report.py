@@ -197,3 +197,12 @@ def test_results_file_regenerates_its_generated_blocks_and_keeps_the_prose(tiny_
         with pytest.raises(SystemExit, match=message):
             results_table.update_generated_blocks(str(document))
         assert document.read_text() == broken
+
+
+def test_results_table_says_when_a_sasrec_wall_is_only_its_scoring(tiny_run, tmp_path):
+    root, _ = tiny_run
+    sasrec = json.loads((root / "sasrec" / "sasrec_metrics.json").read_text())
+    sasrec["training"] = {"best_epoch": 11, "wall_seconds": 7.0, "interrupted": "scored from a saved epoch"}
+    (tmp_path / "sasrec-scored").mkdir()
+    (tmp_path / "sasrec-scored" / "sasrec_metrics.json").write_text(json.dumps(sasrec))
+    assert "| 0.1 min (scoring a saved checkpoint only) |" in results_table.main([str(tmp_path / "sasrec-scored")])
