@@ -204,8 +204,8 @@ def main(argv=None) -> dict:
     shelf_results = new_arrivals(run, rankers)
     trade = offsets(run)
     for split, breakdown in whole.items():
-        print(f"\n### The whole catalog ({split}): cold against warm targets, NDCG@10 and the cold targets' ranks")
-        print(format_group_table(breakdown, metric="ndcg@10"))
+        print(f"\n### The whole catalog ({split}): cold against warm targets, NDCG@10 and the cold targets' ranks\n")
+        print(format_group_table(breakdown, metric="ndcg@10") + "\n")
         print(format_rank_distribution(breakdown, "cold"))
     for shelf_name, splits in shelf_results.items():
         for split, result in splits.items():
@@ -213,7 +213,7 @@ def main(argv=None) -> dict:
                 f"\n### New arrivals, {shelf_name} ({result['shelf_items']} items; {split}): {result['users']} users "
                 f"whose target is cold, ranked among the shelf's items not in their history (median "
                 f"{result['candidates_median']:.0f}; a random order's median rank {result['chance_median_rank']:.0f}); "
-                "ties pessimistic"
+                "ties pessimistic\n"
             )
             print("| ranker | NDCG@10 | HR@10 | HR@50 | median rank |")
             print("| --- | --- | --- | --- | --- |")
@@ -222,21 +222,24 @@ def main(argv=None) -> dict:
                     f"| {name} | {metrics['ndcg@10']:.4f} | {metrics['hr@10']:.4f} | {metrics['hr@50']:.4f} | "
                     f"{result['median_rank'][name]:.0f} |"
                 )
+            print()
             print(format_paired_table(result["paired"]))
     print(
-        "\n### A score offset for cold items on the full catalog (validation NDCG@10: all users, cold and warm targets)"
+        "\n### A score offset for cold items on the full catalog (validation NDCG@10: all users, cold and warm "
+        "targets)\n"
     )
     print("| offset | all | cold targets | warm targets |")
     print("| --- | --- | --- | --- |")
     for offset, values in trade["valid"].items():
         print(f"| {offset:g} | {values['all']:.4f} | {values['cold']:.4f} | {values['warm']:.4f} |")
     chosen = trade["chosen_on_validation"]
-    print(f"validation chooses offset {chosen:g}; test, read at it and at 0:")
+    print(f"\nvalidation chooses offset {chosen:g}; test, read at it and at 0:")
     for offset, values in trade["test"].items():
         print(
             f"- offset {offset:g}: all {values['all']:.4f}, cold targets {values['cold']:.4f}, "
             f"warm {values['warm']:.4f}"
         )
+    print()
     print(format_paired_table({f"offset {chosen:g} - 0": trade["test_paired_vs_no_offset"]}))
     result = dict(
         checkpoint=args.checkpoint, sasrec=args.sasrec, whole_catalog=whole, new_arrivals=shelf_results, offsets=trade
