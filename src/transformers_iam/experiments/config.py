@@ -54,8 +54,9 @@ ITEM_LEVEL_CPU_RECIPE: dict = dict(
 )
 
 PRESETS: dict[str, dict] = {
-    # The default: the item-level recipe for 3.5 epochs, cut by cost, not by validation (0.1142 at 6 epochs, 0.1091
-    # at 4): 6 epochs took 9:07, the token-level default 6:00 in the same session, and the default must not be slower.
+    # The default: the item-level recipe for 3.5 epochs, cut by cost, not by validation (cpu-full's 10 epochs are
+    # +0.0142 on validation): 3.5 epochs took 5:33 alone, the token-level default 6:08 in the same session, and the
+    # default must not be slower than it.
     "cpu-quick": dict(ITEM_LEVEL_CPU_RECIPE, epochs=3.5),
     # The paper's token-level IAM, the previous default (6:00 end to end on 2 CPU cores this round, 11:18 on an earlier
     # machine: docs/results.md): 6 of 30 layers, the 3 intra layers and the token embeddings kept as pretrained, so
