@@ -90,6 +90,11 @@ def parse_args(argv=None) -> ExperimentConfig:
         help="a learned, zero-initialised vector per item, added where items enter the layers above the intra run",
     )
     model.add_argument(
+        "--tie-item-id-embeddings",
+        action=argparse.BooleanOptionalAction,
+        help="with --item-id-embeddings: an item's id vector is its adapter row times a learned gate starting at 0",
+    )
+    model.add_argument(
         "--init-item-prior",
         action=argparse.BooleanOptionalAction,
         help="start the adapter's per-item bias at the training split's log-popularity or at 0 (item-level presets)",

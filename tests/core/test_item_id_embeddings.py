@@ -118,3 +118,53 @@ def test_id_dropout_needs_id_embeddings():
         ExperimentConfig(item_id_dropout=0.3)
     with pytest.raises(ValueError, match=r"item_id_dropout must be a number in \[0, 1\)"):
         ExperimentConfig(item_id_embeddings=True, num_item_tokens=1, item_id_dropout=1.0)
+
+
+def test_tied_vectors_are_the_adapter_rows_through_a_gate_that_starts_closed(collator, tmp_path):
+    text_only = tiny_model(num_layers=4, num_item_tokens=1)
+    tied = same_weights_with(text_only, use_item_id_embeddings=True, tie_item_id_embeddings=True)
+    untied = same_weights_with(text_only, use_item_id_embeddings=True)
+    assert not any("item_id_embeddings.weight" in name for name, _ in tied.named_parameters())  # no vectors of its own
+    batch = collator(HISTORIES)
+    with torch.no_grad():
+        torch.testing.assert_close(tied(**batch).logits, text_only(**batch).logits)  # an untrained model: text only
+        # with the gate open, the model is the untied one whose id vectors are the gated adapter rows
+        gate = torch.linspace(-1.0, 1.0, tied.item_id_embeddings.gate.numel())
+        tied.item_id_embeddings.gate.copy_(gate)
+        untied.item_id_embeddings.weight.copy_(tied.adapter.item_embeddings.weight * gate)
+        torch.testing.assert_close(tied(**batch).logits, untied(**batch).logits)
+        # and they follow the rows: i9's row moves what its readers see (row 1), not the others' (row 0)
+        before = tied(**batch).logits
+        i9 = collator.catalog.index_of("i9")
+        tied.adapter.item_embeddings.weight[i9] += 1.0
+        after = tied(**batch).logits
+    others = [index for index in range(after.shape[1]) if index != i9]
+    torch.testing.assert_close(after[0, others], before[0, others])
+    assert not torch.allclose(after[1, others], before[1, others])
+    tied.save_pretrained(tmp_path)
+    reloaded = type(tied).from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, after)
+
+
+def test_the_tied_gate_trains_at_the_id_vectors_rate(collator):
+    # the gate is the tied vectors' only parameter of their own: it must be in the optimizer and get a gradient
+    model = tiny_model(num_layers=4, num_item_tokens=1, use_item_id_embeddings=True, tie_item_id_embeddings=True)
+    optimizer = make_optimizer(model.train(), ExperimentConfig(learning_rate=1e-2, adapter_learning_rate=1e-2))
+    batch = collator(HISTORIES)
+    for _ in range(2):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert model.item_id_embeddings.gate.detach().abs().min() > 0
+
+
+def test_tied_vectors_need_matching_sizes_and_stored_rows():
+    with pytest.raises(StrictDataclassError, match="set use_item_id_embeddings=True"):
+        tiny_model(num_layers=4, num_item_tokens=1, tie_item_id_embeddings=True)
+    with pytest.raises(StrictDataclassError, match="the two sizes must match"):
+        tiny_model(num_layers=4, use_item_id_embeddings=True, tie_item_id_embeddings=True, adapter_hidden_size=8)
+    with pytest.raises(StrictDataclassError, match="turn one of them off"):
+        tiny_model(num_layers=4, use_item_id_embeddings=True, tie_item_id_embeddings=True, score_items_from_text=True)
+    with pytest.raises(ValueError, match=r"ties item id vectors: turn them on \(--item-id-embeddings\)"):
+        ExperimentConfig(tie_item_id_embeddings=True)

@@ -121,6 +121,14 @@ class IAMConfig(PreTrainedConfig):
             the leading intra run. Zero-initialised: an untrained model equals the text-only model, and an item with
             no training interactions keeps its zero vector. Needs `segment_item_indices` in the forward
             ([`IAMDataCollator`] emits it).
+        tie_item_id_embeddings (`bool`, *optional*, defaults to `False`):
+            With `use_item_id_embeddings`, an item's id vector is its row of the adapter's output item embeddings
+            (the vector it is scored with) times a learned per-dimension gate that starts at 0, instead of a vector
+            of its own: the input and output sides share one vector per item, as SASRec shares its item embeddings,
+            so a rarely seen item's input vector also learns from every softmax it is a negative in. An untrained
+            model still equals the text-only model; an item added after training enters with its text-derived row.
+            Needs `adapter_hidden_size` equal to the backbone's hidden size and stored rows (not
+            `score_items_from_text`).
         item_id_dropout (`float`, *optional*, defaults to 0.0):
             With `use_item_id_embeddings`, the share of item states that enter the layers above the intra run
             without their id vector in training (the others scaled by `1 / (1 - item_id_dropout)`, as dropout
@@ -163,6 +171,7 @@ class IAMConfig(PreTrainedConfig):
     num_item_tokens: int | None = positive_int_field(default=None)
     item_token_positions: Literal["original", "renumbered"] = "original"
     use_item_id_embeddings: bool = False
+    tie_item_id_embeddings: bool = False
     item_id_dropout: int | float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
     adapter_scoring: Literal["dot", "cosine"] = "dot"
     score_items_from_text: bool = False
@@ -190,6 +199,24 @@ class IAMConfig(PreTrainedConfig):
         if self.item_id_dropout and not self.use_item_id_embeddings:
             raise ValueError(
                 f"item_id_dropout={self.item_id_dropout!r} drops item id vectors: set use_item_id_embeddings=True"
+            )
+
+    def validate_tied_item_id_embeddings(self):
+        """Tied id vectors are the adapter's stored rows, read in the backbone's hidden size."""
+        if not self.tie_item_id_embeddings:
+            return
+        if not self.use_item_id_embeddings:
+            raise ValueError("tie_item_id_embeddings=True ties the item id vectors: set use_item_id_embeddings=True")
+        if self.score_items_from_text:
+            raise ValueError(
+                "tie_item_id_embeddings=True reads the adapter's stored item rows; with score_items_from_text=True "
+                "the rows are computed from the items' text: turn one of them off"
+            )
+        if self.resolved_adapter_hidden_size != self.text_config.hidden_size:
+            raise ValueError(
+                f"tie_item_id_embeddings=True adds the adapter's item rows (adapter_hidden_size="
+                f"{self.resolved_adapter_hidden_size}) to the backbone's states (hidden_size="
+                f"{self.text_config.hidden_size}): the two sizes must match"
             )
 
     @property

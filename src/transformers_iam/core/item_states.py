@@ -22,12 +22,11 @@ masks) is the reference it is tested against.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from .attention import ItemSegments
 from .decoder import DecoderParts, run_layers
@@ -269,17 +268,17 @@ def item_aware_forward(
     renumber_positions: bool = False,
     drop_trailing_context: bool = False,
     token_items: torch.Tensor | None = None,
-    item_id_embeddings: nn.Module | None = None,
+    item_id_embeddings: Callable[[torch.Tensor], torch.Tensor] | None = None,
     output_hidden_states: bool = False,
 ) -> ItemAwareOutput:
     """The backbone's forward with its leading ``num_leading_intra`` intra layers computed ``lower``: ``"masked"``
     (over the whole prompt under the item-aware mask), ``"packed"`` (per distinct item) or ``"cached"`` (from
     ``cache``, items it lacks packed), then the layers above over the layout of :func:`upper_layout`.
 
-    With ``item_id_embeddings``, each item token's vector (``token_items``: the catalog index of the item each token
-    belongs to, ``-1`` on context) is added to the states entering the first layer above the run. With
-    ``output_hidden_states``, the embeddings and every layer's output at the input's positions (zeros where the
-    layers above did not see a token).
+    With ``item_id_embeddings`` (catalog indices to vectors), each item token's vector (``token_items``: the catalog
+    index of the item each token belongs to, ``-1`` on context) is added to the states entering the first layer
+    above the run. With ``output_hidden_states``, the embeddings and every layer's output at the input's positions
+    (zeros where the layers above did not see a token).
     """
     batch_size, length = attention_mask.shape
     spans = find_item_spans(item_segment_ids, attention_mask, input_ids if lower != "masked" else None)

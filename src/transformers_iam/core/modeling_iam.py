@@ -108,6 +108,15 @@ def _token_sequences(renderer, num_items: int) -> list[list[int]]:
     return sequences
 
 
+def _drop_whole_vectors(vectors: torch.Tensor, dropout: float, training: bool) -> torch.Tensor:
+    """`IAMConfig.item_id_dropout`: one draw per looked-up vector, so an item enters either with its identity or from
+    its text alone."""
+    if not training or dropout == 0:
+        return vectors
+    kept = torch.ones(vectors.shape[:-1] + (1,), dtype=vectors.dtype, device=vectors.device)
+    return vectors * nn.functional.dropout(kept, dropout, training=True)
+
+
 class ItemIdEmbeddings(nn.Embedding):
     """One learned vector per catalog item, zero-initialised (see `IAMConfig.use_item_id_embeddings`); in training,
     a share ``dropout`` of the looked-up vectors is dropped whole (`IAMConfig.item_id_dropout`)."""
@@ -117,12 +126,21 @@ class ItemIdEmbeddings(nn.Embedding):
         self.dropout = dropout
 
     def forward(self, item_indices: torch.Tensor) -> torch.Tensor:
-        vectors = super().forward(item_indices)
-        if not self.training or self.dropout == 0:
-            return vectors
-        # one draw per looked-up vector, so an item enters either with its identity or from its text alone
-        kept = torch.ones(vectors.shape[:-1] + (1,), dtype=vectors.dtype, device=vectors.device)
-        return vectors * nn.functional.dropout(kept, self.dropout, training=True)
+        return _drop_whole_vectors(super().forward(item_indices), self.dropout, self.training)
+
+
+class TiedItemIdEmbeddings(nn.Module):
+    """Item id vectors shared with the adapter's output item embeddings (`IAMConfig.tie_item_id_embeddings`): an
+    item's vector is its adapter row times a learned per-dimension gate, zero-initialised."""
+
+    def __init__(self, hidden_size: int, dropout: float = 0.0):
+        super().__init__()
+        self.gate = nn.Parameter(torch.zeros(hidden_size))
+        self.dropout = dropout
+
+    def forward(self, item_indices: torch.Tensor, item_rows: torch.Tensor) -> torch.Tensor:
+        vectors = nn.functional.embedding(item_indices, item_rows) * self.gate
+        return _drop_whole_vectors(vectors, self.dropout, self.training)
 
 
 class IAMPreTrainedModel(PreTrainedModel):
@@ -141,6 +159,8 @@ class IAMPreTrainedModel(PreTrainedModel):
         # zero: an untrained model is the text-only model, and an item never trained keeps no identity of its own
         if isinstance(module, ItemIdEmbeddings):
             init.zeros_(module.weight)
+        elif isinstance(module, TiedItemIdEmbeddings):
+            init.zeros_(module.gate)
         elif isinstance(module, TextToItemRows):  # zero: at first the rows are the items' own
             init.zeros_(module.weight)
             init.zeros_(module.bias)
@@ -176,11 +196,13 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         implementation = item_aware_implementation(current_attn_implementation(config))
         self.model = AutoModel.from_config(config.text_config, attn_implementation=implementation)
         enable_item_aware_attention(self.model, config.resolved_layer_types)
-        self.item_id_embeddings = (
-            ItemIdEmbeddings(config.num_items, config.text_config.hidden_size, config.item_id_dropout)
-            if config.use_item_id_embeddings
-            else None
-        )
+        self.item_id_embeddings: ItemIdEmbeddings | TiedItemIdEmbeddings | None = None
+        if config.use_item_id_embeddings and config.tie_item_id_embeddings:
+            self.item_id_embeddings = TiedItemIdEmbeddings(config.text_config.hidden_size, config.item_id_dropout)
+        elif config.use_item_id_embeddings:
+            self.item_id_embeddings = ItemIdEmbeddings(
+                config.num_items, config.text_config.hidden_size, config.item_id_dropout
+            )
         self.adapter = IAMRecommendationAdapter(config)
         self.catalog: ItemCatalog | None = None
         self.item_cache: ItemStateCache | None = None
@@ -319,7 +341,7 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
                 f"add_items: {len(new)} items scored from their text (ridge {ridge:g}, chosen by cross-validation)"
             )
         self.adapter.item_embeddings = _grown_linear(head, rows[:, :-1], rows[:, -1])
-        if self.item_id_embeddings is not None:
+        if isinstance(self.item_id_embeddings, ItemIdEmbeddings):  # tied ones read the grown adapter rows
             weight = self.item_id_embeddings.weight
             grown = ItemIdEmbeddings(len(extended), weight.shape[1], self.config.item_id_dropout).to(weight)
             grown.weight.zero_()
@@ -554,7 +576,7 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
             # nothing reads the context after the last item when the adapter reads item ends
             drop_trailing_context=self.config.readout == "last_item" and not output_hidden_states,
             token_items=self._token_items(item_segment_ids, attention_mask, segment_item_indices),
-            item_id_embeddings=self.item_id_embeddings,
+            item_id_embeddings=None if self.item_id_embeddings is None else self._item_id_vectors,
             output_hidden_states=output_hidden_states,
         )
         layout: Layout = output.layout
@@ -613,6 +635,13 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         if cache is not None and intra_implementation is None:
             implementation = "packed"  # every layer's states of what the cache would have served
         return implementation, None
+
+    def _item_id_vectors(self, item_indices: torch.Tensor) -> torch.Tensor:
+        """The id vectors of catalog items: their own, or their adapter rows through the gate when tied (under LoRA
+        ``self.adapter`` resolves to the copy PEFT trains)."""
+        if isinstance(self.item_id_embeddings, TiedItemIdEmbeddings):
+            return self.item_id_embeddings(item_indices, self.adapter.item_embeddings.weight)
+        return self.item_id_embeddings(item_indices)
 
     def _token_items(
         self,

@@ -109,6 +109,7 @@ def build_model(
         item_token_positions=config.item_token_positions,
         use_item_id_embeddings=config.item_id_embeddings,
         item_id_dropout=config.item_id_dropout,
+        tie_item_id_embeddings=config.tie_item_id_embeddings,
         adapter_scoring=config.adapter_scoring,
         score_items_from_text=config.score_items_from_text,
         item_residual_dropout=config.item_residual_dropout,

@@ -160,6 +160,7 @@ class ExperimentConfig:
     item_id_embeddings: bool = False  # one learned vector per item, zero-initialised, added where items enter the top
     item_id_embedding_learning_rate: float | None = None  # None: the adapter's rate
     item_id_dropout: float = 0.0  # share of item states entering the top without their id vector, in training
+    tie_item_id_embeddings: bool = False  # an item's id vector = its adapter row times a learned zero-initialised gate
     adapter_scoring: str = "dot"  # or "cosine" (cosine similarity times a learned temperature)
     # each item's adapter row = a learned map of its text + its own residual, dropped for a share of items per step
     score_items_from_text: bool = False
@@ -246,6 +247,8 @@ class ExperimentConfig:
             raise ValueError(
                 f"item_id_dropout={self.item_id_dropout!r} drops item id vectors: turn them on (--item-id-embeddings)"
             )
+        if self.tie_item_id_embeddings and not self.item_id_embeddings:
+            raise ValueError("tie_item_id_embeddings=True ties item id vectors: turn them on (--item-id-embeddings)")
         if self.max_item_tokens >= self.max_length:
             raise ValueError(f"max_item_tokens ({self.max_item_tokens}) must be below max_length ({self.max_length})")
         if self.num_backbone_layers is not None and self.freeze_bottom_layers > self.num_backbone_layers:
