@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from peft import PeftModel
 
+from transformers_iam import IAMDataCollator
 from transformers_iam.integrations.peft import apply_lora
 
-from ..testing_utils import SEGMENTS, random_ids, tiny_model
+from ..testing_utils import SEGMENTS, collator_kwargs, random_ids, tiny_model
 
 
 def perturb_trainable(model, seed: int = 0):
@@ -53,3 +55,18 @@ def test_adapter_only_checkpoint_round_trip_and_merge(tmp_path):
     assert type(merged).__name__ == "IAMForCausalRecommendation"
     torch.testing.assert_close(scores(merged), tuned, atol=1e-5, rtol=1e-4)
     assert merged.config._attn_implementation == "iam_sdpa"
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_lora_trains_the_item_id_vectors_in_full(tied, tokenizer, catalog):
+    # new weights with nothing pretrained to adapt: frozen by PEFT they would stay at their zero initialisation
+    model = tiny_model(num_layers=4, num_item_tokens=1, use_item_id_embeddings=True, tie_item_id_embeddings=tied)
+    peft_model = apply_lora(model, rank=4).train()
+    own = "item_id_embeddings.modules_to_save.default." + ("gate" if tied else "weight")
+    trainable = {name: p for name, p in peft_model.named_parameters() if p.requires_grad}
+    assert any(name.endswith(own) for name in trainable)
+    collator = IAMDataCollator(tokenizer, catalog, max_length=48, **collator_kwargs())
+    batch = collator([{"history": ["i3", "i1", "i5"], "target": "i4"}, {"history": ["i7", "i9"], "target": "i3"}])
+    peft_model(**batch).loss.backward()
+    gradient = next(p.grad for name, p in trainable.items() if name.endswith(own))
+    assert gradient is not None and gradient.abs().sum() > 0

@@ -341,7 +341,7 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
                 f"add_items: {len(new)} items scored from their text (ridge {ridge:g}, chosen by cross-validation)"
             )
         self.adapter.item_embeddings = _grown_linear(head, rows[:, :-1], rows[:, -1])
-        if isinstance(self.item_id_embeddings, ItemIdEmbeddings):  # tied ones read the grown adapter rows
+        if self.item_id_embeddings is not None and not self.config.tie_item_id_embeddings:  # tied: the grown rows
             weight = self.item_id_embeddings.weight
             grown = ItemIdEmbeddings(len(extended), weight.shape[1], self.config.item_id_dropout).to(weight)
             grown.weight.zero_()
@@ -639,7 +639,7 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
     def _item_id_vectors(self, item_indices: torch.Tensor) -> torch.Tensor:
         """The id vectors of catalog items: their own, or their adapter rows through the gate when tied (under LoRA
         ``self.adapter`` resolves to the copy PEFT trains)."""
-        if isinstance(self.item_id_embeddings, TiedItemIdEmbeddings):
+        if self.config.tie_item_id_embeddings:  # not isinstance: under LoRA a PEFT wrapper holds them
             return self.item_id_embeddings(item_indices, self.adapter.item_embeddings.weight)
         return self.item_id_embeddings(item_indices)
 

@@ -15,8 +15,10 @@ def lora_config(
     alpha: int | None = None,
     dropout: float = 0.05,
     target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
+    modules_to_save: Sequence[str] = ("adapter",),
 ):
-    """A `peft.LoraConfig` for IAM: LoRA on `target_modules`, `adapter` (the scoring head) in `modules_to_save`."""
+    """A `peft.LoraConfig` for IAM: LoRA on `target_modules`; `modules_to_save` (the scoring head, and the item id
+    embeddings where a model has them: see `apply_lora`) trained in full."""
     from peft import LoraConfig
 
     return LoraConfig(
@@ -24,7 +26,7 @@ def lora_config(
         lora_alpha=alpha if alpha is not None else 2 * rank,
         lora_dropout=dropout,
         target_modules=list(target_modules),
-        modules_to_save=["adapter"],
+        modules_to_save=list(modules_to_save),
     )
 
 
@@ -38,4 +40,8 @@ def apply_lora(model: nn.Module, rank: int = 16, **kwargs):
     """
     from peft import get_peft_model
 
+    # the item id vectors (or their tied gate) are new weights with no pretrained value to adapt: trained in full,
+    # as the adapter is; left out, PEFT would freeze them at their zero initialisation
+    trained_in_full = ("adapter", "item_id_embeddings") if getattr(model, "item_id_embeddings", None) else ("adapter",)
+    kwargs.setdefault("modules_to_save", trained_in_full)
     return get_peft_model(model, lora_config(rank=rank, **kwargs))
