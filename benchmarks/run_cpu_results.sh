@@ -50,6 +50,8 @@ probe p20-no-prior-seed1 --seed 1 --no-init-item-prior
 probe p21-no-prior-e6-wd0.1 --epochs 6 --no-init-item-prior --weight-decay 0.1
 probe p22-no-prior-e10 --epochs 10 --no-init-item-prior
 probe p23-cold-no-prior --epochs 4 --cold-items 0.2 --no-init-item-prior
+probe p24-cold-seed1 --cold-items 0.2 --seed 1
+probe p25-tied --tie-item-id-embeddings
 # cold items: SASRec on the same cold split, then both on the new-arrivals shelf and the offset trade-off
 python benchmarks/sasrec/export.py --cold-items 0.2 --seed 0 --out runs/sasrec-cold0.2 --patience 5
 /usr/bin/time -v .venv-recbole/bin/python benchmarks/sasrec/train_score.py --out runs/sasrec-cold0.2 \
@@ -57,6 +59,13 @@ python benchmarks/sasrec/export.py --cold-items 0.2 --seed 0 --out runs/sasrec-c
 python benchmarks/sasrec/rank.py --out runs/sasrec-cold0.2 --cold-items 0.2 --seed 0
 python benchmarks/cold_items.py runs/probes/p7-cold/checkpoint --sasrec runs/sasrec-cold0.2 \
     --json-out runs/cold_items.json > runs/cold_items.md
+# the same with the other seed (its own cold items), the current recipe
+python benchmarks/sasrec/export.py --cold-items 0.2 --seed 1 --out runs/sasrec-cold0.2-seed1 --patience 5
+/usr/bin/time -v .venv-recbole/bin/python benchmarks/sasrec/train_score.py --out runs/sasrec-cold0.2-seed1 \
+    > runs/sasrec-cold0.2-seed1.log 2> runs/sasrec-cold0.2-seed1.err
+python benchmarks/sasrec/rank.py --out runs/sasrec-cold0.2-seed1 --cold-items 0.2 --seed 1
+python benchmarks/cold_items.py runs/probes/p24-cold-seed1/checkpoint --sasrec runs/sasrec-cold0.2-seed1 \
+    --json-out runs/cold_items_seed1.json > runs/cold_items_seed1.md
 # equal steps on the token-level recipe
 probe p12-tl-recipe-item --preset cpu-quick-token-level --num-item-tokens 1
 probe p13-tl-recipe-item-ids --preset cpu-quick-token-level --num-item-tokens 1 --item-id-embeddings
