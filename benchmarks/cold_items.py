@@ -233,14 +233,18 @@ def main(argv=None) -> dict:
     for offset, values in trade["valid"].items():
         print(f"| {offset:g} | {values['all']:.4f} | {values['cold']:.4f} | {values['warm']:.4f} |")
     chosen = trade["chosen_on_validation"]
-    print(f"\nvalidation chooses offset {chosen:g}; test, read at it and at 0:")
+    if chosen:
+        print(f"\nvalidation chooses offset {chosen:g}; test, read at it and at 0:")
+    else:
+        print("\nvalidation chooses no offset (0); test, read at it:")
     for offset, values in trade["test"].items():
         print(
             f"- offset {offset:g}: all {values['all']:.4f}, cold targets {values['cold']:.4f}, "
             f"warm {values['warm']:.4f}"
         )
-    print()
-    print(format_paired_table({f"offset {chosen:g} - 0": trade["test_paired_vs_no_offset"]}))
+    if chosen:  # at 0 the pair would compare the ranks with themselves
+        print()
+        print(format_paired_table({f"offset {chosen:g} - 0": trade["test_paired_vs_no_offset"]}))
     result = dict(
         checkpoint=args.checkpoint, sasrec=args.sasrec, whole_catalog=whole, new_arrivals=shelf_results, offsets=trade
     )
