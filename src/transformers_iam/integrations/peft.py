@@ -42,6 +42,6 @@ def apply_lora(model: nn.Module, rank: int = 16, **kwargs):
 
     # the item id vectors (or their tied gate) are new weights with no pretrained value to adapt: trained in full,
     # as the adapter is; left out, PEFT would freeze them at their zero initialisation
-    trained_in_full = ("adapter", "item_id_embeddings") if getattr(model, "item_id_embeddings", None) else ("adapter",)
-    kwargs.setdefault("modules_to_save", trained_in_full)
+    has_item_ids = getattr(model, "item_id_embeddings", None) is not None
+    kwargs.setdefault("modules_to_save", ("adapter", "item_id_embeddings") if has_item_ids else ("adapter",))
     return get_peft_model(model, lora_config(rank=rank, **kwargs))
