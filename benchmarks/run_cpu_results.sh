@@ -52,6 +52,7 @@ probe p22-no-prior-e10 --epochs 10 --no-init-item-prior
 probe p23-cold-no-prior --epochs 4 --cold-items 0.2 --no-init-item-prior
 probe p24-cold-seed1 --cold-items 0.2 --seed 1
 probe p25-tied --tie-item-id-embeddings
+probe p26-text-only-no-prior --no-item-id-embeddings
 # cold items: SASRec on the same cold split, then both on the new-arrivals shelf and the offset trade-off
 python benchmarks/sasrec/export.py --cold-items 0.2 --seed 0 --out runs/sasrec-cold0.2 --patience 5
 /usr/bin/time -v .venv-recbole/bin/python benchmarks/sasrec/train_score.py --out runs/sasrec-cold0.2 \
