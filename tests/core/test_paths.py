@@ -257,3 +257,21 @@ def test_concurrent_forwards_on_one_model_match_their_sequential_results(tokeniz
     for name, values in results.items():
         for value in values:
             torch.testing.assert_close(value, expected[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("path", PATHS[1:])
+def test_tied_item_id_vectors_give_the_masked_outputs_on_every_path(path, tokenizer, catalog):
+    # the tied vectors are read from the adapter's rows at the same boundary on every path: the cache keeps the states
+    # below it, so the cached path must still add them
+    collator = make_collator(tokenizer, catalog, max_length=40)
+    masked = tiny_model(num_layers=4, num_item_tokens=1, use_item_id_embeddings=True, tie_item_id_embeddings=True)
+    with torch.no_grad():
+        masked.item_id_embeddings.gate.fill_(0.5)  # open: a closed gate would hide a path that drops the vectors
+    model = path_model(masked, path, collator)
+    batch = collator(HISTORIES)
+    text_only = same_weights_with(masked)
+    with torch.no_grad():
+        text_only.item_id_embeddings.gate.zero_()
+    expected = outputs(masked, batch).logits
+    assert not torch.allclose(expected, outputs(text_only, batch).logits, atol=1e-4)
+    torch.testing.assert_close(outputs(model, batch).logits, expected, atol=1e-4, rtol=1e-4)
