@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -220,3 +221,25 @@ def test_item_level_options_on_a_layout_without_intra_layers_name_the_flags_that
     assert plain.num_item_tokens is None and plain.item_id_embeddings is False and plain.max_history == 50
     with pytest.raises(ValueError, match="does not have: \\['no_such_field'\\]"):
         ExperimentConfig.from_preset("cpu-quick", reset=("no_such_field",))
+
+
+def test_a_named_layout_or_another_depth_replaces_a_presets_list_of_kinds(tmp_path):
+    presets = dict(
+        ExperimentConfig.PRESETS, listed=dict(num_backbone_layers=4, iam_layer_types=["intra"] * 3 + ["inter"])
+    )
+    with patch.object(ExperimentConfig, "PRESETS", presets):
+        listed = ExperimentConfig.from_preset("listed", output_dir=str(tmp_path))
+        assert listed.layer_types(4) == ["intra", "intra", "intra", "inter"]
+        # --layout vanilla on such a preset must run the plain backbone, not the preset's list
+        vanilla = ExperimentConfig.from_preset("listed", output_dir=str(tmp_path), iam_layout="vanilla")
+        assert vanilla.iam_layer_types is None and vanilla.layer_types(4) is None
+        assert (
+            ExperimentConfig.from_preset("listed", ablation="no-inter").layer_types(4) == ["intra"] * 2 + ["full"] * 2
+        )
+        # the list is for the preset's depth: another depth goes back to the stacked layout
+        assert ExperimentConfig.from_preset("listed", num_backbone_layers=2).layer_types(2) is None
+        assert ExperimentConfig.from_preset("listed", num_backbone_layers=4).layer_types(4) == listed.layer_types(4)
+        mixed = ExperimentConfig.from_preset("listed", iam_layer_types=["intra", "inter", "inter", "inter"])
+        assert mixed.layer_types(4) == ["intra", "inter", "inter", "inter"]
+    with pytest.raises(ValueError, match="iam_layout='vanilla' and iam_layer_types=.* give one of them"):
+        ExperimentConfig(num_backbone_layers=2, iam_layout="vanilla", iam_layer_types=["intra", "inter"])

@@ -269,6 +269,12 @@ class ExperimentConfig:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         if self.iam_layer_types is not None:
             check_layer_types(self.iam_layer_types, self.num_backbone_layers)
+            if self.iam_layout != "stacked":
+                # the explicit list would win and the named layout be silently ignored
+                raise ValueError(
+                    f"iam_layout={self.iam_layout!r} and iam_layer_types={self.iam_layer_types!r} both name the "
+                    "layers' kinds: give one of them"
+                )
         if self.ablation is not None:
             if self.ablation not in ("no-intra", "no-inter"):
                 raise ValueError(f"ablation must be None, 'no-intra' or 'no-inter', got {self.ablation!r}")
@@ -355,7 +361,17 @@ class ExperimentConfig:
         unknown = [name for name in reset if name not in known]
         if unknown:
             raise ValueError(f"reset names fields that ExperimentConfig does not have: {unknown}")
-        values = {**cls.PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+        given = {k: v for k, v in overrides.items() if v is not None}
+        values = {**cls.PRESETS[preset], **given}
+        preset_depth = cls.PRESETS[preset].get("num_backbone_layers")
+        if "iam_layer_types" not in given and (
+            "iam_layout" in given
+            or "ablation" in given
+            or given.get("num_backbone_layers", preset_depth) != preset_depth
+        ):
+            # a preset's list of kinds is for its own depth and layout: a layout or an ablation asked for by name, or
+            # another depth, replaces it (with the named layout, stacked by default)
+            values.pop("iam_layer_types", None)
         for name in reset:
             values.pop(name, None)
         return cls(preset=preset, **values)
