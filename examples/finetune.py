@@ -103,6 +103,7 @@ def parse_args(argv=None) -> ExperimentConfig:
         "--item-id-dropout", type=float, help="with --item-id-embeddings: share of item states without their id vector"
     )
     model.add_argument("--adapter-scoring", choices=["dot", "cosine"], help="how the adapter scores an item")
+    model.add_argument("--adapter-dropout", type=float, help="dropout on the state the adapter reads, in training")
     model.add_argument(
         "--score-items-from-text",
         action=argparse.BooleanOptionalAction,

@@ -40,6 +40,8 @@ def smoke_run(tmp_path_factory):
         "4",
         "--max-eval-users",
         "24",
+        "--adapter-dropout",
+        "0.1",
         "--output-dir",
         str(output_dir),
     ]
@@ -70,6 +72,7 @@ def test_checkpoint_loads_with_auto_model_and_evaluates_the_same(smoke_run):
     model = AutoModel.from_pretrained(output_dir / "checkpoint")
     assert isinstance(model, IAMForCausalRecommendation)
     assert model.config._attn_implementation == "iam_sdpa" and len(model.catalog) == 1682
+    assert model.config.adapter_dropout == 0.1 and model.adapter.dropout.p == 0.1  # --adapter-dropout reached it
     metrics = evaluate_script.main([str(output_dir / "checkpoint"), "--split", "test"])
     for key in ("hr@10", "ndcg@10", "mrr@20"):
         assert metrics[key] == pytest.approx(results["test"][key], abs=1e-6)

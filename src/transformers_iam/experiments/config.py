@@ -162,6 +162,7 @@ class ExperimentConfig:
     item_id_dropout: float = 0.0  # share of item states entering the top without their id vector, in training
     tie_item_id_embeddings: bool = False  # an item's id vector = its adapter row times a learned zero-initialised gate
     adapter_scoring: str = "dot"  # or "cosine" (cosine similarity times a learned temperature)
+    adapter_dropout: float = 0.0  # dropout on the state the adapter reads, in training
     # each item's adapter row = a learned map of its text + its own residual, dropped for a share of items per step
     score_items_from_text: bool = False
     item_residual_dropout: float = 0.0
@@ -239,7 +240,7 @@ class ExperimentConfig:
             positive(name)
         positive("item_embedding_learning_rate", optional=True)
         positive("item_id_embedding_learning_rate", optional=True)
-        for name in ("weight_decay", "item_residual_dropout", "item_id_dropout"):
+        for name in ("weight_decay", "item_residual_dropout", "item_id_dropout", "adapter_dropout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < 1):
                 raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
