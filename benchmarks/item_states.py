@@ -102,7 +102,7 @@ TRAIN_ROWS = {  # name: (layout, item cache, num_item_tokens, item id embeddings
     "(i) the same LLM without IAM (vanilla: every layer over every token)": ("vanilla", False, None, False),
     "(ii) token-level IAM (the paper's) + item cache": ("stacked", True, None, False),
     "(iii) item-level IAM (one state per item) + item cache": ("stacked", True, 1, False),
-    "(iv) item-level IAM + item id embeddings (cpu-quick)": ("stacked", True, 1, True),
+    "(iv) item-level IAM + item id embeddings (cpu-full)": ("stacked", True, 1, True),
 }
 
 

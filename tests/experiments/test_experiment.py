@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-from unittest.mock import patch
 
 import pytest
 import torch
@@ -110,7 +109,8 @@ def test_the_trainer_follows_the_configs_learning_rate_schedule(tmp_path, kind):
 
 def test_cpu_quick_is_the_default_and_overrides_win(tmp_path):
     config = ExperimentConfig.from_preset("cpu-quick", output_dir=str(tmp_path), max_history=5, ablation=None)
-    assert config.num_backbone_layers == 6 and config.max_history == 5 and config.freeze_bottom_layers == 3
+    assert config.num_backbone_layers == 4 and config.max_history == 5 and config.freeze_bottom_layers == 3
+    assert config.layer_types(4) == ["intra", "intra", "intra", "inter"]  # one inter layer above a cached intra run
     with pytest.raises(ValueError, match="preset must be one of"):
         ExperimentConfig.from_preset("tpu")
 
@@ -224,22 +224,22 @@ def test_item_level_options_on_a_layout_without_intra_layers_name_the_flags_that
 
 
 def test_a_named_layout_or_another_depth_replaces_a_presets_list_of_kinds(tmp_path):
-    presets = dict(
-        ExperimentConfig.PRESETS, listed=dict(num_backbone_layers=4, iam_layer_types=["intra"] * 3 + ["inter"])
-    )
-    with patch.object(ExperimentConfig, "PRESETS", presets):
-        listed = ExperimentConfig.from_preset("listed", output_dir=str(tmp_path))
-        assert listed.layer_types(4) == ["intra", "intra", "intra", "inter"]
-        # --layout vanilla on such a preset must run the plain backbone, not the preset's list
-        vanilla = ExperimentConfig.from_preset("listed", output_dir=str(tmp_path), iam_layout="vanilla")
-        assert vanilla.iam_layer_types is None and vanilla.layer_types(4) is None
-        assert (
-            ExperimentConfig.from_preset("listed", ablation="no-inter").layer_types(4) == ["intra"] * 2 + ["full"] * 2
-        )
-        # the list is for the preset's depth: another depth goes back to the stacked layout
-        assert ExperimentConfig.from_preset("listed", num_backbone_layers=2).layer_types(2) is None
-        assert ExperimentConfig.from_preset("listed", num_backbone_layers=4).layer_types(4) == listed.layer_types(4)
-        mixed = ExperimentConfig.from_preset("listed", iam_layer_types=["intra", "inter", "inter", "inter"])
-        assert mixed.layer_types(4) == ["intra", "inter", "inter", "inter"]
+    # cpu-quick lists its kinds (3 intra, 1 inter); --layout vanilla on it must run the plain backbone, not the list
+    listed = ExperimentConfig.from_preset("cpu-quick", output_dir=str(tmp_path))
+    assert listed.layer_types(4) == ["intra", "intra", "intra", "inter"]
+    plain = ("num_item_tokens", "item_id_embeddings")
+    vanilla = ExperimentConfig.from_preset("cpu-quick", iam_layout="vanilla", reset=plain)
+    assert vanilla.iam_layer_types is None and vanilla.layer_types(4) is None
+    assert ExperimentConfig.from_preset("cpu-quick", ablation="no-inter", reset=plain).layer_types(4) == [
+        "intra",
+        "intra",
+        "full",
+        "full",
+    ]
+    # the list is for the preset's depth: another depth goes back to the stacked layout
+    assert ExperimentConfig.from_preset("cpu-quick", num_backbone_layers=6).layer_types(6) is None  # 3 intra, 3 inter
+    assert ExperimentConfig.from_preset("cpu-quick", num_backbone_layers=4).layer_types(4) == listed.layer_types(4)
+    mixed = ExperimentConfig.from_preset("cpu-quick", iam_layer_types=["intra", "inter", "inter", "inter"])
+    assert mixed.layer_types(4) == ["intra", "inter", "inter", "inter"]
     with pytest.raises(ValueError, match="iam_layout='vanilla' and iam_layer_types=.* give one of them"):
         ExperimentConfig(num_backbone_layers=2, iam_layout="vanilla", iam_layer_types=["intra", "inter"])

@@ -122,18 +122,22 @@ def test_every_preset_gives_a_curve_of_at_least_four_points(preset, tmp_path):
     assert args.eval_steps == args.save_steps
 
 
-def test_cpu_full_preset_is_item_level_over_a_cached_frozen_intra_half():
-    # what the preset promises a user: the exact item-state cache applies (its frozen bottom covers the leading intra
+@pytest.mark.parametrize("preset", ["cpu-quick", "cpu-full"])
+def test_cpu_presets_are_item_level_over_a_cached_frozen_intra_half(preset):
+    # what the presets promise a user: the exact item-state cache applies (its frozen bottom covers the leading intra
     # run, embeddings frozen), the layers above read one state per item plus its id vector, every window of every
-    # user is trained on, and it trains longer than the default
-    config = ExperimentConfig.from_preset("cpu-full")
-    kinds = layer_types_for_layout(config.iam_layout, config.num_backbone_layers)
+    # user is trained on, and cpu-full trains longer than the default
+    config = ExperimentConfig.from_preset(preset)
+    layers = config.num_backbone_layers
+    kinds = config.layer_types(layers) or layer_types_for_layout(config.iam_layout, layers)
+    assert "inter" in kinds[config.freeze_bottom_layers :]
     leading_intra = len(list(itertools.takewhile(lambda kind: kind == "intra", kinds)))
     assert 0 < leading_intra <= config.freeze_bottom_layers
     assert config.item_cache and config.freeze_embeddings and config.supervision == "every_item"
     assert config.num_item_tokens == 1 and config.item_id_embeddings
     assert config.train_examples_per_user is None
-    assert config.epochs > ExperimentConfig.from_preset("cpu-quick").epochs
+    if preset == "cpu-full":
+        assert config.epochs > ExperimentConfig.from_preset("cpu-quick").epochs
 
 
 def test_results_table_keeps_two_runs_of_one_configuration_apart(tiny_run, tmp_path):
