@@ -13,46 +13,69 @@ python benchmarks/sasrec/rank.py --out runs/sasrec
 S="--sasrec-metrics runs/sasrec/sasrec_metrics.json"
 # the final runs, alone: the default (item-level IAM + item ids), the paper's token-level IAM at the same wall clock,
 # and the longer preset
-run final/cpu-quick examples/finetune.py $S --output-dir runs/final/cpu-quick-stacked
+run final/cpu-quick-1inter examples/finetune.py $S --output-dir runs/final/cpu-quick-1inter
+run final/cpu-quick-token-level-session23 examples/finetune.py --preset cpu-quick-token-level $S \
+    --output-dir runs/final/cpu-quick-token-level-session23
+# the previous default (second session): 6 layers, 3 of them inter, 3.5 epochs
+run final/cpu-quick examples/finetune.py --num-layers 6 --epochs 3.5 $S --output-dir runs/final/cpu-quick-stacked
 run final/cpu-quick-token-level examples/finetune.py --preset cpu-quick-token-level $S \
     --output-dir runs/cpu-quick-token-level-stacked
 run final/cpu-full examples/finetune.py --preset cpu-full $S --output-dir runs/final/cpu-full
 # the same LLM without IAM at the default's wall clock (the paper's token-level recipe, 172 steps: previous round's fit)
 run final/vanilla-equal-wall examples/finetune.py --preset cpu-quick-token-level --layout vanilla --max-steps 172 \
     --evaluations 2 $S --output-dir runs/final/vanilla-equal-wall
-for folder in runs/final/cpu-quick-stacked runs/final/cpu-full runs/cpu-quick-token-level-stacked; do
+for folder in runs/final/cpu-quick-1inter runs/probes/p31-text-6intra-1inter-e8 runs/final/cpu-quick-stacked \
+    runs/final/cpu-full runs/cpu-quick-token-level-stacked; do
     python benchmarks/personalisation.py "$folder/checkpoint" --json-out "$folder/personalisation.json"
 done
 # the default and cpu-full as they were before the recipe dropped the popularity prior (the previous round's finals)
-run final/cpu-quick-prior examples/finetune.py --init-item-prior $S --output-dir runs/final/cpu-quick-prior
+run final/cpu-quick-prior examples/finetune.py --num-layers 6 --epochs 3.5 --init-item-prior $S \
+    --output-dir runs/final/cpu-quick-prior
 run final/cpu-full-prior examples/finetune.py --preset cpu-full --epochs 6 --init-item-prior $S \
     --output-dir runs/final/cpu-full-prior
 # validation-only probes (their test numbers are not read); "--epochs 4": the preset had 4 epochs when they ran,
 # "--init-item-prior": the recipe started the per-item bias at the popularity prior until p16-p20
 probe() { local name=$1; shift; run "probes/$name" examples/finetune.py --output-dir "runs/probes/$name" "$@"; }
-probe p1-item-ids --epochs 4 --init-item-prior
-probe p2-text-only --epochs 4 --no-item-id-embeddings --init-item-prior
-probe p3-cosine --epochs 4 --adapter-scoring cosine --init-item-prior
-probe p4-renumbered --epochs 4 --item-token-positions renumbered --init-item-prior
-probe p5-epochs6 --epochs 6 --init-item-prior
-probe p6-ids-lr3e-3 --epochs 4 --item-id-embedding-learning-rate 3e-3 --init-item-prior
-probe p7-cold --epochs 4 --cold-items 0.2 --init-item-prior
-probe p8-cold-text --epochs 4 --cold-items 0.2 --score-items-from-text --item-residual-dropout 0.3 --init-item-prior
-probe p10-12layers --num-layers 12 --freeze-bottom-layers 6 --init-item-prior
-probe p11-history200 --max-history 200 --max-length 4000 --batch-size 4 --init-item-prior
-probe p14-iddrop0.3-e6 --epochs 6 --item-id-dropout 0.3 --init-item-prior
-probe p15-constant --lr-scheduler-type constant_with_warmup --init-item-prior
-probe p16-no-prior --no-init-item-prior
-probe p17-lr-x2 --learning-rate 6e-4 --adapter-learning-rate 2e-3 --init-item-prior
-probe p18-no-prior-e6 --epochs 6 --no-init-item-prior
-probe p19-seed1 --seed 1 --init-item-prior
-probe p20-no-prior-seed1 --seed 1 --no-init-item-prior
-probe p21-no-prior-e6-wd0.1 --epochs 6 --no-init-item-prior --weight-decay 0.1
-probe p22-no-prior-e10 --epochs 10 --no-init-item-prior
-probe p23-cold-no-prior --epochs 4 --cold-items 0.2 --no-init-item-prior
-probe p24-cold-seed1 --cold-items 0.2 --seed 1
-probe p25-tied --tie-item-id-embeddings
-probe p26-text-only-no-prior --no-item-id-embeddings
+# p1-p26 ran when cpu-quick was 6 layers (3 intra, 3 inter) for 3.5 epochs: a later flag wins over these
+before6() { local name=$1; shift; probe "$name" --num-layers 6 --epochs 3.5 "$@"; }
+before6 p1-item-ids --epochs 4 --init-item-prior
+before6 p2-text-only --epochs 4 --no-item-id-embeddings --init-item-prior
+before6 p3-cosine --epochs 4 --adapter-scoring cosine --init-item-prior
+before6 p4-renumbered --epochs 4 --item-token-positions renumbered --init-item-prior
+before6 p5-epochs6 --epochs 6 --init-item-prior
+before6 p6-ids-lr3e-3 --epochs 4 --item-id-embedding-learning-rate 3e-3 --init-item-prior
+before6 p7-cold --epochs 4 --cold-items 0.2 --init-item-prior
+before6 p8-cold-text --epochs 4 --cold-items 0.2 --score-items-from-text --item-residual-dropout 0.3 --init-item-prior
+before6 p10-12layers --num-layers 12 --freeze-bottom-layers 6 --init-item-prior
+before6 p11-history200 --max-history 200 --max-length 4000 --batch-size 4 --init-item-prior
+before6 p14-iddrop0.3-e6 --epochs 6 --item-id-dropout 0.3 --init-item-prior
+before6 p15-constant --lr-scheduler-type constant_with_warmup --init-item-prior
+before6 p16-no-prior --no-init-item-prior
+before6 p17-lr-x2 --learning-rate 6e-4 --adapter-learning-rate 2e-3 --init-item-prior
+before6 p18-no-prior-e6 --epochs 6 --no-init-item-prior
+before6 p19-seed1 --seed 1 --init-item-prior
+before6 p20-no-prior-seed1 --seed 1 --no-init-item-prior
+before6 p21-no-prior-e6-wd0.1 --epochs 6 --no-init-item-prior --weight-decay 0.1
+before6 p22-no-prior-e10 --epochs 10 --no-init-item-prior
+before6 p23-cold-no-prior --epochs 4 --cold-items 0.2 --no-init-item-prior
+before6 p24-cold-seed1 --cold-items 0.2 --seed 1
+before6 p25-tied --tie-item-id-embeddings
+before6 p26-text-only-no-prior --no-item-id-embeddings
+# third session: the depth of the inter half, dropout before the adapter, deeper intra layers
+probe p27-1inter --num-layers 4 --layer-types intra,intra,intra,inter --epochs 3.5
+probe p28-2inter --num-layers 5 --layer-types intra,intra,intra,inter,inter --epochs 3.5
+probe p29-1inter-e8 --num-layers 4 --layer-types intra,intra,intra,inter --epochs 8
+probe p32-1inter-e5 --num-layers 4 --layer-types intra,intra,intra,inter --epochs 5
+probe p33-2inter-e5 --num-layers 5 --layer-types intra,intra,intra,inter,inter --epochs 5
+probe p34-1inter-e8-drop0.3 --num-layers 4 --layer-types intra,intra,intra,inter --epochs 8 --adapter-dropout 0.3
+probe p35-1inter-e5-drop0.2 --num-layers 4 --layer-types intra,intra,intra,inter --epochs 5 --adapter-dropout 0.2
+probe p36-6intra-1inter-e5 --num-layers 7 --freeze-bottom-layers 6 --layer-types intra,intra,intra,intra,intra,intra,inter --epochs 5
+probe p30-text-1inter-e8 --no-item-id-embeddings --num-layers 4 --layer-types intra,intra,intra,inter --epochs 8
+probe p31-text-6intra-1inter-e8 --no-item-id-embeddings --num-layers 7 --freeze-bottom-layers 6 \
+    --layer-types intra,intra,intra,intra,intra,intra,inter --epochs 8
+probe p37-text-12intra-1inter-e6 --no-item-id-embeddings --num-layers 13 --freeze-bottom-layers 12 \
+    --layer-types "$(python -c 'print(",".join(["intra"] * 12 + ["inter"]))')" --epochs 6
+probe p38-cold-6intra-1inter --cold-items 0.2 --num-layers 7 --freeze-bottom-layers 6 --layer-types intra,intra,intra,intra,intra,intra,inter --epochs 5
 # cold items: SASRec on the same cold split, then both on the new-arrivals shelf and the offset trade-off
 python benchmarks/sasrec/export.py --cold-items 0.2 --seed 0 --out runs/sasrec-cold0.2 --patience 5
 /usr/bin/time -v .venv-recbole/bin/python benchmarks/sasrec/train_score.py --out runs/sasrec-cold0.2 \

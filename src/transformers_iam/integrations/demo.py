@@ -46,7 +46,7 @@ POPULARITY_FILE = "item_popularity.json"
 TOP_K = 10
 MAX_MATCHES = 20
 HOW_TO_MAKE_A_CHECKPOINT = (
-    "`make run` trains the cpu-quick model on MovieLens-100k (about 12 minutes on 2 CPU cores) and writes "
+    "`make run` trains the cpu-quick model on MovieLens-100k (about 4 minutes on 2 CPU cores) and writes "
     f"`{DEFAULT_CHECKPOINT}`; then `make demo`. Any other checkpoint: `make demo ARGS=path/or/hub-id`."
 )
 
