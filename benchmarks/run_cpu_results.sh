@@ -75,6 +75,7 @@ probe p31-text-6intra-1inter-e8 --no-item-id-embeddings --num-layers 7 --freeze-
     --layer-types intra,intra,intra,intra,intra,intra,inter --epochs 8
 probe p37-text-12intra-1inter-e6 --no-item-id-embeddings --num-layers 13 --freeze-bottom-layers 12 \
     --layer-types "$(python -c 'print(",".join(["intra"] * 12 + ["inter"]))')" --epochs 6
+probe p40-6intra-3inter-e10 --num-layers 9 --freeze-bottom-layers 6 --layer-types intra,intra,intra,intra,intra,intra,inter,inter,inter --epochs 10
 probe p38-cold-6intra-1inter --cold-items 0.2 --num-layers 7 --freeze-bottom-layers 6 --layer-types intra,intra,intra,intra,intra,intra,inter --epochs 5
 # cold items: SASRec on the same cold split, then both on the new-arrivals shelf and the offset trade-off
 python benchmarks/sasrec/export.py --cold-items 0.2 --seed 0 --out runs/sasrec-cold0.2 --patience 5
