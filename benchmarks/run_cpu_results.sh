@@ -91,6 +91,12 @@ python benchmarks/sasrec/export.py --cold-items 0.2 --seed 1 --out runs/sasrec-c
 python benchmarks/sasrec/rank.py --out runs/sasrec-cold0.2-seed1 --cold-items 0.2 --seed 1
 python benchmarks/cold_items.py runs/probes/p24-cold-seed1/checkpoint --sasrec runs/sasrec-cold0.2-seed1 \
     --json-out runs/cold_items_seed1.json > runs/cold_items_seed1.md
+# the text-only model with 6 intra layers on the seed-0 cold split (third session), against the same SASRec
+run probes/p41-cold-text-6intra examples/finetune.py --output-dir runs/probes/p41-cold-text-6intra --cold-items 0.2 \
+    --no-item-id-embeddings --num-layers 7 --freeze-bottom-layers 6 --layer-types intra,intra,intra,intra,intra,intra,inter \
+    --epochs 8
+python benchmarks/cold_items.py runs/probes/p41-cold-text-6intra/checkpoint --sasrec runs/sasrec-cold0.2 \
+    --json-out runs/cold_items_text6.json > runs/cold_items_text6.md
 # equal steps on the token-level recipe
 probe p12-tl-recipe-item --preset cpu-quick-token-level --num-item-tokens 1
 probe p13-tl-recipe-item-ids --preset cpu-quick-token-level --num-item-tokens 1 --item-id-embeddings
