@@ -97,6 +97,11 @@ run probes/p41-cold-text-6intra examples/finetune.py --output-dir runs/probes/p4
     --epochs 8
 python benchmarks/cold_items.py runs/probes/p41-cold-text-6intra/checkpoint --sasrec runs/sasrec-cold0.2 \
     --json-out runs/cold_items_text6.json > runs/cold_items_text6.md
+run probes/p42-cold-text-6intra-seed1 examples/finetune.py --output-dir runs/probes/p42-cold-text-6intra-seed1 \
+    --cold-items 0.2 --seed 1 --no-item-id-embeddings --num-layers 7 --freeze-bottom-layers 6 \
+    --layer-types intra,intra,intra,intra,intra,intra,inter --epochs 8
+python benchmarks/cold_items.py runs/probes/p42-cold-text-6intra-seed1/checkpoint --sasrec runs/sasrec-cold0.2-seed1 \
+    --json-out runs/cold_items_text6_seed1.json > runs/cold_items_text6_seed1.md
 # equal steps on the token-level recipe
 probe p12-tl-recipe-item --preset cpu-quick-token-level --num-item-tokens 1
 probe p13-tl-recipe-item-ids --preset cpu-quick-token-level --num-item-tokens 1 --item-id-embeddings
