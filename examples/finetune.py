@@ -102,6 +102,11 @@ def parse_args(argv=None) -> ExperimentConfig:
     model.add_argument(
         "--item-id-dropout", type=float, help="with --item-id-embeddings: share of item states without their id vector"
     )
+    model.add_argument(
+        "--item-id-embedding-size",
+        type=int,
+        help="with --item-id-embeddings: width of the id table, projected to the hidden size (default: hidden size)",
+    )
     model.add_argument("--adapter-scoring", choices=["dot", "cosine"], help="how the adapter scores an item")
     model.add_argument("--adapter-dropout", type=float, help="dropout on the state the adapter reads, in training")
     model.add_argument(

@@ -13,13 +13,15 @@ NEW_IDS, NEW_TEXTS = ["n1", "n2"], ["w3_0 w3_1", "w5_0"]  # texts made of words 
 HISTORIES = [{"history": ["i1", "i4", "i9"]}, {"history": ["i2"]}]
 
 
-@pytest.fixture
-def setup():
+@pytest.fixture(params=[None, 4], ids=["full-width-ids", "narrow-ids"])
+def setup(request):
     full = ItemCatalog([f"i{k}" for k in range(20)] + NEW_IDS, [f"w{k}_0" for k in range(20)] + NEW_TEXTS)
     warm = ItemCatalog(full.item_ids[:20], full.texts[:20])
     tokenizer = catalog_tokenizer(full)
     collator = IAMDataCollator(tokenizer, warm, max_length=48, **collator_kwargs())
-    model = tiny_model(num_layers=4, num_item_tokens=1, use_item_id_embeddings=True)
+    model = tiny_model(
+        num_layers=4, num_item_tokens=1, use_item_id_embeddings=True, item_id_embedding_size=request.param
+    )
     model.set_catalog(warm)
     with torch.no_grad():  # a "trained" model: rows and identities far from their initialisation
         model.adapter.item_embeddings.weight.normal_()
@@ -33,8 +35,10 @@ def test_new_items_are_scored_and_read_from_their_text(path, setup):
     model = path_model(model, path, collator)
     model.set_catalog(collator.catalog)
     before = model.adapter.item_embeddings.weight.detach().clone()
+    identities = model.item_id_embeddings(torch.arange(20)).detach()
     extended = model.add_items(NEW_IDS, NEW_TEXTS, collator)
     assert extended.item_ids[-2:] == NEW_IDS and collator.catalog == extended == model.catalog
+    torch.testing.assert_close(model.item_id_embeddings(torch.arange(20)), identities)  # trained items keep theirs
     assert model.config.num_items == 22 and model.config.catalog_fingerprint == extended.fingerprint
     torch.testing.assert_close(model.adapter.item_embeddings.weight[:20], before)  # trained rows untouched
     assert model.item_id_embeddings.weight[20:].abs().sum() == 0  # no identity: read from their text alone

@@ -23,10 +23,10 @@ def collator(tokenizer, catalog):
     return IAMDataCollator(tokenizer, catalog, max_length=48, **collator_kwargs())
 
 
-@pytest.mark.parametrize("num_item_tokens", [None, 1])
-def test_an_untrained_model_is_the_text_only_model(num_item_tokens, collator):
+@pytest.mark.parametrize("num_item_tokens, embedding_size", [(None, None), (1, None), (1, 4)])
+def test_an_untrained_model_is_the_text_only_model(num_item_tokens, embedding_size, collator):
     text_only = tiny_model(num_layers=4, num_item_tokens=num_item_tokens)
-    with_ids = same_weights_with(text_only, use_item_id_embeddings=True)
+    with_ids = same_weights_with(text_only, use_item_id_embeddings=True, item_id_embedding_size=embedding_size)
     assert with_ids.item_id_embeddings.weight.abs().sum() == 0
     batch = collator(HISTORIES)
     with torch.no_grad():
@@ -38,8 +38,11 @@ def test_an_untrained_model_is_the_text_only_model(num_item_tokens, collator):
     assert not torch.allclose(changed[1], text_only(**batch).logits[1].detach())
 
 
-def test_an_item_never_trained_keeps_its_zero_vector(collator):
-    model = tiny_model(num_layers=4, num_item_tokens=1, use_item_id_embeddings=True).train()
+@pytest.mark.parametrize("embedding_size", [None, 4])
+def test_an_item_never_trained_keeps_its_zero_vector(embedding_size, collator):
+    model = tiny_model(
+        num_layers=4, num_item_tokens=1, use_item_id_embeddings=True, item_id_embedding_size=embedding_size
+    ).train()
     optimizer = make_optimizer(model, ExperimentConfig(learning_rate=1e-2, adapter_learning_rate=1e-2))
     batch = collator(HISTORIES)
     for _ in range(3):
@@ -167,3 +170,36 @@ def test_tied_vectors_need_matching_sizes_and_stored_rows():
         tiny_model(num_layers=4, use_item_id_embeddings=True, tie_item_id_embeddings=True, score_items_from_text=True)
     with pytest.raises(ValueError, match=r"ties item id vectors: turn them on \(--item-id-embeddings\)"):
         ExperimentConfig(tie_item_id_embeddings=True)
+
+
+def test_a_narrow_table_is_projected_to_the_hidden_size_and_saved(collator, tmp_path):
+    model = tiny_model(num_layers=4, num_item_tokens=1, use_item_id_embeddings=True, item_id_embedding_size=4)
+    hidden_size = model.config.text_config.hidden_size
+    assert model.item_id_embeddings.weight.shape == (20, 4) and model.item_id_embeddings.projection.weight.shape == (
+        hidden_size,
+        4,
+    )
+    with torch.no_grad():  # a "trained" table: its rows enter through the projection
+        model.item_id_embeddings.weight.normal_()
+    index = torch.tensor([collator.catalog.index_of("i9")])
+    expected = model.item_id_embeddings.projection.weight @ model.item_id_embeddings.weight[index[0]]
+    torch.testing.assert_close(model.item_id_embeddings(index)[0], expected)
+    batch = collator(HISTORIES)
+    model.save_pretrained(tmp_path)
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    assert reloaded.config.item_id_embedding_size == 4
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, model.eval()(**batch).logits)
+
+
+def test_a_narrow_table_needs_its_own_vectors():
+    with pytest.raises(StrictDataclassError, match="set use_item_id_embeddings=True and tie_item_id_embeddings"):
+        tiny_model(num_layers=4, num_item_tokens=1, item_id_embedding_size=4)
+    with pytest.raises(StrictDataclassError, match="tie_item_id_embeddings=False"):
+        tiny_model(num_layers=4, use_item_id_embeddings=True, tie_item_id_embeddings=True, item_id_embedding_size=4)
+    with pytest.raises(StrictDataclassError):
+        tiny_model(num_layers=4, use_item_id_embeddings=True, item_id_embedding_size=0)
+    with pytest.raises(ValueError, match=r"turn them on \(--item-id-embeddings\) and untied"):
+        ExperimentConfig(item_id_embedding_size=64)
+    with pytest.raises(ValueError, match="item_id_embedding_size"):
+        ExperimentConfig(item_id_embeddings=True, num_item_tokens=1, item_id_embedding_size=0)

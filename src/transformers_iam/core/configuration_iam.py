@@ -134,6 +134,12 @@ class IAMConfig(PreTrainedConfig):
             without their id vector in training (the others scaled by `1 / (1 - item_id_dropout)`, as dropout
             does), so the model also learns to read items from their text alone: what a rarely seen item, and an
             item added after training, is read from.
+        item_id_embedding_size (`int`, *optional*):
+            With `use_item_id_embeddings`, the width of each item's own vector: a table of that width and one learned
+            projection (no bias) to the backbone's hidden size, shared by all items, as ALBERT factorises its
+            embeddings (SASRec's item vectors are 64 wide). Fewer parameters per item: a rarely seen item has less to
+            fit, and a catalog of 1M items stores 1M x `item_id_embedding_size` floats instead of 1M x hidden size.
+            The rows still start at 0. `None` (the default): vectors of the hidden size, no projection.
         adapter_scoring (`str`, *optional*, defaults to `"dot"`):
             How the adapter scores an item: `"dot"` (dot product with its embedding, plus its bias) or `"cosine"`
             (cosine similarity times a learned temperature, plus its bias).
@@ -173,6 +179,7 @@ class IAMConfig(PreTrainedConfig):
     use_item_id_embeddings: bool = False
     tie_item_id_embeddings: bool = False
     item_id_dropout: int | float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
+    item_id_embedding_size: int | None = positive_int_field(default=None)
     adapter_scoring: Literal["dot", "cosine"] = "dot"
     score_items_from_text: bool = False
     item_residual_dropout: int | float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
@@ -199,6 +206,16 @@ class IAMConfig(PreTrainedConfig):
         if self.item_id_dropout and not self.use_item_id_embeddings:
             raise ValueError(
                 f"item_id_dropout={self.item_id_dropout!r} drops item id vectors: set use_item_id_embeddings=True"
+            )
+
+    def validate_item_id_embedding_size(self):
+        """A narrower table needs its own vectors: tied vectors are the adapter's rows."""
+        if self.item_id_embedding_size is None:
+            return
+        if not self.use_item_id_embeddings or self.tie_item_id_embeddings:
+            raise ValueError(
+                f"item_id_embedding_size={self.item_id_embedding_size!r} sets the width of the items' own id vectors: "
+                "set use_item_id_embeddings=True and tie_item_id_embeddings=False"
             )
 
     def validate_tied_item_id_embeddings(self):

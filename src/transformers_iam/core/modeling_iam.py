@@ -119,14 +119,20 @@ def _drop_whole_vectors(vectors: torch.Tensor, dropout: float, training: bool) -
 
 class ItemIdEmbeddings(nn.Embedding):
     """One learned vector per catalog item, zero-initialised (see `IAMConfig.use_item_id_embeddings`); in training,
-    a share ``dropout`` of the looked-up vectors is dropped whole (`IAMConfig.item_id_dropout`)."""
+    a share ``dropout`` of the looked-up vectors is dropped whole (`IAMConfig.item_id_dropout`). With
+    ``embedding_size`` the table is that narrow and a shared learned projection maps it to ``hidden_size``
+    (`IAMConfig.item_id_embedding_size`); the rows still start at 0, so an untrained item still adds nothing."""
 
-    def __init__(self, num_items: int, hidden_size: int, dropout: float = 0.0):
-        super().__init__(num_items, hidden_size)
+    def __init__(self, num_items: int, hidden_size: int, dropout: float = 0.0, embedding_size: int | None = None):
+        super().__init__(num_items, embedding_size or hidden_size)
         self.dropout = dropout
+        self.projection = None if embedding_size is None else nn.Linear(embedding_size, hidden_size, bias=False)
 
     def forward(self, item_indices: torch.Tensor) -> torch.Tensor:
-        return _drop_whole_vectors(super().forward(item_indices), self.dropout, self.training)
+        vectors = super().forward(item_indices)
+        if self.projection is not None:
+            vectors = self.projection(vectors)
+        return _drop_whole_vectors(vectors, self.dropout, self.training)
 
 
 class TiedItemIdEmbeddings(nn.Module):
@@ -201,7 +207,10 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
             self.item_id_embeddings = TiedItemIdEmbeddings(config.text_config.hidden_size, config.item_id_dropout)
         elif config.use_item_id_embeddings:
             self.item_id_embeddings = ItemIdEmbeddings(
-                config.num_items, config.text_config.hidden_size, config.item_id_dropout
+                config.num_items,
+                config.text_config.hidden_size,
+                config.item_id_dropout,
+                config.item_id_embedding_size,
             )
         self.adapter = IAMRecommendationAdapter(config)
         self.catalog: ItemCatalog | None = None
@@ -342,10 +351,17 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
             )
         self.adapter.item_embeddings = _grown_linear(head, rows[:, :-1], rows[:, -1])
         if self.item_id_embeddings is not None and not self.config.tie_item_id_embeddings:  # tied: the grown rows
-            weight = self.item_id_embeddings.weight
-            grown = ItemIdEmbeddings(len(extended), weight.shape[1], self.config.item_id_dropout).to(weight)
+            embeddings = self.item_id_embeddings
+            grown = ItemIdEmbeddings(
+                len(extended),
+                self.config.text_config.hidden_size,
+                self.config.item_id_dropout,
+                self.config.item_id_embedding_size,
+            ).to(embeddings.weight)
             grown.weight.zero_()
-            grown.weight[:old_size] = weight
+            grown.weight[:old_size] = embeddings.weight
+            if embeddings.projection is not None:
+                grown.projection.weight.copy_(embeddings.projection.weight)
             self.item_id_embeddings = grown
         self.config.num_items = len(extended)
         self.config.catalog_fingerprint = None  # the binding moves to the extended catalog

@@ -109,6 +109,7 @@ def build_model(
         item_token_positions=config.item_token_positions,
         use_item_id_embeddings=config.item_id_embeddings,
         item_id_dropout=config.item_id_dropout,
+        item_id_embedding_size=config.item_id_embedding_size,
         tie_item_id_embeddings=config.tie_item_id_embeddings,
         adapter_scoring=config.adapter_scoring,
         adapter_dropout=config.adapter_dropout,

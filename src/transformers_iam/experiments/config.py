@@ -166,6 +166,7 @@ class ExperimentConfig:
     item_id_embeddings: bool = False  # one learned vector per item, zero-initialised, added where items enter the top
     item_id_embedding_learning_rate: float | None = None  # None: the adapter's rate
     item_id_dropout: float = 0.0  # share of item states entering the top without their id vector, in training
+    item_id_embedding_size: int | None = None  # a narrower id table and a shared projection (None: hidden size)
     tie_item_id_embeddings: bool = False  # an item's id vector = its adapter row times a learned zero-initialised gate
     adapter_scoring: str = "dot"  # or "cosine" (cosine similarity times a learned temperature)
     adapter_dropout: float = 0.0  # dropout on the state the adapter reads, in training
@@ -235,6 +236,7 @@ class ExperimentConfig:
         for name in ("max_history", "train_examples_per_user", "max_eval_users", "num_backbone_layers"):
             integer(name, 1, optional=True)
         integer("num_item_tokens", 1, optional=True)
+        integer("item_id_embedding_size", 1, optional=True)
         for name in ("lora_rank", "max_item_tokens", "max_length", "batch_size", "eval_batch_size", "evaluations"):
             integer(name, 1)
         for name in ("freeze_bottom_layers", "warmup_steps", "seed"):
@@ -256,6 +258,11 @@ class ExperimentConfig:
             )
         if self.tie_item_id_embeddings and not self.item_id_embeddings:
             raise ValueError("tie_item_id_embeddings=True ties item id vectors: turn them on (--item-id-embeddings)")
+        if self.item_id_embedding_size is not None and (not self.item_id_embeddings or self.tie_item_id_embeddings):
+            raise ValueError(
+                f"item_id_embedding_size={self.item_id_embedding_size!r} sets the width of the items' own id vectors: "
+                "turn them on (--item-id-embeddings) and untied (--no-tie-item-id-embeddings)"
+            )
         if self.max_item_tokens >= self.max_length:
             raise ValueError(f"max_item_tokens ({self.max_item_tokens}) must be below max_length ({self.max_length})")
         if self.num_backbone_layers is not None and self.freeze_bottom_layers > self.num_backbone_layers:
