@@ -110,6 +110,9 @@ def parse_args(argv=None) -> ExperimentConfig:
     model.add_argument("--adapter-scoring", choices=["dot", "cosine"], help="how the adapter scores an item")
     model.add_argument("--adapter-dropout", type=float, help="dropout on the state the adapter reads, in training")
     model.add_argument(
+        "--attention-dropout", type=float, help="the backbone's attention dropout in training (default: as pretrained)"
+    )
+    model.add_argument(
         "--score-items-from-text",
         action=argparse.BooleanOptionalAction,
         help="each item's adapter row = a learned map of its text + its own residual (items added later: text only)",

@@ -406,6 +406,7 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         num_backbone_layers: int | None = None,
         dtype: torch.dtype = torch.float32,
         attn_implementation: str | None = None,
+        attention_dropout: float | None = None,
         **config_overrides,
     ) -> IAMForCausalRecommendation:
         """Build an IAM model around pretrained decoder weights.
@@ -417,6 +418,8 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
             catalog: the item catalog, attached to the model and saved with it.
             gguf_file: a GGUF file name inside that folder (dequantised on load; needs `gguf`).
             num_backbone_layers: keep only the first N decoder layers (cheap CPU runs).
+            attention_dropout: the backbone's attention dropout in training (its config's `attention_dropout`; the
+                pretrained value when `None`). Layers served by the item-state cache do not run in training.
             config_overrides: any other [`IAMConfig`] field (`iam_layout`, `iam_layer_types`, ...).
 
         Example:
@@ -436,7 +439,10 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
             backbone = backbone.get_decoder()
         if attn_implementation is not None:
             config_overrides["attn_implementation"] = attn_implementation
-        config = IAMConfig(text_config=copy.deepcopy(backbone.config), num_items=num_items, **config_overrides)
+        text_config = copy.deepcopy(backbone.config)
+        if attention_dropout is not None:
+            text_config.attention_dropout = attention_dropout
+        config = IAMConfig(text_config=text_config, num_items=num_items, **config_overrides)
         model = cls(config).to(dtype)
         missing, unexpected = model.model.load_state_dict(backbone.state_dict(), strict=False)
         if missing or unexpected:

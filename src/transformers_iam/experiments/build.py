@@ -113,6 +113,7 @@ def build_model(
         tie_item_id_embeddings=config.tie_item_id_embeddings,
         adapter_scoring=config.adapter_scoring,
         adapter_dropout=config.adapter_dropout,
+        attention_dropout=config.attention_dropout,
         score_items_from_text=config.score_items_from_text,
         item_residual_dropout=config.item_residual_dropout,
     )

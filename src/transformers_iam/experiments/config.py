@@ -170,6 +170,7 @@ class ExperimentConfig:
     tie_item_id_embeddings: bool = False  # an item's id vector = its adapter row times a learned zero-initialised gate
     adapter_scoring: str = "dot"  # or "cosine" (cosine similarity times a learned temperature)
     adapter_dropout: float = 0.0  # dropout on the state the adapter reads, in training
+    attention_dropout: float | None = None  # the backbone's attention dropout in training (None: as pretrained)
     # each item's adapter row = a learned map of its text + its own residual, dropped for a share of items per step
     score_items_from_text: bool = False
     item_residual_dropout: float = 0.0
@@ -248,8 +249,16 @@ class ExperimentConfig:
             positive(name)
         positive("item_embedding_learning_rate", optional=True)
         positive("item_id_embedding_learning_rate", optional=True)
-        for name in ("weight_decay", "item_residual_dropout", "item_id_dropout", "adapter_dropout"):
+        for name in (
+            "weight_decay",
+            "item_residual_dropout",
+            "item_id_dropout",
+            "adapter_dropout",
+            "attention_dropout",
+        ):
             value = getattr(self, name)
+            if value is None and name == "attention_dropout":
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < 1):
                 raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
         if self.item_id_dropout and not self.item_id_embeddings:
