@@ -3,10 +3,12 @@ stale) and packed intra attention's gradients. Path-against-path equality is in 
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-from transformers_iam import IAMDataCollator
+from transformers_iam import IAMDataCollator, IAMForCausalRecommendation
 
 from ..testing_utils import collator_kwargs, same_weights_with, tiny_model
 
@@ -40,6 +42,25 @@ def test_the_cache_is_really_used(tokenizer, catalog):
         assert cache.num_layers == model.num_leading_intra_layers == 3 and cache.num_items == len(catalog)
         cache.states.add_(1.0)  # corrupting the states changes the logits
         assert not torch.allclose(model(**batch).logits, masked, atol=1e-3)
+
+
+@pytest.mark.parametrize("num_item_tokens", [None, 1])
+def test_a_cache_built_in_training_holds_the_dropout_free_states(num_item_tokens, tokenizer, catalog):
+    # attention dropout in training must neither leak into the stored states nor fail the exactness check
+    collator = make_collator(tokenizer, catalog, "left")
+    reference = frozen_model("llama", "stacked", num_item_tokens=num_item_tokens)
+    with_dropout = copy.deepcopy(reference.config)
+    with_dropout.text_config.attention_dropout = 0.5
+    model = IAMForCausalRecommendation(with_dropout)
+    model.load_state_dict(reference.state_dict())
+    model.model.requires_grad_(False)
+    cache = model.train().enable_item_cache(collator)
+    assert model.training
+    expected = reference.eval().enable_item_cache(collator)
+    torch.testing.assert_close(cache.states, expected.states)
+    batch = collator(HISTORIES)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(**batch).logits, reference(**batch).logits)
 
 
 def test_an_item_level_cache_stores_only_what_the_layers_above_read(tokenizer, catalog):

@@ -358,10 +358,16 @@ def _probe_batch(token_sequences: Sequence[Sequence[int]], device) -> dict[str, 
 @torch.no_grad()
 def check_cache_exact(model, cache: ItemStateCache) -> None:
     """Refuse a backbone for which feeding cached states to the layers above is not the same forward (one that
-    scales its embeddings inside its forward, say): compare the cached and the masked forwards on a probe batch."""
+    scales its embeddings inside its forward, say): compare the cached and the masked forwards on a probe batch, in
+    eval mode (the cache holds the layers' dropout-free states; attention dropout would make two forwards differ)."""
     probe = _probe_batch(cache.token_sequences, model.get_input_embeddings().weight.device)
-    cached = model.backbone_forward(**probe, use_item_cache=cache)
-    masked = model.backbone_forward(**probe, use_item_cache=False, intra_implementation="masked")
+    training = model.training
+    model.eval()
+    try:
+        cached = model.backbone_forward(**probe, use_item_cache=cache)
+        masked = model.backbone_forward(**probe, use_item_cache=False, intra_implementation="masked")
+    finally:
+        model.train(training)
     real = cached.attention_mask.bool()
     difference = float((cached.last_hidden_state - masked.last_hidden_state)[real].abs().max())
     tolerance = 1e-3 if cached.last_hidden_state.dtype == torch.float32 else 5e-2

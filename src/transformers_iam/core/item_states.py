@@ -83,21 +83,27 @@ def encode_item_sequences(
     parts: DecoderParts, token_sequences: Sequence[Sequence[int]], num_layers: int, batch_size: int = 256
 ) -> list[torch.Tensor]:
     """:func:`encode_items` over a list of item token sequences, in batches of similar length; one
-    ``(tokens, hidden)`` tensor per sequence (what the cache stores)."""
+    ``(tokens, hidden)`` tensor per sequence (what the cache stores). Always in eval mode: the stored states are the
+    layers' own, without attention dropout, whatever mode the model is in."""
     device = parts.backbone.get_input_embeddings().weight.device
     order = sorted(range(len(token_sequences)), key=lambda index: len(token_sequences[index]))
     states: list[torch.Tensor | None] = [None] * len(token_sequences)
-    for first in range(0, len(order), batch_size):
-        chunk = order[first : first + batch_size]
-        if any(len(token_sequences[index]) == 0 for index in chunk):
-            raise ValueError(f"item sequence {next(i for i in chunk if not token_sequences[i])} has no tokens")
-        width = max(len(token_sequences[index]) for index in chunk)
-        tokens = torch.full((len(chunk), width), -1, dtype=torch.long)
-        for row, index in enumerate(chunk):
-            tokens[row, : len(token_sequences[index])] = torch.as_tensor(list(token_sequences[index]))
-        encoded = encode_items(parts, tokens.to(device), num_layers)
-        for row, index in enumerate(chunk):
-            states[index] = encoded[row, : len(token_sequences[index])]
+    training = parts.backbone.training
+    parts.backbone.eval()
+    try:
+        for first in range(0, len(order), batch_size):
+            chunk = order[first : first + batch_size]
+            if any(len(token_sequences[index]) == 0 for index in chunk):
+                raise ValueError(f"item sequence {next(i for i in chunk if not token_sequences[i])} has no tokens")
+            width = max(len(token_sequences[index]) for index in chunk)
+            tokens = torch.full((len(chunk), width), -1, dtype=torch.long)
+            for row, index in enumerate(chunk):
+                tokens[row, : len(token_sequences[index])] = torch.as_tensor(list(token_sequences[index]))
+            encoded = encode_items(parts, tokens.to(device), num_layers)
+            for row, index in enumerate(chunk):
+                states[index] = encoded[row, : len(token_sequences[index])]
+    finally:
+        parts.backbone.train(training)
     return states
 
 
