@@ -77,6 +77,11 @@ probe p37-text-12intra-1inter-e6 --no-item-id-embeddings --num-layers 13 --freez
     --layer-types "$(python -c 'print(",".join(["intra"] * 12 + ["inter"]))')" --epochs 6
 probe p40-6intra-3inter-e10 --num-layers 9 --freeze-bottom-layers 6 --layer-types intra,intra,intra,intra,intra,intra,inter,inter,inter --epochs 10
 probe p38-cold-6intra-1inter --cold-items 0.2 --num-layers 7 --freeze-bottom-layers 6 --layer-types intra,intra,intra,intra,intra,intra,inter --epochs 5
+# fourth session: regularising cpu-full (p43 is cpu-full itself at 1 thread: it reproduces p22 exactly)
+probe p43-cpu-full --preset cpu-full
+probe p44-cpu-full-ids64 --preset cpu-full --item-id-embedding-size 64
+probe p45-cpu-full-attn0.1 --preset cpu-full --attention-dropout 0.1
+probe p46-cpu-full-attn0.3 --preset cpu-full --attention-dropout 0.3
 # cold items: SASRec on the same cold split, then both on the new-arrivals shelf and the offset trade-off
 python benchmarks/sasrec/export.py --cold-items 0.2 --seed 0 --out runs/sasrec-cold0.2 --patience 5
 /usr/bin/time -v .venv-recbole/bin/python benchmarks/sasrec/train_score.py --out runs/sasrec-cold0.2 \

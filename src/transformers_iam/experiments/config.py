@@ -90,7 +90,8 @@ PRESETS: dict[str, dict] = {
     # The longer run (at most 2 hours on 2 cores; 13:48 alone: docs/results.md): the item-level recipe for 10
     # epochs, chosen on validation once the popularity prior was dropped (p22: 0.1238 at its best pass, 7.5 epochs,
     # against 0.1175 for 6 epochs). What else validation tried did not turn more of the budget into quality: 12
-    # layers (-0.0001), 200-item histories (-0.0001), weight decay 0.1 (+0.0003).
+    # layers (-0.0001), 200-item histories (-0.0001), weight decay 0.1 (+0.0003), 64-wide item id vectors (-0.0124),
+    # attention dropout 0.1 / 0.3 (-0.0036 / -0.0101; p44-p46).
     "cpu-full": dict(ITEM_LEVEL_CPU_RECIPE, epochs=10.0),
     # MovieLens-1M on 2 CPU cores, <= 2 hours end to end (measured 1:17 at 1 thread beside other runs:
     # docs/results.md): the item-level recipe over ML-1M's 22,546 50-item windows (~1M targets an epoch) for 2 epochs;
