@@ -21,9 +21,8 @@ def run_name(config: dict) -> str:
     if config.get("num_item_tokens"):
         name = "item-level " + name + (f" (last {config['num_item_tokens']} states)" * (config["num_item_tokens"] > 1))
     if config.get("item_id_embeddings"):
-        name += " + item ids" + (
-            f" ({config['item_id_embedding_size']}-wide)" * bool(config.get("item_id_embedding_size"))
-        )
+        width = config.get("item_id_embedding_size")
+        name += " + item ids" + (f" ({width}-wide)" if width else "")
     if config.get("score_items_from_text"):
         name += " + text-scored items"
     return name
