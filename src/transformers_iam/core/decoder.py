@@ -16,7 +16,8 @@ own ``forward``) stays the reference: :func:`check_explicit_forward` compares th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -203,4 +204,16 @@ def check_explicit_forward(
     return difference
 
 
-__all__ = ["DecoderParts", "check_explicit_forward", "decoder_parts", "layer_masks", "run_layers"]
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Run ``module`` in eval mode (no dropout) and give it back in the mode it was in: what the item-state cache
+    and the text-derived item embeddings store are the layers' own states, whatever mode the model is in."""
+    training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(training)
+
+
+__all__ = ["DecoderParts", "check_explicit_forward", "decoder_parts", "eval_mode", "layer_masks", "run_layers"]

@@ -18,7 +18,7 @@ from torch import nn
 from transformers.utils import logging
 
 from .attention import current_attn_implementation
-from .decoder import decoder_parts
+from .decoder import decoder_parts, eval_mode
 from .item_spans import distinct_sequences, token_sequence_keys
 from .item_states import encode_item_sequences
 
@@ -361,13 +361,9 @@ def check_cache_exact(model, cache: ItemStateCache) -> None:
     scales its embeddings inside its forward, say): compare the cached and the masked forwards on a probe batch, in
     eval mode (the cache holds the layers' dropout-free states; attention dropout would make two forwards differ)."""
     probe = _probe_batch(cache.token_sequences, model.get_input_embeddings().weight.device)
-    training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         cached = model.backbone_forward(**probe, use_item_cache=cache)
         masked = model.backbone_forward(**probe, use_item_cache=False, intra_implementation="masked")
-    finally:
-        model.train(training)
     real = cached.attention_mask.bool()
     difference = float((cached.last_hidden_state - masked.last_hidden_state)[real].abs().max())
     tolerance = 1e-3 if cached.last_hidden_state.dtype == torch.float32 else 5e-2

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .attention import ItemSegments
-from .decoder import DecoderParts, run_layers
+from .decoder import DecoderParts, eval_mode, run_layers
 from .item_spans import ItemSpans, distinct_sequences, find_item_spans
 
 if TYPE_CHECKING:  # item_cache.py imports this module
@@ -88,9 +88,7 @@ def encode_item_sequences(
     device = parts.backbone.get_input_embeddings().weight.device
     order = sorted(range(len(token_sequences)), key=lambda index: len(token_sequences[index]))
     states: list[torch.Tensor | None] = [None] * len(token_sequences)
-    training = parts.backbone.training
-    parts.backbone.eval()
-    try:
+    with eval_mode(parts.backbone):
         for first in range(0, len(order), batch_size):
             chunk = order[first : first + batch_size]
             if any(len(token_sequences[index]) == 0 for index in chunk):
@@ -102,8 +100,6 @@ def encode_item_sequences(
             encoded = encode_items(parts, tokens.to(device), num_layers)
             for row, index in enumerate(chunk):
                 states[index] = encoded[row, : len(token_sequences[index])]
-    finally:
-        parts.backbone.train(training)
     return states
 
 

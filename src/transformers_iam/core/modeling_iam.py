@@ -28,7 +28,7 @@ from .attention import (
 )
 from .catalog import ItemCatalog, check_catalog_binding, checkpoint_catalog, remove_stale_catalog
 from .configuration_iam import IAMConfig, check_item_level_options
-from .decoder import decoder_parts
+from .decoder import decoder_parts, eval_mode
 from .inputs import check_forward_inputs, default_position_ids
 from .item_cache import ItemStateCache, build_item_cache, cache_refusal
 from .item_states import (
@@ -264,12 +264,8 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         """Start each item's embedding from the backbone's reading of the item's text (``text_item_embeddings``)."""
         if len(item_token_ids) != self.config.num_items:
             raise ValueError(f"got token ids for {len(item_token_ids)} items, the catalog has {self.config.num_items}")
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             embeddings = text_item_embeddings(self.model, self.adapter, item_token_ids, batch_size, self.catalog)
-        finally:
-            self.train(was_training)
         weight = self.adapter.item_embeddings.weight
         weight.copy_((embeddings * scale).to(weight.dtype))
 
