@@ -128,6 +128,11 @@ class ItemIdEmbeddings(nn.Embedding):
         self.dropout = dropout
         self.projection = None if embedding_size is None else nn.Linear(embedding_size, hidden_size, bias=False)
 
+    @classmethod
+    def from_config(cls, config: IAMConfig, num_items: int) -> ItemIdEmbeddings:
+        """The table `config` asks for, with ``num_items`` rows (the catalog's, or a grown catalog's)."""
+        return cls(num_items, config.text_config.hidden_size, config.item_id_dropout, config.item_id_embedding_size)
+
     def forward(self, item_indices: torch.Tensor) -> torch.Tensor:
         vectors = super().forward(item_indices)
         if self.projection is not None:
@@ -206,12 +211,7 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         if config.use_item_id_embeddings and config.tie_item_id_embeddings:
             self.item_id_embeddings = TiedItemIdEmbeddings(config.text_config.hidden_size, config.item_id_dropout)
         elif config.use_item_id_embeddings:
-            self.item_id_embeddings = ItemIdEmbeddings(
-                config.num_items,
-                config.text_config.hidden_size,
-                config.item_id_dropout,
-                config.item_id_embedding_size,
-            )
+            self.item_id_embeddings = ItemIdEmbeddings.from_config(config, config.num_items)
         self.adapter = IAMRecommendationAdapter(config)
         self.catalog: ItemCatalog | None = None
         self.item_cache: ItemStateCache | None = None
@@ -348,12 +348,7 @@ class IAMForCausalRecommendation(IAMPreTrainedModel):
         self.adapter.item_embeddings = _grown_linear(head, rows[:, :-1], rows[:, -1])
         if self.item_id_embeddings is not None and not self.config.tie_item_id_embeddings:  # tied: the grown rows
             embeddings = self.item_id_embeddings
-            grown = ItemIdEmbeddings(
-                len(extended),
-                self.config.text_config.hidden_size,
-                self.config.item_id_dropout,
-                self.config.item_id_embedding_size,
-            ).to(embeddings.weight)
+            grown = ItemIdEmbeddings.from_config(self.config, len(extended)).to(embeddings.weight)
             grown.weight.zero_()
             grown.weight[:old_size] = embeddings.weight
             if embeddings.projection is not None:
