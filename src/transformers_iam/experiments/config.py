@@ -93,7 +93,7 @@ PRESETS: dict[str, dict] = {
     # layers (-0.0001), 200-item histories (-0.0001), weight decay 0.1 (+0.0003), 64-wide item id vectors (-0.0124),
     # attention dropout 0.1 / 0.3 (-0.0036 / -0.0101; p44-p46).
     "cpu-full": dict(ITEM_LEVEL_CPU_RECIPE, epochs=10.0),
-    # MovieLens-1M on 2 CPU cores, <= 2 hours end to end (measured 1:17 at 1 thread beside other runs:
+    # MovieLens-1M on 2 CPU cores, <= 2 hours end to end (measured 1:17 and 0:55 at 1 thread beside other runs:
     # docs/results.md): the item-level recipe over ML-1M's 22,546 50-item windows (~1M targets an epoch) for 2 epochs;
     # a validation pass over 6,040 users costs ~2-3 minutes with the cache.
     # Measured with the popularity prior, before the ml-100k recipe dropped it; not re-chosen on ML-1M, so it keeps it.
