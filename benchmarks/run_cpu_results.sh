@@ -116,6 +116,11 @@ run cpu-ml-1m-stacked examples/finetune.py --preset cpu-ml-1m --output-dir runs/
 # evaluations of 6,040 users included) takes at least the IAM preset's wall clock (fifth session: 1:09 against 0:55)
 run vanilla-ml-1m-equal-wall examples/finetune.py --preset cpu-quick-token-level --dataset ml-1m --layout vanilla \
     --max-steps 1650 --evaluations 1 --output-dir runs/vanilla-ml-1m-equal-wall
+# re-choosing the ML-1M recipe at 1 epoch (validation only)
+probe p47-ml1m-e1 --preset cpu-ml-1m --epochs 1 --evaluations 2
+probe p48-ml1m-e1-no-prior --preset cpu-ml-1m --epochs 1 --evaluations 2 --no-init-item-prior
+probe p49-ml1m-e1-no-prior-1inter --preset cpu-ml-1m --epochs 1 --evaluations 2 --no-init-item-prior --num-layers 4 \
+    --layer-types intra,intra,intra,inter
 python benchmarks/sasrec/export.py --dataset ml-1m --out runs/sasrec-ml-1m --patience 5 --epochs 3
 /usr/bin/time -v .venv-recbole/bin/python benchmarks/sasrec/train_score.py --out runs/sasrec-ml-1m \
     > runs/sasrec-ml-1m.log 2> runs/sasrec-ml-1m.err
