@@ -227,6 +227,13 @@ class ExperimentConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
+        def share(name: str, optional: bool = False) -> None:
+            value = getattr(self, name)
+            if optional and value is None:
+                return
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < 1):
+                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+
         if self.preset not in self.PRESETS:
             raise ValueError(f"preset must be one of {sorted(self.PRESETS)}, got {self.preset!r}")
         if not isinstance(self.output_dir, str) or not self.output_dir.strip():
@@ -251,18 +258,9 @@ class ExperimentConfig:
             positive(name)
         positive("item_embedding_learning_rate", optional=True)
         positive("item_id_embedding_learning_rate", optional=True)
-        for name in (
-            "weight_decay",
-            "item_residual_dropout",
-            "item_id_dropout",
-            "adapter_dropout",
-            "attention_dropout",
-        ):
-            value = getattr(self, name)
-            if value is None and name == "attention_dropout":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < 1):
-                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+        for name in ("weight_decay", "item_residual_dropout", "item_id_dropout", "adapter_dropout"):
+            share(name)
+        share("attention_dropout", optional=True)
         if self.item_id_dropout and not self.item_id_embeddings:
             raise ValueError(
                 f"item_id_dropout={self.item_id_dropout!r} drops item id vectors: turn them on (--item-id-embeddings)"
