@@ -83,16 +83,10 @@ def parse_args(argv=None) -> ExperimentConfig:
         help="item-level inter half: the layers above the intra run see each item through its last N states "
         "(1: one vector per item); 0 keeps every token (the paper's token-level model)",
     )
-    model.add_argument("--item-token-positions", choices=["original", "renumbered"])
     model.add_argument(
         "--item-id-embeddings",
         action=argparse.BooleanOptionalAction,
         help="a learned, zero-initialised vector per item, added where items enter the layers above the intra run",
-    )
-    model.add_argument(
-        "--tie-item-id-embeddings",
-        action=argparse.BooleanOptionalAction,
-        help="with --item-id-embeddings: an item's id vector is its adapter row times a learned gate starting at 0",
     )
     model.add_argument(
         "--init-item-prior",
@@ -100,17 +94,9 @@ def parse_args(argv=None) -> ExperimentConfig:
         help="start the adapter's per-item bias at the training split's log-popularity or at 0 (item-level presets)",
     )
     model.add_argument(
-        "--item-id-dropout", type=float, help="with --item-id-embeddings: share of item states without their id vector"
-    )
-    model.add_argument(
         "--item-id-embedding-size",
         type=int,
         help="with --item-id-embeddings: width of the id table, projected to the hidden size (default: hidden size)",
-    )
-    model.add_argument("--adapter-scoring", choices=["dot", "cosine"], help="how the adapter scores an item")
-    model.add_argument("--adapter-dropout", type=float, help="dropout on the state the adapter reads, in training")
-    model.add_argument(
-        "--attention-dropout", type=float, help="the backbone's attention dropout in training (default: as pretrained)"
     )
     model.add_argument(
         "--score-items-from-text",

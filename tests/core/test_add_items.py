@@ -45,7 +45,7 @@ def test_new_items_are_scored_and_read_from_their_text(path, setup):
     batch = collator([{"history": ["i1", "n1", "i4"]}, {"history": ["n2"]}])
     with torch.no_grad():
         logits = model(**batch).logits
-        reference = model(**batch, use_item_cache=False, intra_implementation="masked").logits
+        reference = model(**batch, path="masked").logits
     assert logits.shape == (2, 22)
     torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-4)  # the extended cache serves the new items
     top = model.recommend(**batch, k=19, exclude_item_ids=batch["history_item_indices"]).item_ids

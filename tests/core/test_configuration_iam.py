@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from huggingface_hub.errors import StrictDataclassError
 
 from transformers_iam import IAMConfig
+from transformers_iam.core.configuration_iam import REMOVED_OPTIONS
 
 from ..testing_utils import tiny_text_config
 
@@ -16,7 +19,7 @@ from ..testing_utils import tiny_text_config
         (dict(num_items=0), "num_items"),
         (dict(num_items=True), "num_items"),
         (dict(iam_layout="diagonal"), "iam_layout"),
-        (dict(adapter_dropout=1.0), "adapter_dropout"),
+        (dict(item_residual_dropout=1.0), "item_residual_dropout"),
         (dict(adapter_hidden_size=0), "adapter_hidden_size"),
         (dict(iam_layer_types=["intra", "inter"]), "iam_layer_types has 2 entries but the backbone has 4 layers"),
         (dict(iam_layer_types=["intra", "cross", "full", "full"]), r"iam_layer_types\[1\] = 'cross'; allowed values"),
@@ -66,3 +69,39 @@ def test_config_layouts_and_explicit_list_wins():
     assert config.resolved_layer_types == ["full", "inter", "intra", "full"]
     config = IAMConfig(text_config=tiny_text_config(num_layers=4), iam_layout="alternating")
     assert config.resolved_layer_types == ["intra", "inter", "intra", "inter"]
+
+
+@pytest.mark.parametrize(
+    "removed, value",
+    [
+        ("adapter_scoring", "cosine"),
+        ("adapter_dropout", 0.1),
+        ("item_token_positions", "renumbered"),
+        ("tie_item_id_embeddings", True),
+        ("item_id_dropout", 0.3),
+    ],
+)
+def test_a_checkpoint_that_used_a_removed_option_fails_naming_it(removed, value, tmp_path):
+    # a config.json of 0.1.0: at the value this release computes the option is dropped and the checkpoint loads,
+    # at any other value loading stops and names the option and the release that had it
+    saved = IAMConfig(text_config=tiny_text_config(), num_items=5)
+    saved.save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    values = json.loads(path.read_text())
+    values[removed] = REMOVED_OPTIONS[removed]
+    path.write_text(json.dumps(values))
+    reloaded = IAMConfig.from_pretrained(tmp_path)
+    assert not hasattr(reloaded, removed) and removed not in reloaded.to_dict()
+    values[removed] = value
+    path.write_text(json.dumps(values))
+    with pytest.raises(ValueError, match=rf"{removed}=.*removed after transformers-iam 0.1.0"):
+        IAMConfig.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("supervision, readout", [("last", "query"), ("every_item", "last_item")])
+def test_readout_became_part_of_supervision(supervision, readout):
+    config = IAMConfig(text_config=tiny_text_config(), num_items=5, supervision=supervision, readout=readout)
+    assert "readout" not in config.to_dict()
+    other = {"query": "last_item", "last_item": "query"}[readout]
+    with pytest.raises(ValueError, match=f"readout='{other}' with supervision='{supervision}'"):
+        IAMConfig(text_config=tiny_text_config(), num_items=5, supervision=supervision, readout=other)

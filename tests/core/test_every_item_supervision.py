@@ -33,9 +33,7 @@ def test_targets_follow_the_items_kept_after_truncation(tokenizer, catalog):
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_the_state_after_item_i_sees_nothing_after_it(layout, padding_side, tokenizer, catalog):
     collator = make_collator(tokenizer, catalog, padding_side=padding_side)
-    model = same_weights_with(
-        tiny_model(num_layers=6, iam_layout=layout), readout="last_item", supervision="every_item"
-    )
+    model = same_weights_with(tiny_model(num_layers=6, iam_layout=layout), supervision="every_item")
     for cut in range(1, len(HISTORY)):
         original = collator([{"history": HISTORY, "target": "i2"}])
         changed = collator([{"history": HISTORY[:cut] + ["i19", "i17", "i0"][: len(HISTORY) - cut], "target": "i9"}])
@@ -53,7 +51,7 @@ def test_the_state_after_item_i_sees_nothing_after_it(layout, padding_side, toke
 
 def test_loss_is_the_mean_cross_entropy_over_every_target(tokenizer, catalog):
     collator = make_collator(tokenizer, catalog, padding_side="right")
-    model = same_weights_with(tiny_model(num_layers=4), readout="last_item", supervision="every_item")
+    model = same_weights_with(tiny_model(num_layers=4), supervision="every_item")
     examples = [{"history": HISTORY, "target": "i2"}, {"history": ["i4", "i7"], "target": "i6"}]
     batch = collator(examples)
     output = model(**batch, output_hidden_states=True)

@@ -84,94 +84,6 @@ def test_they_need_the_item_of_each_segment(collator):
         model(**batch)
 
 
-def test_id_dropout_lets_an_item_in_whole_or_from_its_text_alone(collator):
-    # one history item per row: its state enters the layers above either without its id vector or with the vector
-    # scaled by 1 / (1 - p), never with part of it; at inference the vector is always there, unscaled
-    with_ids = tiny_model(num_layers=4, num_item_tokens=1, use_item_id_embeddings=True)
-    with torch.no_grad():
-        with_ids.item_id_embeddings.weight.normal_()
-    dropping = same_weights_with(with_ids, item_id_dropout=0.5)
-    text_only = same_weights_with(with_ids)
-    doubled = same_weights_with(with_ids)
-    with torch.no_grad():
-        text_only.item_id_embeddings.weight.zero_()
-        doubled.item_id_embeddings.weight.mul_(2)
-    batch = collator([{"history": [f"i{index}"], "target": "i0"} for index in range(1, 9)])
-    with torch.no_grad():
-        torch.testing.assert_close(dropping.eval()(**batch).logits, with_ids(**batch).logits)
-        without, scaled = text_only(**batch).logits, doubled(**batch).logits
-        dropping.train()
-        outcomes = []
-        for seed in range(3):
-            torch.manual_seed(seed)
-            logits = dropping(**batch).logits
-            for row in range(len(logits)):
-                if torch.allclose(logits[row], without[row], atol=1e-5):
-                    outcomes.append("text")
-                else:
-                    torch.testing.assert_close(logits[row], scaled[row])
-                    outcomes.append("id")
-    assert {"text", "id"} == set(outcomes)
-
-
-def test_id_dropout_needs_id_embeddings():
-    with pytest.raises(StrictDataclassError, match="set use_item_id_embeddings=True"):
-        tiny_model(num_layers=4, num_item_tokens=1, item_id_dropout=0.3)
-    with pytest.raises(ValueError, match=r"turn them on \(--item-id-embeddings\)"):
-        ExperimentConfig(item_id_dropout=0.3)
-    with pytest.raises(ValueError, match=r"item_id_dropout must be a number in \[0, 1\)"):
-        ExperimentConfig(item_id_embeddings=True, num_item_tokens=1, item_id_dropout=1.0)
-
-
-def test_tied_vectors_are_the_adapter_rows_through_a_gate_that_starts_closed(collator, tmp_path):
-    text_only = tiny_model(num_layers=4, num_item_tokens=1)
-    tied = same_weights_with(text_only, use_item_id_embeddings=True, tie_item_id_embeddings=True)
-    untied = same_weights_with(text_only, use_item_id_embeddings=True)
-    assert not any("item_id_embeddings.weight" in name for name, _ in tied.named_parameters())  # no vectors of its own
-    batch = collator(HISTORIES)
-    with torch.no_grad():
-        torch.testing.assert_close(tied(**batch).logits, text_only(**batch).logits)  # an untrained model: text only
-        # with the gate open, the model is the untied one whose id vectors are the gated adapter rows
-        gate = torch.linspace(-1.0, 1.0, tied.item_id_embeddings.gate.numel())
-        tied.item_id_embeddings.gate.copy_(gate)
-        untied.item_id_embeddings.weight.copy_(tied.adapter.item_embeddings.weight * gate)
-        torch.testing.assert_close(tied(**batch).logits, untied(**batch).logits)
-        # and they follow the rows: i9's row moves what its readers see (row 1), not the others' (row 0)
-        before = tied(**batch).logits
-        i9 = collator.catalog.index_of("i9")
-        tied.adapter.item_embeddings.weight[i9] += 1.0
-        after = tied(**batch).logits
-    others = [index for index in range(after.shape[1]) if index != i9]
-    torch.testing.assert_close(after[0, others], before[0, others])
-    assert not torch.allclose(after[1, others], before[1, others])
-    tied.save_pretrained(tmp_path)
-    reloaded = type(tied).from_pretrained(tmp_path).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(**batch).logits, after)
-
-
-def test_the_tied_gate_trains_at_the_id_vectors_rate(collator):
-    # the gate is the tied vectors' only parameter of their own; Adam's first step moves it by about its rate
-    model = tiny_model(num_layers=4, num_item_tokens=1, use_item_id_embeddings=True, tie_item_id_embeddings=True)
-    config = ExperimentConfig(learning_rate=1e-4, adapter_learning_rate=1e-2, item_id_embedding_learning_rate=1e-3)
-    optimizer = make_optimizer(model.train(), config)
-    model(**collator(HISTORIES)).loss.backward()
-    optimizer.step()
-    moved = model.item_id_embeddings.gate.detach().abs()
-    assert moved.min() > 0 and moved.max() == pytest.approx(1e-3, rel=0.1)
-
-
-def test_tied_vectors_need_matching_sizes_and_stored_rows():
-    with pytest.raises(StrictDataclassError, match="set use_item_id_embeddings=True"):
-        tiny_model(num_layers=4, num_item_tokens=1, tie_item_id_embeddings=True)
-    with pytest.raises(StrictDataclassError, match="the two sizes must match"):
-        tiny_model(num_layers=4, use_item_id_embeddings=True, tie_item_id_embeddings=True, adapter_hidden_size=8)
-    with pytest.raises(StrictDataclassError, match="turn one of them off"):
-        tiny_model(num_layers=4, use_item_id_embeddings=True, tie_item_id_embeddings=True, score_items_from_text=True)
-    with pytest.raises(ValueError, match=r"ties item id vectors: turn them on \(--item-id-embeddings\)"):
-        ExperimentConfig(tie_item_id_embeddings=True)
-
-
 def test_a_narrow_table_is_projected_to_the_hidden_size_and_saved(collator, tmp_path):
     model = tiny_model(num_layers=4, num_item_tokens=1, use_item_id_embeddings=True, item_id_embedding_size=4)
     hidden_size = model.config.text_config.hidden_size
@@ -193,13 +105,11 @@ def test_a_narrow_table_is_projected_to_the_hidden_size_and_saved(collator, tmp_
 
 
 def test_a_narrow_table_needs_its_own_vectors():
-    with pytest.raises(StrictDataclassError, match="set use_item_id_embeddings=True and tie_item_id_embeddings"):
+    with pytest.raises(StrictDataclassError, match="set use_item_id_embeddings=True"):
         tiny_model(num_layers=4, num_item_tokens=1, item_id_embedding_size=4)
-    with pytest.raises(StrictDataclassError, match="tie_item_id_embeddings=False"):
-        tiny_model(num_layers=4, use_item_id_embeddings=True, tie_item_id_embeddings=True, item_id_embedding_size=4)
     with pytest.raises(StrictDataclassError):
         tiny_model(num_layers=4, use_item_id_embeddings=True, item_id_embedding_size=0)
-    with pytest.raises(ValueError, match=r"turn them on \(--item-id-embeddings\) and untied"):
+    with pytest.raises(ValueError, match=r"turn them on \(--item-id-embeddings\)"):
         ExperimentConfig(item_id_embedding_size=64)
     with pytest.raises(ValueError, match="item_id_embedding_size"):
         ExperimentConfig(item_id_embeddings=True, num_item_tokens=1, item_id_embedding_size=0)

@@ -189,7 +189,7 @@ def test_changing_the_attention_implementation_rebuilds_the_cache(tokenizer, cat
     assert model.item_cache.record.attn_implementation == "iam_eager"
     batch = collator(HISTORIES)
     with torch.no_grad():
-        expected = model(**batch, use_item_cache=False).logits
+        expected = model(**batch, path="masked").logits
         torch.testing.assert_close(model(**batch).logits, expected, atol=1e-4, rtol=1e-4)
 
 

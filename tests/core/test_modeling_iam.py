@@ -256,10 +256,10 @@ def test_from_backbone_keeps_pretrained_weights_and_cuts_layers(tmp_path, catalo
 def test_attention_dropout_reaches_the_item_aware_layers_in_training_only(tmp_path, catalog, layout):
     from transformers import LlamaModel
 
-    LlamaModel(tiny_text_config(num_layers=4)).save_pretrained(tmp_path)
-    model = IAMForCausalRecommendation.from_backbone(
-        str(tmp_path), catalog=catalog, iam_layout=layout, attention_dropout=0.5
-    )
+    text_config = tiny_text_config(num_layers=4)
+    text_config.attention_dropout = 0.5  # the backbone's own setting is kept
+    LlamaModel(text_config).save_pretrained(tmp_path)
+    model = IAMForCausalRecommendation.from_backbone(str(tmp_path), catalog=catalog, iam_layout=layout)
     assert model.config.text_config.attention_dropout == 0.5
     assert all(layer.self_attn.attention_dropout == 0.5 for layer in model.model.layers)
     input_ids = random_ids()
@@ -269,8 +269,6 @@ def test_attention_dropout_reaches_the_item_aware_layers_in_training_only(tmp_pa
         assert not torch.allclose(first, second)  # the item-aware backend was handed the dropout
         first, second = (model.eval()(input_ids=input_ids, item_segment_ids=segments).logits for _ in range(2))
     torch.testing.assert_close(first, second)
-    plain = IAMForCausalRecommendation.from_backbone(str(tmp_path), catalog=catalog, iam_layout=layout)
-    assert plain.config.text_config.attention_dropout == 0.0  # None keeps the pretrained value
 
 
 # -- checkpoints bound to their catalog (docs/reliability.md) ------------------------------------

@@ -124,12 +124,9 @@ def test_torch_compile_gives_the_same_scores(path, tokenizer, catalog):
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
 @pytest.mark.parametrize("path", PATHS[1:])
 @pytest.mark.parametrize("num_item_tokens", [1, 2])
-@pytest.mark.parametrize("positions", ["original", "renumbered"])
-def test_item_level_paths_agree(backbone, path, num_item_tokens, positions, tokenizer, catalog):
+def test_item_level_paths_agree(backbone, path, num_item_tokens, tokenizer, catalog):
     collator = make_collator(tokenizer, catalog, "left")
-    masked = tiny_model(
-        backbone, num_layers=4, num_item_tokens=num_item_tokens, item_token_positions=positions, iam_layout="hatllm"
-    )
+    masked = tiny_model(backbone, num_layers=4, num_item_tokens=num_item_tokens, iam_layout="hatllm")
     model = path_model(masked, path, collator)
     batch = collator(HISTORIES)
     expected, got = outputs(masked, batch, output_hidden_states=True), outputs(model, batch, output_hidden_states=True)
@@ -229,8 +226,8 @@ def test_concurrent_forwards_on_one_model_match_their_sequential_results(tokeniz
     for index, batch in enumerate(batches):
         calls += [
             (f"cached {index}", lambda b=batch: model(**b).logits),
-            (f"packed {index}", lambda b=batch: model(**b, use_item_cache=False, intra_implementation="packed").logits),
-            (f"masked {index}", lambda b=batch: model(**b, use_item_cache=False, intra_implementation="masked").logits),
+            (f"packed {index}", lambda b=batch: model(**b, path="packed").logits),
+            (f"masked {index}", lambda b=batch: model(**b, path="masked").logits),
             (f"inputs_embeds {index}", lambda b=batch: model(**embeds(b)).logits),
         ]
     with torch.no_grad():
@@ -257,21 +254,3 @@ def test_concurrent_forwards_on_one_model_match_their_sequential_results(tokeniz
     for name, values in results.items():
         for value in values:
             torch.testing.assert_close(value, expected[name], atol=1e-5, rtol=1e-5, msg=name)
-
-
-@pytest.mark.parametrize("path", PATHS[1:])
-def test_tied_item_id_vectors_give_the_masked_outputs_on_every_path(path, tokenizer, catalog):
-    # the tied vectors are read from the adapter's rows at the same boundary on every path: the cache keeps the states
-    # below it, so the cached path must still add them
-    collator = make_collator(tokenizer, catalog, max_length=40)
-    masked = tiny_model(num_layers=4, num_item_tokens=1, use_item_id_embeddings=True, tie_item_id_embeddings=True)
-    with torch.no_grad():
-        masked.item_id_embeddings.gate.fill_(0.5)  # open: a closed gate would hide a path that drops the vectors
-    model = path_model(masked, path, collator)
-    batch = collator(HISTORIES)
-    text_only = same_weights_with(masked)
-    with torch.no_grad():
-        text_only.item_id_embeddings.gate.zero_()
-    expected = outputs(masked, batch).logits
-    assert not torch.allclose(expected, outputs(text_only, batch).logits, atol=1e-4)
-    torch.testing.assert_close(outputs(model, batch).logits, expected, atol=1e-4, rtol=1e-4)

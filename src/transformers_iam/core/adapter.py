@@ -3,7 +3,6 @@ embeddings and per-item bias start."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -11,10 +10,6 @@ from torch import nn
 
 from .catalog import ItemCatalog
 from .configuration_iam import IAMConfig
-
-# HLLM and CLIP start a learned temperature at 1 / 0.07 and cap it at 100
-_INITIAL_LOGIT_SCALE = math.log(1 / 0.07)
-_MAX_LOGIT_SCALE = math.log(100.0)
 
 
 class TextToItemRows(nn.Linear):
@@ -24,9 +19,8 @@ class TextToItemRows(nn.Linear):
 class IAMRecommendationAdapter(nn.Module):
     """Maps the pooled final hidden state to one score per catalog item.
 
-    A projection (dense, GELU, LayerNorm), then one learned embedding per item: scored by dot product
-    (``config.adapter_scoring="dot"``) or by cosine similarity times a learned temperature (``"cosine"``); the bias
-    is a learned per-item prior (popularity).
+    A projection (dense, GELU, LayerNorm), then one learned embedding per item, scored by dot product; the bias is a
+    learned per-item prior (popularity).
 
     With ``config.score_items_from_text`` an item's row is a map of its text features plus a learned residual of its
     own; in training, ``config.item_residual_dropout`` of the items lose their residual at each step, so the text
@@ -37,14 +31,10 @@ class IAMRecommendationAdapter(nn.Module):
     def __init__(self, config: IAMConfig):
         super().__init__()
         adapter_size = config.resolved_adapter_hidden_size
-        self.dropout = nn.Dropout(config.adapter_dropout)
         self.dense = nn.Linear(config.text_config.hidden_size, adapter_size)
         self.activation = nn.GELU()
         self.norm = nn.LayerNorm(adapter_size)
         self.item_embeddings = nn.Linear(adapter_size, config.num_items)
-        self.scoring = config.adapter_scoring
-        if self.scoring == "cosine":
-            self.logit_scale = nn.Parameter(torch.tensor(_INITIAL_LOGIT_SCALE))
         self.residual_dropout = config.item_residual_dropout
         if config.score_items_from_text:
             features = 2 * config.text_config.hidden_size  # mean and last state of the item's text
@@ -71,16 +61,12 @@ class IAMRecommendationAdapter(nn.Module):
 
     def project(self, pooled_hidden_state: torch.Tensor) -> torch.Tensor:
         """The user state in the item embeddings' space."""
-        return self.norm(self.activation(self.dense(self.dropout(pooled_hidden_state))))
+        return self.norm(self.activation(self.dense(pooled_hidden_state)))
 
     def forward(self, pooled_hidden_state: torch.Tensor) -> torch.Tensor:
         projected = self.project(pooled_hidden_state)
         weight, bias = self.item_rows()
-        if self.scoring == "dot":
-            return nn.functional.linear(projected, weight, bias)
-        scale = self.logit_scale.clamp(max=_MAX_LOGIT_SCALE).exp()
-        cosine = nn.functional.normalize(projected, dim=-1) @ nn.functional.normalize(weight, dim=-1).T
-        return scale * cosine + bias
+        return nn.functional.linear(projected, weight, bias)
 
 
 def log_popularity_prior(item_counts: torch.Tensor | Sequence[float], num_items: int) -> torch.Tensor:

@@ -194,6 +194,21 @@ def checkpoint_catalog(pretrained_model_name_or_path, config, **kwargs) -> ItemC
     return catalog
 
 
+def item_token_sequences(renderer, catalog: ItemCatalog | None = None) -> list[list[int]]:
+    """Item token sequences in catalog order: given as such, or rendered by a collator (any object with a ``catalog``
+    and ``item_token_ids(catalog_index)``), which must render ``catalog`` (the model's) when one is given, so that the
+    rows built from them belong to the model's items."""
+    if isinstance(renderer, Sequence):
+        sequences = [list(tokens) for tokens in renderer]
+    else:
+        if catalog is not None and renderer.catalog != catalog:
+            raise ValueError("the renderer's catalog is not this model's catalog: its items would be other items")
+        sequences = [renderer.item_token_ids(index) for index in range(len(renderer.catalog))]
+    if catalog is not None and len(sequences) != len(catalog):
+        raise ValueError(f"got {len(sequences)} item token sequences, the catalog has {len(catalog)} items")
+    return sequences
+
+
 def remove_stale_catalog(save_directory: str | os.PathLike) -> None:
     """Remove an older model's catalog file from a folder about to receive another model, so that a folder never
     pairs these weights with another model's catalog (docs/reliability.md)."""

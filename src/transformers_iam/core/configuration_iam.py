@@ -11,9 +11,12 @@ from typing import Literal
 from huggingface_hub.dataclasses import strict, validated_field
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import logging
 from transformers.utils.type_validators import interval, positive_int_field
 
 from .masks import check_layer_types
+
+logger = logging.get_logger(__name__)
 
 IAM_LAYOUTS = ("stacked", "alternating", "hatllm", "vanilla")
 
@@ -63,6 +66,43 @@ def check_item_level_options(config: "IAMConfig", layer_types: list[str]) -> Non
             )
 
 
+# Options of transformers-iam 0.1.0 whose measured variants lost (docs/notebook.md, "Options that left the library"):
+# a checkpoint that used one of them fails to load with a message naming it; at the value the library now always has
+# they are dropped. `readout` became part of `supervision`.
+REMOVED_OPTIONS = {
+    "adapter_dropout": 0.0,
+    "adapter_scoring": "dot",
+    "item_token_positions": "original",
+    "tie_item_id_embeddings": False,
+    "item_id_dropout": 0.0,
+}
+_REMOVED_IN = "transformers-iam 0.1.0 (the release before 0.2.0)"
+
+
+def _removed_options(kwargs: dict, supervision: str) -> dict:
+    """Pop the options of an older config from ``kwargs``; refuse one set to a value this release cannot compute."""
+    removed = {}
+    for name, kept_value in REMOVED_OPTIONS.items():
+        if name in kwargs:
+            value = kwargs.pop(name)
+            if value != kept_value:
+                raise ValueError(
+                    f"{name}={value!r}: this option was removed after {_REMOVED_IN}, whose checkpoints with it load "
+                    f"only there; this release computes {name}={kept_value!r} only"
+                )
+            removed[name] = value
+    if "readout" in kwargs:
+        readout = kwargs.pop("readout")
+        expected = "last_item" if supervision == "every_item" else "query"
+        if readout != expected:
+            raise ValueError(
+                f"readout={readout!r} with supervision={supervision!r}: readout was removed "
+                f"after {_REMOVED_IN}; the adapter now reads where supervision says ({expected!r})"
+            )
+        removed["readout"] = readout
+    return removed
+
+
 def _check_layer_kinds(layer_types: list[str] | None) -> None:
     if layer_types is not None:
         check_layer_types(layer_types)
@@ -95,17 +135,13 @@ class IAMConfig(PreTrainedConfig):
             One kind per backbone layer (`intra`, `inter` or `full`). Wins over `iam_layout` when given.
         adapter_hidden_size (`int`, *optional*):
             Width of the adapter's projection and item embeddings. Defaults to the backbone's hidden size.
-        adapter_dropout (`float`, *optional*, defaults to 0.0):
-            Dropout on the pooled state before the adapter.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the adapter's weight initialisation.
-        readout (`str`, *optional*, defaults to `"query"`):
-            Which token's state the adapter reads: `"query"` (the last token of the query suffix) or `"last_item"`
-            (the last token of the last history item; every-item supervision reads each item's last token).
         supervision (`str`, *optional*, defaults to `"last"`):
-            What `labels` are: `"last"`, one catalog index per example `(batch,)`; `"every_item"`, a target after
-            every history item `(batch, items)` (`-100` where there is none), read at each item's last token (needs
-            `readout="last_item"`).
+            What `labels` are, and where the adapter reads: `"last"`, one catalog index per example `(batch,)`, read
+            at the last token of the query suffix; `"every_item"`, a target after every history item
+            `(batch, items)` (`-100` where there is none), read at each item's last token, and evaluation reads the
+            last item's end (the same kind of position).
         intra_implementation (`str`, *optional*, defaults to `"masked"`):
             How the leading intra layers run: `"masked"` (the whole prompt under an item-aware mask) or `"packed"`
             (each distinct item of the batch as a short sequence of its own; the same states, no mask).
@@ -113,36 +149,17 @@ class IAMConfig(PreTrainedConfig):
             The item-level inter half: the layers above the leading intra run see each history item through its
             last `num_item_tokens` token states only (1: one vector per item). `None` keeps every token (the paper's
             token-level model). Needs a leading intra run.
-        item_token_positions (`str`, *optional*, defaults to `"original"`):
-            With `num_item_tokens`, the position ids of the kept states in the layers above: `"original"` (their
-            place in the prompt) or `"renumbered"` (counting only the states those layers see).
         use_item_id_embeddings (`bool`, *optional*, defaults to `False`):
             One learned vector per catalog item, added to the item's states where they enter the first layer above
             the leading intra run. Zero-initialised: an untrained model equals the text-only model, and an item with
             no training interactions keeps its zero vector. Needs `segment_item_indices` in the forward
             ([`IAMDataCollator`] emits it).
-        tie_item_id_embeddings (`bool`, *optional*, defaults to `False`):
-            With `use_item_id_embeddings`, an item's id vector is its row of the adapter's output item embeddings
-            (the vector it is scored with) times a learned per-dimension gate that starts at 0, instead of a vector
-            of its own: the input and output sides share one vector per item, as SASRec shares its item embeddings,
-            so a rarely seen item's input vector also learns from every softmax it is a negative in. An untrained
-            model still equals the text-only model; an item added after training enters with its text-derived row.
-            Needs `adapter_hidden_size` equal to the backbone's hidden size and stored rows (not
-            `score_items_from_text`).
-        item_id_dropout (`float`, *optional*, defaults to 0.0):
-            With `use_item_id_embeddings`, the share of item states that enter the layers above the intra run
-            without their id vector in training (the others scaled by `1 / (1 - item_id_dropout)`, as dropout
-            does), so the model also learns to read items from their text alone: what a rarely seen item, and an
-            item added after training, is read from.
         item_id_embedding_size (`int`, *optional*):
-            With `use_item_id_embeddings`, the width of each item's own vector: a table of that width and one learned
+            With `use_item_id_embeddings`, the width of each item's vector: a table of that width and one learned
             projection (no bias) to the backbone's hidden size, shared by all items, as ALBERT factorises its
             embeddings (SASRec's item vectors are 64 wide). Fewer parameters per item: a rarely seen item has less to
             fit, and a catalog of 1M items stores 1M x `item_id_embedding_size` floats instead of 1M x hidden size.
             The rows still start at 0. `None` (the default): vectors of the hidden size, no projection.
-        adapter_scoring (`str`, *optional*, defaults to `"dot"`):
-            How the adapter scores an item: `"dot"` (dot product with its embedding, plus its bias) or `"cosine"`
-            (cosine similarity times a learned temperature, plus its bias).
         score_items_from_text (`bool`, *optional*, defaults to `False`):
             Each item's adapter row is a learned map of its text features (where items enter the layers above the
             intra run: mean and last state) plus a learned residual of its own; items added after training
@@ -169,18 +186,12 @@ class IAMConfig(PreTrainedConfig):
     iam_layout: Literal["stacked", "alternating", "hatllm", "vanilla"] = "stacked"
     iam_layer_types: list[str] | None = validated_field(_check_layer_kinds, default=None)
     adapter_hidden_size: int | None = positive_int_field(default=None)
-    adapter_dropout: int | float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
     initializer_range: int | float = interval(min=0.0)(default=0.02)
-    readout: Literal["query", "last_item"] = "query"
     supervision: Literal["last", "every_item"] = "last"
     intra_implementation: Literal["masked", "packed"] = "masked"
     num_item_tokens: int | None = positive_int_field(default=None)
-    item_token_positions: Literal["original", "renumbered"] = "original"
     use_item_id_embeddings: bool = False
-    tie_item_id_embeddings: bool = False
-    item_id_dropout: int | float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
     item_id_embedding_size: int | None = positive_int_field(default=None)
-    adapter_scoring: Literal["dot", "cosine"] = "dot"
     score_items_from_text: bool = False
     item_residual_dropout: int | float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
     catalog_fingerprint: str | None = validated_field(_check_catalog_fingerprint, default=None)
@@ -193,48 +204,18 @@ class IAMConfig(PreTrainedConfig):
             raise ValueError("the backbone has no layers (text_config.num_hidden_layers = 0)")
         check_item_level_options(self, layer_types)
 
-    def validate_supervision(self):
-        """Every-item targets are read at item ends: evaluation must read the same kind of position."""
-        if self.supervision == "every_item" and self.readout != "last_item":
-            raise ValueError(
-                "supervision='every_item' reads a target after every item at the item's last token: set "
-                "readout='last_item' so that evaluation reads the same kind of position"
-            )
-
-    def validate_item_id_dropout(self):
-        """Dropout of item id vectors needs the vectors."""
-        if self.item_id_dropout and not self.use_item_id_embeddings:
-            raise ValueError(
-                f"item_id_dropout={self.item_id_dropout!r} drops item id vectors: set use_item_id_embeddings=True"
-            )
-
     def validate_item_id_embedding_size(self):
-        """A narrower table needs its own vectors: tied vectors are the adapter's rows."""
-        if self.item_id_embedding_size is None:
-            return
-        if not self.use_item_id_embeddings or self.tie_item_id_embeddings:
+        """A narrower id table is a table of the items' own id vectors."""
+        if self.item_id_embedding_size is not None and not self.use_item_id_embeddings:
             raise ValueError(
-                f"item_id_embedding_size={self.item_id_embedding_size!r} sets the width of the items' own id vectors: "
-                "set use_item_id_embeddings=True and tie_item_id_embeddings=False"
+                f"item_id_embedding_size={self.item_id_embedding_size!r} sets the width of the items' id vectors: "
+                "set use_item_id_embeddings=True"
             )
 
-    def validate_tied_item_id_embeddings(self):
-        """Tied id vectors are the adapter's stored rows, read in the backbone's hidden size."""
-        if not self.tie_item_id_embeddings:
-            return
-        if not self.use_item_id_embeddings:
-            raise ValueError("tie_item_id_embeddings=True ties the item id vectors: set use_item_id_embeddings=True")
-        if self.score_items_from_text:
-            raise ValueError(
-                "tie_item_id_embeddings=True reads the adapter's stored item rows; with score_items_from_text=True "
-                "the rows are computed from the items' text: turn one of them off"
-            )
-        if self.resolved_adapter_hidden_size != self.text_config.hidden_size:
-            raise ValueError(
-                f"tie_item_id_embeddings=True adds the adapter's item rows (adapter_hidden_size="
-                f"{self.resolved_adapter_hidden_size}) to the backbone's states (hidden_size="
-                f"{self.text_config.hidden_size}): the two sizes must match"
-            )
+    def __post_init__(self, **kwargs):
+        for name, value in _removed_options(kwargs, self.supervision).items():
+            logger.info(f"IAMConfig: {name}={value!r} (removed option, at its only remaining value) ignored")
+        super().__post_init__(**kwargs)
 
     @property
     def num_backbone_layers(self) -> int:

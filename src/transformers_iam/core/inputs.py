@@ -3,6 +3,8 @@ every path (masked, packed, cached, flex), and the position ids every path uses.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .configuration_iam import IAMConfig
@@ -170,4 +172,37 @@ def _value_error(
     )
 
 
-__all__ = ["check_forward_inputs", "default_position_ids"]
+@dataclass
+class BackboneInputs:
+    """A forward's inputs after :func:`check_forward_inputs`, with the attention mask and position ids every path
+    uses (all ones, and positions counting real tokens, when not given)."""
+
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    input_ids: torch.Tensor | None = None
+    inputs_embeds: torch.Tensor | None = None
+    item_segment_ids: torch.Tensor | None = None
+    segment_item_indices: torch.Tensor | None = None
+
+    @classmethod
+    def checked(
+        cls,
+        config: IAMConfig,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        item_segment_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        segment_item_indices: torch.Tensor | None = None,
+    ) -> BackboneInputs:
+        """Check the inputs for ``config``'s model and fill in the mask and positions."""
+        check_forward_inputs(config, input_ids, inputs_embeds, attention_mask, item_segment_ids, segment_item_indices)
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if attention_mask is None:
+            attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+        if position_ids is None:
+            position_ids = default_position_ids(attention_mask)
+        return cls(attention_mask, position_ids, input_ids, inputs_embeds, item_segment_ids, segment_item_indices)
+
+
+__all__ = ["BackboneInputs", "check_forward_inputs", "default_position_ids"]

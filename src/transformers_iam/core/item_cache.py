@@ -17,10 +17,7 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from .attention import current_attn_implementation
-from .decoder import decoder_parts, eval_mode
 from .item_spans import distinct_sequences, token_sequence_keys
-from .item_states import encode_item_sequences
 
 logger = logging.get_logger(__name__)
 
@@ -278,108 +275,4 @@ class ItemStateCache:
         return self.states[int(self.offsets[entry]) : int(self.offsets[entry + 1])]
 
 
-def cached_modules(model) -> tuple[list[nn.Module], list[torch.Tensor]]:
-    """What the states of the leading intra run are computed from: the token embeddings and those layers (modules),
-    and the rotary embedding's buffers (its frequencies)."""
-    parts = decoder_parts(model.model)
-    modules = [parts.backbone.get_input_embeddings(), *parts.layers[: model.num_leading_intra_layers]]
-    return modules, list(parts.backbone.rotary_emb.buffers())
-
-
-def cache_refusal(model) -> str | None:
-    """Why ``model`` (an ``IAMForCausalRecommendation``) cannot have an exact item-state cache now, or None."""
-    num_layers = model.num_leading_intra_layers
-    if num_layers == 0:
-        return (
-            f"no leading intra run to cache: the layers are {model.config.resolved_layer_types}; the item-state cache "
-            "needs the bottom layer(s) to be intra"
-        )
-    if getattr(model.model, "rotary_emb", None) is None:
-        return (
-            f"{type(model.model).__name__} has no rotary position embedding: with absolute positions an item's "
-            "states depend on where it sits, so they cannot be cached"
-        )
-    parts = decoder_parts(model.model)
-    named = list(parts.backbone.get_input_embeddings().named_parameters(prefix="embeddings"))
-    for index in range(num_layers):
-        named += list(parts.layers[index].named_parameters(prefix=f"layers.{index}"))
-    trainable = [name for name, parameter in named if parameter.requires_grad]
-    if trainable:
-        return (
-            f"cached weights are trainable ({', '.join(trainable[:3])}{', ...' if len(trainable) > 3 else ''}): "
-            f"freeze the token embeddings and the first {num_layers} layers (requires_grad_(False)) so the cached "
-            "states cannot go stale"
-        )
-    return None
-
-
-def build_item_cache(model, token_sequences: Sequence[Sequence[int]], batch_size: int = 256) -> ItemStateCache:
-    """The cache of ``model`` (an ``IAMForCausalRecommendation``) for these item token sequences (a catalog's
-    rendering, in catalog order). Refuses, with the reason, when it could not be exact, and checks on a probe batch
-    that the cached forward gives the masked forward's states."""
-    refusal = cache_refusal(model)
-    if refusal is not None:
-        raise ValueError(refusal)
-    num_layers = model.num_leading_intra_layers
-    with torch.no_grad():
-        states = encode_item_sequences(decoder_parts(model.model), token_sequences, num_layers, batch_size)
-    cache = ItemStateCache(token_sequences, states, num_layers, model.config.num_item_tokens)
-    modules, buffers = cached_modules(model)
-    cache.bind(modules, buffers, current_attn_implementation(model.config))
-    check_cache_exact(model, cache)
-    return cache
-
-
-def _probe_batch(token_sequences: Sequence[Sequence[int]], device) -> dict[str, torch.Tensor]:
-    """Two histories of cached items behind one context token (the first item's first token), right padded."""
-    context = [token_sequences[0][0]]
-    rows = [list(range(min(3, len(token_sequences)))), list(range(len(token_sequences)))[-2:]]
-    input_ids, segments = [], []
-    for items in rows:
-        ids, segs = list(context), [0]
-        for segment, index in enumerate(items, start=1):
-            ids += list(token_sequences[index])
-            segs += [segment] * len(token_sequences[index])
-        input_ids.append(ids)
-        segments.append(segs)
-    width = max(len(ids) for ids in input_ids)
-    pad = lambda rows, value: torch.tensor([row + [value] * (width - len(row)) for row in rows], device=device)  # noqa: E731
-    mask = pad([[1] * len(ids) for ids in input_ids], 0)
-    # any catalog index will do for item id embeddings: both forwards add the same vectors
-    indices = torch.zeros(len(rows), max(len(items) for items in rows), dtype=torch.long, device=device)
-    return {
-        "input_ids": pad(input_ids, 0),
-        "item_segment_ids": pad(segments, 0),
-        "attention_mask": mask,
-        "segment_item_indices": indices,
-    }
-
-
-@torch.no_grad()
-def check_cache_exact(model, cache: ItemStateCache) -> None:
-    """Refuse a backbone for which feeding cached states to the layers above is not the same forward (one that
-    scales its embeddings inside its forward, say): compare the cached and the masked forwards on a probe batch, in
-    eval mode (the cache holds the layers' dropout-free states; attention dropout would make two forwards differ)."""
-    probe = _probe_batch(cache.token_sequences, model.get_input_embeddings().weight.device)
-    with eval_mode(model):
-        cached = model.backbone_forward(**probe, use_item_cache=cache)
-        masked = model.backbone_forward(**probe, use_item_cache=False, intra_implementation="masked")
-    real = cached.attention_mask.bool()
-    difference = float((cached.last_hidden_state - masked.last_hidden_state)[real].abs().max())
-    tolerance = 1e-3 if cached.last_hidden_state.dtype == torch.float32 else 5e-2
-    if difference > tolerance:
-        raise ValueError(
-            f"cached item states do not reproduce this backbone's forward (max difference {difference:.2e}): "
-            f"{type(model.model).__name__} may transform inputs_embeds inside its forward; the cache is not used"
-        )
-
-
-__all__ = [
-    "CacheRecord",
-    "ItemStateCache",
-    "build_item_cache",
-    "cache_refusal",
-    "cached_modules",
-    "check_cache_exact",
-    "weights_digest",
-]
+__all__ = ["CacheRecord", "ItemStateCache", "weights_digest"]

@@ -129,4 +129,86 @@ def distinct_sequences(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     raise AssertionError("unreachable: rows given their own keys are their own representatives")
 
 
-__all__ = ["ItemSpans", "distinct_sequences", "find_item_spans", "noncontiguous_segments", "token_sequence_keys"]
+@dataclass
+class Layout:
+    """Which tokens the layers above the leading intra run see, and in what order (``order[b, j]``: the position in
+    the input of the ``j``-th token they see in row ``b``); ``None`` where they see every token."""
+
+    order: torch.Tensor | None
+    attention_mask: torch.Tensor
+    item_segment_ids: torch.Tensor
+    position_ids: torch.Tensor
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` (batch, length, ...) in this layout."""
+        if self.order is None:
+            return values
+        index = self.order.view(*self.order.shape, *([1] * (values.dim() - 2))).expand(-1, -1, *values.shape[2:])
+        return torch.gather(values, 1, index)
+
+    def scatter(self, values: torch.Tensor, length: int) -> torch.Tensor:
+        """``values`` of this layout back at their input positions, zeros where a token was not seen."""
+        if self.order is None:
+            return values
+        out = values.new_zeros(values.shape[0], length, *values.shape[2:])
+        index = self.order.view(*self.order.shape, 1).expand_as(values)
+        return out.scatter(1, index, values * self.attention_mask[..., None].to(values.dtype))
+
+
+def upper_layout(
+    spans: ItemSpans,
+    attention_mask: torch.Tensor,
+    item_segment_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    num_item_tokens: int | None,
+    drop_trailing_context: bool,
+) -> Layout:
+    """The layout of the layers above: every token, or the context and each item's last ``num_item_tokens`` states
+    (kept in input order), without the context after the last item when nothing reads it."""
+    real = attention_mask.bool()
+    segments = item_segment_ids.long() * real.long()
+    if num_item_tokens is None and not drop_trailing_context:
+        return Layout(None, attention_mask, segments, position_ids)
+    is_item = spans.is_item
+    keep = real.clone()
+    if num_item_tokens is not None:
+        span_length = spans.length[spans.token_span.clamp(min=0)]
+        keep &= ~is_item | (spans.token_offset >= span_length - num_item_tokens)
+    if drop_trailing_context:
+        positions = torch.arange(segments.shape[1], device=segments.device).expand_as(segments)
+        last_item = torch.where(is_item, positions, torch.full_like(positions, -1)).max(-1, keepdim=True).values
+        keep &= is_item | (positions < last_item)
+    counts = keep.sum(-1)
+    width = max(int(counts.max()), 1)
+    order = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)[:, :width]
+    mask = torch.arange(width, device=segments.device)[None, :] < counts[:, None]
+    positions = torch.gather(position_ids, 1, order)
+    return Layout(order, mask.long(), torch.gather(segments, 1, order) * mask.long(), positions * mask.long())
+
+
+def token_item_indices(
+    item_segment_ids: torch.Tensor, attention_mask: torch.Tensor, segment_item_indices: torch.Tensor
+) -> torch.Tensor:
+    """The catalog index of the item each token belongs to (``-1`` on context and padding), from the catalog index of
+    each item segment (``segment_item_indices``: ``(batch, items)``, ``-1`` padded).
+
+    Example:
+        >>> token_item_indices(torch.tensor([[0, 1, 1, 2, 0]]), torch.ones(1, 5), torch.tensor([[7, 3]])).tolist()
+        [[-1, 7, 7, 3, -1]]
+    """
+    segments = item_segment_ids.long() * attention_mask.long()
+    columns = (segments - 1).clamp(0, max(segment_item_indices.shape[1] - 1, 0))
+    items = segment_item_indices.to(segments.device).long().gather(1, columns)
+    return torch.where(segments > 0, items, torch.full_like(items, -1))
+
+
+__all__ = [
+    "ItemSpans",
+    "Layout",
+    "distinct_sequences",
+    "find_item_spans",
+    "noncontiguous_segments",
+    "token_item_indices",
+    "token_sequence_keys",
+    "upper_layout",
+]

@@ -13,8 +13,7 @@ are the same wherever the item sits in a prompt (docs/architecture.md, "Compute 
 
 Context tokens (segment 0: prompt, query) are one segment whose intra states depend on their distance to each other,
 which changes with the history's length: they are always computed live, with their true positions (they are few).
-Everything then enters the first layer above the run, with every token's true position id (or, for the item-level
-half with ``item_token_positions="renumbered"``, positions counting the kept states).
+Everything then enters the first layer above the run, with every token's true position id.
 
 :func:`item_aware_forward` is that forward; the masked one (every layer over the whole prompt under item-aware
 masks) is the reference it is tested against.
@@ -30,25 +29,12 @@ import torch
 
 from .attention import ItemSegments
 from .decoder import DecoderParts, eval_mode, run_layers
-from .item_spans import ItemSpans, distinct_sequences, find_item_spans
+from .forward_plan import ForwardPath, ForwardPlan
+from .inputs import BackboneInputs
+from .item_spans import ItemSpans, Layout, distinct_sequences, find_item_spans, token_item_indices, upper_layout
 
 if TYPE_CHECKING:  # item_cache.py imports this module
     from .item_cache import ItemStateCache
-
-
-def leading_intra_layers(layer_types: Sequence[str]) -> int:
-    """How many layers at the bottom of the stack are ``intra``: the ones whose item states are position-free.
-
-    Example:
-        >>> leading_intra_layers(["intra", "intra", "full", "inter"]), leading_intra_layers(["inter", "intra"])
-        (2, 0)
-    """
-    count = 0
-    for layer_type in layer_types:
-        if layer_type != "intra":
-            break
-        count += 1
-    return count
 
 
 def encode_items(
@@ -109,66 +95,6 @@ def item_text_features(parts: DecoderParts, token_sequences: Sequence[Sequence[i
     run: the mean and the last of its states after the first ``num_layers`` layers, read alone."""
     states = encode_item_sequences(parts, token_sequences, num_layers)
     return torch.stack([torch.cat([state.mean(0), state[-1]]) for state in states])
-
-
-@dataclass
-class Layout:
-    """Which tokens the layers above the leading intra run see, and in what order (``order[b, j]``: the position in
-    the input of the ``j``-th token they see in row ``b``); ``None`` where they see every token."""
-
-    order: torch.Tensor | None
-    attention_mask: torch.Tensor
-    item_segment_ids: torch.Tensor
-    position_ids: torch.Tensor
-
-    def gather(self, values: torch.Tensor) -> torch.Tensor:
-        """``values`` (batch, length, ...) in this layout."""
-        if self.order is None:
-            return values
-        index = self.order.view(*self.order.shape, *([1] * (values.dim() - 2))).expand(-1, -1, *values.shape[2:])
-        return torch.gather(values, 1, index)
-
-    def scatter(self, values: torch.Tensor, length: int) -> torch.Tensor:
-        """``values`` of this layout back at their input positions, zeros where a token was not seen."""
-        if self.order is None:
-            return values
-        out = values.new_zeros(values.shape[0], length, *values.shape[2:])
-        index = self.order.view(*self.order.shape, 1).expand_as(values)
-        return out.scatter(1, index, values * self.attention_mask[..., None].to(values.dtype))
-
-
-def upper_layout(
-    spans: ItemSpans,
-    attention_mask: torch.Tensor,
-    item_segment_ids: torch.Tensor,
-    position_ids: torch.Tensor,
-    num_item_tokens: int | None,
-    renumber_positions: bool,
-    drop_trailing_context: bool,
-) -> Layout:
-    """The layout of the layers above: every token, or the context and each item's last ``num_item_tokens`` states
-    (kept in input order), without the context after the last item when nothing reads it."""
-    real = attention_mask.bool()
-    segments = item_segment_ids.long() * real.long()
-    if num_item_tokens is None and not drop_trailing_context:
-        return Layout(None, attention_mask, segments, position_ids)
-    is_item = spans.is_item
-    keep = real.clone()
-    if num_item_tokens is not None:
-        span_length = spans.length[spans.token_span.clamp(min=0)]
-        keep &= ~is_item | (spans.token_offset >= span_length - num_item_tokens)
-    if drop_trailing_context:
-        positions = torch.arange(segments.shape[1], device=segments.device).expand_as(segments)
-        last_item = torch.where(is_item, positions, torch.full_like(positions, -1)).max(-1, keepdim=True).values
-        keep &= is_item | (positions < last_item)
-    counts = keep.sum(-1)
-    width = max(int(counts.max()), 1)
-    order = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)[:, :width]
-    mask = torch.arange(width, device=segments.device)[None, :] < counts[:, None]
-    positions = torch.gather(position_ids, 1, order)
-    if renumber_positions:
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    return Layout(order, mask.long(), torch.gather(segments, 1, order) * mask.long(), positions * mask.long())
 
 
 def _context_states(
@@ -258,60 +184,42 @@ class ItemAwareOutput:
 
 def item_aware_forward(
     parts: DecoderParts,
-    input_ids: torch.Tensor | None,
-    inputs_embeds: torch.Tensor | None,
-    attention_mask: torch.Tensor,
-    position_ids: torch.Tensor,
-    item_segment_ids: torch.Tensor,
-    num_leading_intra: int,
-    lower: str = "masked",
-    cache: ItemStateCache | None = None,
-    num_item_tokens: int | None = None,
-    renumber_positions: bool = False,
-    drop_trailing_context: bool = False,
-    token_items: torch.Tensor | None = None,
+    plan: ForwardPlan,
+    inputs: BackboneInputs,
     item_id_embeddings: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    output_hidden_states: bool = False,
 ) -> ItemAwareOutput:
-    """The backbone's forward with its leading ``num_leading_intra`` intra layers computed ``lower``: ``"masked"``
-    (over the whole prompt under the item-aware mask), ``"packed"`` (per distinct item) or ``"cached"`` (from
-    ``cache``, items it lacks packed), then the layers above over the layout of :func:`upper_layout`.
+    """The backbone's forward by ``plan``: its leading intra layers computed on the plan's path (masked over the
+    whole prompt, packed per distinct item, or cached with the items the cache lacks packed), then the layers above
+    over the layout of :func:`upper_layout`.
 
-    With ``item_id_embeddings`` (catalog indices to vectors), each item token's vector (``token_items``: the catalog
-    index of the item each token belongs to, ``-1`` on context) is added to the states entering the first layer
-    above the run. With ``output_hidden_states``, the embeddings and every layer's output at the input's positions
-    (zeros where the layers above did not see a token).
+    With ``item_id_embeddings`` (catalog indices to vectors), each item token's vector (the catalog index of its item
+    from ``inputs.segment_item_indices``) is added to the states entering the first layer above the run. With
+    ``plan.output_hidden_states``, the embeddings and every layer's output at the input's positions (zeros where the
+    layers above did not see a token).
     """
-    batch_size, length = attention_mask.shape
-    spans = find_item_spans(item_segment_ids, attention_mask, input_ids if lower != "masked" else None)
+    length = inputs.attention_mask.shape[1]
+    masked = plan.path is ForwardPath.MASKED
+    spans = find_item_spans(inputs.item_segment_ids, inputs.attention_mask, None if masked else inputs.input_ids)
     layout = upper_layout(
-        spans,
-        attention_mask,
-        item_segment_ids,
-        position_ids,
-        num_item_tokens,
-        renumber_positions,
-        drop_trailing_context,
-    )
-    if lower == "masked":
-        lower_states, lower_per_layer = _masked_lower_states(
-            parts, input_ids, inputs_embeds, attention_mask, position_ids, item_segment_ids, layout,
-            num_leading_intra, output_hidden_states,
-        )  # fmt: skip
+        spans, inputs.attention_mask, inputs.item_segment_ids, inputs.position_ids, plan.num_item_tokens,
+        plan.drop_trailing_context,
+    )  # fmt: skip
+    if masked:
+        lower_states, lower_per_layer = _masked_lower_states(parts, inputs, layout, plan)
     else:
-        lower_states, lower_per_layer = _lower_item_states(
-            parts, input_ids, spans, layout, position_ids, num_leading_intra, cache, output_hidden_states
-        )
+        lower_states, lower_per_layer = _lower_item_states(parts, inputs, spans, layout, plan)
     hidden = lower_states[-1]
     if item_id_embeddings is not None:
-        items = layout.gather(token_items)
+        items = layout.gather(
+            token_item_indices(inputs.item_segment_ids, inputs.attention_mask, inputs.segment_item_indices)
+        )
         vectors = item_id_embeddings(items.clamp(min=0)) * (items >= 0)[..., None].to(hidden.dtype)
         hidden = hidden + vectors.to(hidden.dtype)
-    upper: list | None = [] if output_hidden_states else None
+    upper: list | None = [] if plan.output_hidden_states else None
     hidden = run_layers(
         parts,
         hidden,
-        num_leading_intra,
+        plan.num_leading_intra,
         parts.num_layers,
         layout.attention_mask,
         layout.position_ids,
@@ -320,53 +228,40 @@ def item_aware_forward(
         all_hidden_states=upper,
     )
     hidden_states = None
-    if output_hidden_states:
-        if num_leading_intra == parts.num_layers and lower_per_layer:
+    if plan.output_hidden_states:
+        if plan.num_leading_intra == parts.num_layers and lower_per_layer:
             lower_per_layer[-1] = parts.backbone.norm(lower_per_layer[-1])  # the top layer's output is reported normed
         hidden_states = tuple(lower_per_layer) + tuple(layout.scatter(state, length) for state in upper)
     return ItemAwareOutput(hidden, layout, hidden_states)
 
 
 def _masked_lower_states(
-    parts: DecoderParts,
-    input_ids: torch.Tensor | None,
-    inputs_embeds: torch.Tensor | None,
-    attention_mask: torch.Tensor,
-    position_ids: torch.Tensor,
-    item_segment_ids: torch.Tensor,
-    layout: Layout,
-    num_leading_intra: int,
-    per_layer: bool,
+    parts: DecoderParts, inputs: BackboneInputs, layout: Layout, plan: ForwardPlan
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """The leading run over the whole prompt under the item-aware mask (the reference), in ``layout``; with
-    ``per_layer``, also every layer's states at the input's positions."""
-    hidden = inputs_embeds if inputs_embeds is not None else parts.backbone.get_input_embeddings()(input_ids)
-    collected = [hidden] if per_layer else None
+    ``plan.output_hidden_states``, also every layer's states at the input's positions."""
+    embeds = inputs.inputs_embeds
+    hidden = embeds if embeds is not None else parts.backbone.get_input_embeddings()(inputs.input_ids)
+    collected = [hidden] if plan.output_hidden_states else None
     hidden = run_layers(
         parts,
         hidden,
         0,
-        num_leading_intra,
-        attention_mask,
-        position_ids,
-        ItemSegments(item_segment_ids),
+        plan.num_leading_intra,
+        inputs.attention_mask,
+        inputs.position_ids,
+        ItemSegments(inputs.item_segment_ids),
         all_hidden_states=collected,
     )
     return [layout.gather(hidden)], collected
 
 
 def _lower_item_states(
-    parts: DecoderParts,
-    input_ids: torch.Tensor,
-    spans: ItemSpans,
-    layout: Layout,
-    position_ids: torch.Tensor,
-    num_leading_intra: int,
-    cache: ItemStateCache | None,
-    per_layer: bool,
+    parts: DecoderParts, inputs: BackboneInputs, spans: ItemSpans, layout: Layout, plan: ForwardPlan
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """The leading run's states of the tokens the layers above see, in ``layout`` (context live, items packed or
-    cached); with ``per_layer``, also every layer's states at the input's positions (for ``output_hidden_states``)."""
+    cached); with ``plan.output_hidden_states``, also every layer's states at the input's positions."""
+    input_ids, per_layer, num_leading_intra = inputs.input_ids, plan.output_hidden_states, plan.num_leading_intra
     batch_size, length = input_ids.shape
     if layout.order is None:
         seen = layout.attention_mask.bool()
@@ -377,10 +272,10 @@ def _lower_item_states(
     keep_context = seen & ~spans.is_item
     context_layers: list | None = [] if per_layer else None
     context, context_order, context_mask = _context_states(
-        parts, input_ids, keep_context, position_ids, num_leading_intra, context_layers
+        parts, input_ids, keep_context, inputs.position_ids, num_leading_intra, context_layers
     )
     item_layers = _item_token_states(
-        parts, spans, wanted_items, num_leading_intra, cache, context.dtype, [] if per_layer else None
+        parts, spans, wanted_items, num_leading_intra, plan.cache, context.dtype, [] if per_layer else None
     )
     rows, columns = wanted_items.nonzero(as_tuple=True)
     context_rows = torch.arange(batch_size, device=input_ids.device)[:, None].expand_as(context_order)
@@ -407,24 +302,4 @@ def _lower_item_states(
     return [layout.gather(outputs[-1])], outputs
 
 
-def num_item_tokens_error(layer_types: Sequence[str]) -> str | None:
-    """Why the item-level inter half cannot run on these layer kinds (no leading intra run), or None."""
-    if leading_intra_layers(layer_types) == 0:
-        return (
-            f"num_item_tokens needs a leading run of intra layers (the layers above read each item's last states, "
-            f"which are the item's own only after intra layers); the layers are {list(layer_types)}"
-        )
-    return None
-
-
-__all__ = [
-    "ItemAwareOutput",
-    "Layout",
-    "encode_item_sequences",
-    "encode_items",
-    "item_aware_forward",
-    "item_text_features",
-    "leading_intra_layers",
-    "num_item_tokens_error",
-    "upper_layout",
-]
+__all__ = ["ItemAwareOutput", "encode_item_sequences", "encode_items", "item_aware_forward", "item_text_features"]

@@ -66,7 +66,7 @@ def load_pretrained_decoder(
     dtype: torch.dtype = torch.float32,
     causal_lm: bool = False,
 ) -> PreTrainedModel:
-    """A pretrained decoder (bare, or with its LM head when ``causal_lm``) cut to its first ``num_layers``.
+    """A pretrained decoder (the bare decoder, or with its LM head when ``causal_lm``) cut to its first ``num_layers``.
 
     GGUF weights arrive dequantised: the ``quantization_config`` transformers keeps for them is dropped,
     else a saved checkpoint (and the Trainer) would treat the full-precision model as a quantized one.
@@ -78,6 +78,8 @@ def load_pretrained_decoder(
     """
     auto_class = AutoModelForCausalLM if causal_lm else AutoModel
     model = auto_class.from_pretrained(pretrained_model_name_or_path, gguf_file=gguf_file, dtype=dtype)
+    if not causal_lm and hasattr(model, "get_decoder") and not hasattr(model, "layers"):
+        model = model.get_decoder()  # an encoder-decoder-style wrapper: its decoder
     model.config.__dict__.pop("quantization_config", None)
     model.hf_quantizer, model.is_quantized = None, False
     if num_layers is not None:

@@ -1,9 +1,9 @@
 """Where the adapter reads the backbone: which token's state predicts which item.
 
-Two kinds of position (``config.readout``):
+Two kinds of position (chosen by ``config.supervision``):
 
-- ``"query"``: the last real token (the end of the query suffix), one per user;
-- ``"last_item"``: the last token of an item. With every-item supervision the state at the end of item ``i`` predicts
+- ``"last"``, at the query: the last real token (the end of the query suffix), one per user;
+- ``"every_item"``, at item ends: the last token of an item. The state at the end of item ``i`` predicts
   item ``i + 1``, and the state at the end of the last item predicts the target: training and evaluation then read the
   same kind of position. Causal attention keeps item ``i + 1`` (and the target) out of the state read after item ``i``
   in every layout (docs/architecture.md, "Every-item supervision").

@@ -162,17 +162,11 @@ class ExperimentConfig:
     item_cache: bool = True  # the exact item-state cache, when the frozen bottom covers the leading intra layers
     intra_implementation: str = "masked"  # or "packed": the leading intra layers per item, no mask
     # the item-level inter half: the layers above the leading intra run see each item through its last N states
-    # (None: every token, the paper's token-level model); their position ids: "original" or "renumbered"
+    # (None: every token, the paper's token-level model)
     num_item_tokens: int | None = None
-    item_token_positions: str = "original"
     item_id_embeddings: bool = False  # one learned vector per item, zero-initialised, added where items enter the top
     item_id_embedding_learning_rate: float | None = None  # None: the adapter's rate
-    item_id_dropout: float = 0.0  # share of item states entering the top without their id vector, in training
     item_id_embedding_size: int | None = None  # a narrower id table and a shared projection (None: hidden size)
-    tie_item_id_embeddings: bool = False  # an item's id vector = its adapter row times a learned zero-initialised gate
-    adapter_scoring: str = "dot"  # or "cosine" (cosine similarity times a learned temperature)
-    adapter_dropout: float = 0.0  # dropout on the state the adapter reads, in training
-    attention_dropout: float | None = None  # the backbone's attention dropout in training (None: as pretrained)
     # each item's adapter row = a learned map of its text + its own residual, dropped for a share of items per step
     score_items_from_text: bool = False
     item_residual_dropout: float = 0.0
@@ -258,19 +252,12 @@ class ExperimentConfig:
             positive(name)
         positive("item_embedding_learning_rate", optional=True)
         positive("item_id_embedding_learning_rate", optional=True)
-        for name in ("weight_decay", "item_residual_dropout", "item_id_dropout", "adapter_dropout"):
+        for name in ("weight_decay", "item_residual_dropout"):
             share(name)
-        share("attention_dropout", optional=True)
-        if self.item_id_dropout and not self.item_id_embeddings:
+        if self.item_id_embedding_size is not None and not self.item_id_embeddings:
             raise ValueError(
-                f"item_id_dropout={self.item_id_dropout!r} drops item id vectors: turn them on (--item-id-embeddings)"
-            )
-        if self.tie_item_id_embeddings and not self.item_id_embeddings:
-            raise ValueError("tie_item_id_embeddings=True ties item id vectors: turn them on (--item-id-embeddings)")
-        if self.item_id_embedding_size is not None and (not self.item_id_embeddings or self.tie_item_id_embeddings):
-            raise ValueError(
-                f"item_id_embedding_size={self.item_id_embedding_size!r} sets the width of the items' own id vectors: "
-                "turn them on (--item-id-embeddings) and untied (--no-tie-item-id-embeddings)"
+                f"item_id_embedding_size={self.item_id_embedding_size!r} sets the width of the items' id vectors: "
+                "turn them on (--item-id-embeddings)"
             )
         if self.max_item_tokens >= self.max_length:
             raise ValueError(f"max_item_tokens ({self.max_item_tokens}) must be below max_length ({self.max_length})")
@@ -285,8 +272,6 @@ class ExperimentConfig:
             ("lr_scheduler_type", tuple(kind.value for kind in SchedulerType)),
             ("supervision", ("last", "every_item")),
             ("intra_implementation", ("masked", "packed")),
-            ("item_token_positions", ("original", "renumbered")),
-            ("adapter_scoring", ("dot", "cosine")),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")

@@ -40,7 +40,7 @@ def apply_lora(model: nn.Module, rank: int = 16, **kwargs):
     """
     from peft import get_peft_model
 
-    # the item id vectors (or their tied gate) are new weights with no pretrained value to adapt: trained in full,
+    # the item id vectors are new weights with no pretrained value to adapt: trained in full,
     # as the adapter is; left out, PEFT would freeze them at their zero initialisation
     has_item_ids = getattr(model, "item_id_embeddings", None) is not None
     kwargs.setdefault("modules_to_save", ("adapter", "item_id_embeddings") if has_item_ids else ("adapter",))

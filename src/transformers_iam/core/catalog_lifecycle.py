@@ -1,0 +1,157 @@
+"""The catalog's lifecycle on a model: binding it, starting its rows from the items' text and popularity, and adding
+items after training (docs/architecture.md, "Cold items and the long tail"; docs/reliability.md, "Catalog binding")."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from transformers.utils import logging
+
+from .adapter import log_popularity_prior, rows_from_text, text_item_embeddings
+from .catalog import ItemCatalog, check_catalog_binding, item_token_sequences
+from .decoder import decoder_parts, eval_mode
+from .item_states import encode_item_sequences, item_text_features
+
+logger = logging.get_logger(__name__)
+
+
+def _grown_linear(linear: nn.Linear, new_weight: torch.Tensor, new_bias: torch.Tensor) -> nn.Linear:
+    """``linear`` with output rows appended (same device, dtype and gradient setting)."""
+    grown = nn.Linear(linear.in_features, linear.out_features + new_weight.shape[0]).to(linear.weight)
+    grown.weight.data = torch.cat([linear.weight.detach(), new_weight.to(linear.weight)])
+    grown.bias.data = torch.cat([linear.bias.detach(), new_bias.to(linear.bias)])
+    grown.requires_grad_(linear.weight.requires_grad)
+    return grown
+
+
+class CatalogMixin:
+    """The catalog of an [`IAMForCausalRecommendation`]: ``set_catalog``, the initialisations of its rows from data
+    (``init_item_prior``, ``init_item_embeddings_from_text``, ``init_item_text_features``) and ``add_items``."""
+
+    catalog: ItemCatalog | None
+
+    def set_catalog(self, catalog: ItemCatalog) -> None:
+        """Attach the catalog whose order the adapter's scores follow, and record its fingerprint in the config.
+
+        A model whose config already records a fingerprint (trained, or loaded from a checkpoint) refuses a catalog
+        with other ids or another order: its adapter rows belong to the recorded one.
+        """
+        if len(catalog) != self.config.num_items:
+            raise ValueError(
+                f"The catalog has {len(catalog)} items but this model scores {self.config.num_items} "
+                "(config.num_items): they must be the same catalog, in the same order."
+            )
+        check_catalog_binding(self.config, catalog, "the catalog passed to set_catalog")
+        self.config.catalog_fingerprint = catalog.fingerprint
+        self.catalog = catalog
+
+    @torch.no_grad()
+    def init_item_prior(self, item_counts: torch.Tensor | Sequence[float]) -> None:
+        """Start the adapter's per-item bias at the log-frequency of each item (counts in catalog order).
+
+        With a zero bias a fresh adapter ranks the catalog at random; starting from the training-split popularity
+        lets training spend its steps on personalisation.
+
+        Example:
+            >>> model.init_item_prior([0.0] * (len(model.catalog) - 1) + [100.0])
+            >>> int(model.adapter.item_embeddings.bias.argmax()) == len(model.catalog) - 1
+            True
+        """
+        bias = self.adapter.item_embeddings.bias
+        bias.copy_(log_popularity_prior(item_counts, self.config.num_items).to(bias.dtype))
+
+    @torch.no_grad()
+    def init_item_embeddings_from_text(self, renderer, batch_size: int = 64, scale: float = 0.1) -> None:
+        """Start each item's adapter row from the backbone's reading of the item's text (``text_item_embeddings``).
+        ``renderer``: an [`IAMDataCollator`] of the model's catalog, or the item token sequences in catalog order."""
+        sequences = item_token_sequences(renderer, self.catalog)
+        if len(sequences) != self.config.num_items:
+            raise ValueError(f"got token ids for {len(sequences)} items, the catalog has {self.config.num_items}")
+        with eval_mode(self):
+            embeddings = text_item_embeddings(self.model, self.adapter, sequences, batch_size, self.catalog)
+        weight = self.adapter.item_embeddings.weight
+        weight.copy_((embeddings * scale).to(weight.dtype))
+
+    @torch.no_grad()
+    def init_item_text_features(self, renderer) -> None:
+        """Read every catalog item's text once (``config.score_items_from_text``): its states where items enter the
+        layers above the intra run (mean and last), standardised over the catalog and kept in the adapter.
+        ``renderer``: an [`IAMDataCollator`] (or the item token sequences in catalog order)."""
+        if not self.config.score_items_from_text:
+            raise ValueError("init_item_text_features needs config.score_items_from_text=True")
+        sequences = item_token_sequences(renderer, self.catalog)
+        if len(sequences) != self.config.num_items:
+            raise ValueError(
+                f"got {len(sequences)} item token sequences, the catalog has {self.config.num_items} items"
+            )
+        features = self._text_features(sequences)
+        self.adapter.text_feature_mean.copy_(features.mean(0))
+        self.adapter.text_feature_std.copy_(features.std(0).clamp(min=1e-6))
+        self.adapter.item_text_features.copy_(self.adapter.standardised(features))
+
+    def _text_features(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+        return item_text_features(decoder_parts(self.model), sequences, self.num_leading_intra_layers).to(
+            self.adapter.dense.weight
+        )
+
+    @torch.no_grad()
+    def add_items(self, item_ids: Sequence, texts: Sequence[str], renderer) -> ItemCatalog:
+        """Add new items to a trained model's catalog, scored from their text, without retraining.
+
+        Items that arrive after training (cold items) have no trained adapter row. Each new item gets the row (item
+        embedding and bias) that a ridge regression fitted on the trained catalog predicts from its text: the text
+        features are the item's states where items enter the layers above the intra run (mean and last), the
+        targets the trained rows, the strength chosen by cross-validation over the trained items. Item id
+        embeddings of new items are zero (they are read from their text alone). The catalog binding
+        (``config.num_items``, ``catalog_fingerprint``) and an attached item-state cache are extended; ``renderer``
+        (an [`IAMDataCollator`]) is switched to the extended catalog so it renders the new items.
+
+        Returns the extended catalog (the old items first, in their order, then the new ones).
+
+        Example:
+            >>> extended = model.add_items(["i20"], ["A New Movie (1998) | Drama"], collator)
+            >>> len(extended), model.config.num_items
+            (21, 21)
+            >>> model.recommend(**collator([{"history": ["i20"]}]), k=3).scores.shape
+            torch.Size([1, 3])
+        """
+        if self.catalog is None:
+            raise ValueError("add_items extends the model's catalog: attach it first (set_catalog)")
+        new = ItemCatalog(list(item_ids), list(texts))
+        known = [item for item in new.item_ids if item in self.catalog]
+        if known:
+            raise ValueError(f"items {known[:5]} are already in the catalog ({len(known)} of {len(new)})")
+        old_size = len(self.catalog)
+        extended = ItemCatalog(self.catalog.item_ids + new.item_ids, self.catalog.texts + new.texts)
+        renderer.extend_catalog(extended)
+        sequences = item_token_sequences(renderer, extended)
+        features = self._text_features(sequences)
+        head = self.adapter.item_embeddings
+        if self.config.score_items_from_text:  # scored by the text map: no row of their own
+            rows = torch.zeros(len(new), head.weight.shape[1] + 1).to(head.weight)
+            self.adapter.item_text_features = torch.cat(
+                [self.adapter.item_text_features, self.adapter.standardised(features[old_size:])]
+            )
+            logger.info(f"add_items: {len(new)} items scored from their text by the trained text map")
+        else:
+            trained_rows = torch.cat([head.weight, head.bias[:, None]], dim=1)
+            rows, ridge = rows_from_text(features[:old_size], trained_rows, features[old_size:])
+            logger.info(
+                f"add_items: {len(new)} items scored from their text (ridge {ridge:g}, chosen by cross-validation)"
+            )
+        self.adapter.item_embeddings = _grown_linear(head, rows[:, :-1], rows[:, -1])
+        if self.item_id_embeddings is not None:
+            self.item_id_embeddings = self.item_id_embeddings.grown(self.config, len(extended))
+        self.config.num_items = len(extended)
+        self.config.catalog_fingerprint = None  # the binding moves to the extended catalog
+        self.set_catalog(extended)
+        if self.item_cache is not None:
+            parts = decoder_parts(self.model)
+            states = encode_item_sequences(parts, sequences[old_size:], self.num_leading_intra_layers)
+            self.item_cache = self.item_cache.extend(sequences[old_size:], states)
+        return extended
+
+
+__all__ = ["CatalogMixin"]
