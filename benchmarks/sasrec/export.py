@@ -47,9 +47,10 @@ def recbole_dataset_name(dataset: str) -> str:
     return f"{dataset}-loo"
 
 
-def default_out(dataset: str, cold_items: float | None) -> str:
-    """Where the main job looks for SASRec by default (experiments/report.py: sasrec_metrics_path)."""
-    return "runs/sasrec" + data_tag(dataset, cold_items)
+def default_out(dataset: str, cold_items: float | None, max_history: int = MAX_HISTORY) -> str:
+    """Where the main job looks for SASRec by default (experiments/report.py: sasrec_metrics_path); another history
+    length than the main job's 50 gets a folder of its own (``runs/sasrec-ml-1m-h200``)."""
+    return "runs/sasrec" + data_tag(dataset, cold_items) + ("" if max_history == MAX_HISTORY else f"-h{max_history}")
 
 
 def item_tokens(catalog: ItemCatalog) -> list[str]:
@@ -65,15 +66,24 @@ def item_tokens(catalog: ItemCatalog) -> list[str]:
     return [str(index) for index in range(len(catalog))]
 
 
-def load_split(dataset: str, cold_items: float | None = None, seed: int = 0) -> LeaveOneOutData:
-    """The split SASRec trains on: every training prefix, histories of up to MAX_HISTORY items (what RecBole reads),
-    validation and test rows whole; under ``cold_items`` the main job's cold items (same share, same seed)."""
+def load_split(
+    dataset: str, cold_items: float | None = None, seed: int = 0, max_history: int = MAX_HISTORY
+) -> LeaveOneOutData:
+    """The split SASRec trains on: every training prefix, histories of up to ``max_history`` items (what RecBole
+    reads), validation and test rows whole; under ``cold_items`` the main job's cold items (same share, same seed)."""
     return load_dataset(
-        dataset, max_history=MAX_HISTORY, train_examples_per_user=None, cold_items=cold_items, seed=seed
+        dataset, max_history=max_history, train_examples_per_user=None, cold_items=cold_items, seed=seed
     )
 
 
-def sasrec_config(data_path: str, epochs: int, device: str, patience: int = 10, dataset: str = "ml-100k") -> str:
+def sasrec_config(
+    data_path: str,
+    epochs: int,
+    device: str,
+    patience: int = 10,
+    dataset: str = "ml-100k",
+    max_history: int = MAX_HISTORY,
+) -> str:
     # RecBole's default sequential config samples negatives; CE loss needs train_neg_sample_args: ~
     return f"""# SASRec on our leave-one-out split of {dataset} (RecBole 1.2.1)
 data_path: {data_path}
@@ -87,7 +97,7 @@ load_col:
 # history item is embedded as another item (1,287 of ml-100k's 1,680 tokens got another id) and an item that occurs
 # only in histories (a cold item) gets an id past the embedding table
 alias_of_item_id: [item_id_list]
-MAX_ITEM_LIST_LENGTH: {MAX_HISTORY}
+MAX_ITEM_LIST_LENGTH: {max_history}
 train_neg_sample_args: ~
 loss_type: CE
 n_layers: 2
@@ -127,7 +137,10 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="ml-100k", choices=sorted(DATASETS))
     parser.add_argument("--cold-items", type=float, help="the main job's --cold-items share (default: none)")
     parser.add_argument("--seed", type=int, default=0, help="the main job's --seed: it draws the cold items")
-    parser.add_argument("--out", help="default: runs/sasrec, runs/sasrec-ml-1m, runs/sasrec-ml-1m-cold0.2, ...")
+    parser.add_argument("--max-history", type=int, default=MAX_HISTORY, help="items of history SASRec reads (50)")
+    parser.add_argument(
+        "--out", help="default: runs/sasrec, runs/sasrec-ml-1m, runs/sasrec-ml-1m-cold0.2, runs/sasrec-ml-1m-h200, ..."
+    )
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -139,8 +152,10 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     if args.patience < 5:
         parser.error("--patience must be >= 5: validation NDCG@10 is noisy over a few thousand users")
-    out = args.out or default_out(args.dataset, args.cold_items)
-    data = load_split(args.dataset, args.cold_items, args.seed)
+    if args.max_history < 1:
+        parser.error(f"--max-history must be >= 1, got {args.max_history}")
+    out = args.out or default_out(args.dataset, args.cold_items, args.max_history)
+    data = load_split(args.dataset, args.cold_items, args.seed, args.max_history)
     print(data.describe())
     tokens = dict(zip(data.catalog.item_ids, item_tokens(data.catalog)))
     name = recbole_dataset_name(args.dataset)
@@ -151,10 +166,12 @@ def main(argv: list[str] | None = None) -> str:
             handle.write("user_id:token\titem_id_list:token_seq\titem_id:token\n")
             for batch in dataset.iter(batch_size=10_000):  # column batches: 982k ML-1M rows one by one are slow
                 for user, history, target in zip(batch["user_id"], batch["history"], batch["target"]):
-                    history = " ".join(tokens[item] for item in history[-MAX_HISTORY:])
+                    history = " ".join(tokens[item] for item in history[-args.max_history :])
                     handle.write(f"{user}\t{history}\t{tokens[target]}\n")
     with open(os.path.join(out, "sasrec.yaml"), "w", encoding="utf-8") as handle:
-        handle.write(sasrec_config(os.path.abspath(out), args.epochs, args.device, args.patience, args.dataset))
+        handle.write(
+            sasrec_config(os.path.abspath(out), args.epochs, args.device, args.patience, args.dataset, args.max_history)
+        )
     with open(os.path.join(out, "split.json"), "w", encoding="utf-8") as handle:
         json.dump(data.statistics, handle, indent=1)
     if data.cold_items:

@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> dict:
     add_split_arguments(parser)
     parser.add_argument("--keep-history", action="store_true")
     args = parser.parse_args(argv)
-    out = args.out or default_out(args.dataset, args.cold_items)
+    out = args.out or default_out(args.dataset, args.cold_items, args.max_history)
     with open(os.path.join(out, "sasrec_scores.json"), encoding="utf-8") as handle:
         dumped = json.load(handle)
-    data = load_split(args.dataset, args.cold_items, args.seed)
+    data = load_split(args.dataset, args.cold_items, args.seed, args.max_history)
     exported = os.path.join(out, "split.json")
     if os.path.isfile(exported):  # the scores are of the exported split: the flags must name the same one
         with open(exported, encoding="utf-8") as handle:

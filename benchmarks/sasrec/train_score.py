@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import time
 
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # RecBole checkpoints on torch >= 2.6
@@ -80,17 +81,68 @@ def load_saved_weights(trainer, path: str) -> dict:
     return checkpoint
 
 
-def train_to_convergence(trainer, config, train_data, valid_data) -> tuple[dict, dict]:
-    """RecBole stops after `stopping_step` validations without a better valid_metric (NDCG@10) and keeps the best
-    epoch's weights in the trainer's model; `epochs` is only a cap."""
-    valid_scores: list[tuple[int, float]] = []
-    started = time.time()
-    _, best_result = trainer.fit(
-        train_data,
-        valid_data,
-        show_progress=config["show_progress"],
-        callback_fn=lambda epoch, score: valid_scores.append((int(epoch), float(score))),
+PROGRESS_FILE = "progress.pth"
+
+
+def save_progress(trainer, path: str, valid_scores: list, train_seconds: float) -> None:
+    """After every validated epoch: what a resumed run needs to go on as this one would (the epoch, the early-stopping
+    counter, the best score and result, where the best weights are, model, optimizer and random states). Written to a
+    temporary file and renamed, so a run cut short mid-write leaves the previous epoch's record whole."""
+    state = {
+        "epoch": valid_scores[-1][0],
+        "cur_step": trainer.cur_step,
+        "best_valid_score": trainer.best_valid_score,
+        "best_valid_result": trainer.best_valid_result,
+        "saved_model_file": trainer.saved_model_file,
+        "state_dict": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "valid_curve": list(valid_scores),
+        "train_seconds": train_seconds,
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+    }
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def resume_progress(trainer, path: str) -> tuple[list, float]:
+    """Put a run's last record (``save_progress``) back into a fresh trainer; returns the validation curve so far and
+    the training seconds already spent. The best weights stay in the file the first run named."""
+    state = torch.load(path, weights_only=False)
+    trainer.model.load_state_dict(state["state_dict"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.start_epoch = state["epoch"] + 1
+    trainer.cur_step = state["cur_step"]
+    trainer.best_valid_score = state["best_valid_score"]
+    trainer.best_valid_result = state["best_valid_result"]
+    trainer.saved_model_file = state["saved_model_file"]
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    print(
+        f"resuming after epoch {state['epoch']}: {len(state['valid_curve'])} epochs validated, "
+        f"best validation NDCG@10 {state['best_valid_score']}"
     )
+    return list(state["valid_curve"]), float(state["train_seconds"])
+
+
+def train_to_convergence(trainer, config, train_data, valid_data, progress: str | None = None) -> tuple[dict, dict]:
+    """RecBole stops after `stopping_step` validations without a better valid_metric (NDCG@10) and keeps the best
+    epoch's weights in the trainer's model; `epochs` is only a cap. With ``progress`` (a file path) the state after
+    every epoch is saved there, and a run that finds the file goes on from it (``--resume``)."""
+    valid_scores: list[tuple[int, float]] = []
+    spent = 0.0
+    if progress and os.path.isfile(progress):
+        valid_scores, spent = resume_progress(trainer, progress)
+    started = time.time()
+
+    def after_epoch(epoch: int, score: float) -> None:
+        valid_scores.append((int(epoch), float(score)))
+        if progress:
+            save_progress(trainer, progress, valid_scores, spent + time.time() - started)
+
+    finished = trainer.cur_step > config["stopping_step"] or trainer.start_epoch >= config["epochs"]
+    if not finished:  # a resumed run that had already stopped goes straight to scoring
+        trainer.fit(train_data, valid_data, show_progress=config["show_progress"], callback_fn=after_epoch)
     load_saved_weights(trainer, trainer.saved_model_file)
     best_epoch = max(valid_scores, key=lambda pair: pair[1])[0] if valid_scores else None  # first best: RecBole's
     training = {
@@ -100,11 +152,12 @@ def train_to_convergence(trainer, config, train_data, valid_data) -> tuple[dict,
         "epochs_run": valid_scores[-1][0] + 1 if valid_scores else None,
         "best_epoch": best_epoch,  # 0-based, as RecBole logs it
         "stopped_early": bool(valid_scores) and valid_scores[-1][0] + 1 < config["epochs"],
-        "train_seconds": round(time.time() - started, 1),
+        "converged": trainer.cur_step > config["stopping_step"],  # RecBole stops when the count passes it
+        "train_seconds": round(spent + time.time() - started, 1),
         "valid_curve": valid_scores,
         "device": str(config["device"]),
     }
-    return training, dict(best_result)
+    return training, dict(trainer.best_valid_result)
 
 
 def training_from_checkpoint(trainer, config, path: str) -> dict:
@@ -130,6 +183,11 @@ def main() -> None:
         "--from-checkpoint",
         help="score a best-so-far checkpoint in <out>/saved instead of training (a run cut short: its record says so)",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from <out>/saved/progress.pth (written after every epoch) instead of starting again",
+    )
     args = parser.parse_args()
     script_started = time.time()
     args.out = os.path.abspath(args.out)
@@ -149,7 +207,11 @@ def main() -> None:
         )
         best_result = {"ndcg@10": training["best_valid_ndcg@10"]}
     else:
-        training, best_result = train_to_convergence(trainer, config, train_data, valid_data)
+        progress = os.path.join(config["checkpoint_dir"], PROGRESS_FILE)
+        if os.path.isfile(progress) and not args.resume:
+            raise SystemExit(f"{progress} holds an earlier run: pass --resume to go on from it, or remove it")
+        os.makedirs(config["checkpoint_dir"], exist_ok=True)
+        training, best_result = train_to_convergence(trainer, config, train_data, valid_data, progress)
     recbole_test = trainer.evaluate(test_data, load_best_model=False, show_progress=config["show_progress"])
     print("RecBole's own test metrics:", dict(recbole_test))
     item_tokens = list(dataset.field2id_token["item_id"])  # index = RecBole internal id; 0 is [PAD]
