@@ -44,13 +44,13 @@ OFFSETS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
 
 def model_scores(checkpoint_dir: str, batch_size: int) -> dict:
     """The run's scores over its catalog for every validation and test user, with what ranking them needs."""
-    config, data, model, collator = load_checkpoint_run(checkpoint_dir)
+    run, data, model, collator = load_checkpoint_run(checkpoint_dir)
     if not data.cold_items:
         raise SystemExit(f"{checkpoint_dir}: not a run of the cold-item protocol (--cold-items)")
     catalog = model.catalog
     splits = {}
     for split in ("valid", "test"):
-        dataset = eval_subset(data.split(split), config)
+        dataset = eval_subset(data.split(split), run.data)
         scores, excluded = [], []
         for start in range(0, len(dataset), batch_size):
             batch = collator([dataset[index] for index in range(start, min(start + batch_size, len(dataset)))])
@@ -63,7 +63,7 @@ def model_scores(checkpoint_dir: str, batch_size: int) -> dict:
             users=list(dataset["user_id"]),
             targets=torch.tensor(catalog.indices_of(dataset["target"])),
             scores=torch.cat(scores),
-            excluded=excluded if config.exclude_history else None,
+            excluded=excluded if run.data.exclude_history else None,
             popularity=popularity_scores(data.popularity_sequences(split), catalog),
         )
     cold = torch.zeros(len(catalog), dtype=torch.bool)
@@ -71,7 +71,7 @@ def model_scores(checkpoint_dir: str, batch_size: int) -> dict:
     for split, values in splits.items():
         if not cold[values["targets"]].any():
             raise SystemExit(f"{checkpoint_dir}: no {split} user has a cold target: nothing to measure")
-    return dict(config=config, data=data, catalog=catalog, cold=cold, splits=splits)
+    return dict(config=run, data=data, catalog=catalog, cold=cold, splits=splits)
 
 
 def by_user(users, ranks: torch.Tensor, keep: torch.Tensor | None = None) -> dict[str, int]:

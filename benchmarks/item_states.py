@@ -27,6 +27,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 from transformers_iam import IAMConfig, IAMForCausalRecommendation
+from transformers_iam.experiments.arguments import RunArguments
 from transformers_iam.experiments.build import (
     SMOLLM2_GGUF,
     build_collator,
@@ -35,7 +36,6 @@ from transformers_iam.experiments.build import (
     make_optimizer,
     smollm2_directory,
 )
-from transformers_iam.experiments.config import ExperimentConfig
 
 
 @dataclass
@@ -71,15 +71,15 @@ def load_setup(quick: bool, catalog) -> Setup:
     model = IAMForCausalRecommendation.from_backbone(
         smollm2_directory(), catalog=catalog, gguf_file=SMOLLM2_GGUF, num_backbone_layers=6
     )
-    tokenizer = load_tokenizer(ExperimentConfig.from_preset("cpu-quick"))
+    tokenizer = load_tokenizer(RunArguments.from_preset("cpu-quick").model)
     return Setup(model.config.text_config, model.state_dict(), tokenizer, 3, "SmolLM2-135M-Instruct, first 6 layers")
 
 
 @functools.cache
 def cpu_quick_data(max_history: int = 50):
     """ml-100k split as cpu-quick splits it (every-item supervision over windows of ``max_history`` items)."""
-    config = ExperimentConfig.from_preset("cpu-quick", max_history=max_history)
-    return config, load_data(config)
+    run = RunArguments.from_preset("cpu-quick", max_history=max_history)
+    return run, load_data(run)
 
 
 def make_model(
@@ -87,7 +87,7 @@ def make_model(
 ) -> IAMForCausalRecommendation:
     """The shared weights under one layout (every-item supervision), frozen as cpu-quick freezes them."""
     config = IAMConfig(
-        text_config=setup.text_config, num_items=len(catalog), iam_layout=layout, readout="last_item",
+        text_config=setup.text_config, num_items=len(catalog), iam_layout=layout,
         supervision="every_item", num_item_tokens=num_item_tokens, use_item_id_embeddings=item_ids,
     )  # fmt: skip
     model = IAMForCausalRecommendation(config)
@@ -118,7 +118,7 @@ def train_throughput(args, setup: Setup) -> list[dict]:
             started = time.perf_counter()
             model.enable_item_cache(collator)
             build_seconds = time.perf_counter() - started
-        optimizer = make_optimizer(model, config)
+        optimizer = make_optimizer(model, config.training)
         examples = data.train.shuffle(seed=0)
         steps, targets, seconds = args.warmup_steps + args.steps, 0, 0.0
         model.train()

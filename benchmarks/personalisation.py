@@ -27,8 +27,8 @@ K = 10
 
 
 def top_lists(checkpoint_dir: str, split: str, batch_size: int) -> dict:
-    config, data, model, collator = load_checkpoint_run(checkpoint_dir)
-    dataset = eval_subset(data.split(split), config)  # the users the run evaluated (all, but in a smoke run)
+    run, data, model, collator = load_checkpoint_run(checkpoint_dir)
+    dataset = eval_subset(data.split(split), run.data)  # the users the run evaluated (all, but in a smoke run)
     catalog = model.catalog  # a cold-item run's has its cold items last (LeaveOneOutData.catalog_after_training)
     popular = popularity_scores(data.popularity_sequences(split), catalog)
     model_lists, popularity_lists = [], []
@@ -37,7 +37,7 @@ def top_lists(checkpoint_dir: str, split: str, batch_size: int) -> dict:
         rows = [dataset[index] for index in range(start, min(start + batch_size, len(dataset)))]
         batch = collator(rows)
         # the collator's history indices: what the evaluation excludes (recsys/evaluation.py reads the same field)
-        excluded = batch["history_item_indices"] if config.exclude_history else None
+        excluded = batch["history_item_indices"] if run.data.exclude_history else None
         with torch.no_grad():
             model_lists += model.recommend(**batch, k=K, exclude_item_ids=excluded).indices.tolist()
         scores = popular.expand(len(rows), -1)

@@ -40,10 +40,11 @@ def _minutes(seconds) -> str:
 
 
 def _run_length(config: dict) -> str:
-    # --max-steps overrides the preset's epochs: a budgeted run is as long as its steps
-    if (config.get("max_steps") or -1) > 0:
-        return f"{config['max_steps']} steps"
-    return _cell(config.get("epochs"), "{} epochs")
+    # --max_steps overrides the preset's epochs: a budgeted run is as long as its steps
+    training = config["training"]
+    if (training.get("max_steps") or -1) > 0:
+        return f"{training['max_steps']} steps"
+    return _cell(training.get("num_train_epochs", 1.0), "{} epochs")
 
 
 def _paths(folders: list[str]) -> tuple[list[str], list[str]]:
@@ -75,7 +76,7 @@ def collect(*folders: str, split_shown: str = "test") -> dict:
             results = json.load(handle)
         if "config" in results:
             loaded.append((os.path.basename(os.path.dirname(path)), results))
-    names = [run_name(results["config"]) for _, results in loaded]
+    names = [run_name(results["config"]["model"]) for _, results in loaded]
     for (run_folder, results), name in zip(loaded, names):
         if names.count(name) > 1:  # runs of one configuration (or one layout): each named by its folder
             name = f"{name} ({run_folder})"

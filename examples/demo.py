@@ -19,17 +19,15 @@ import sys
 import transformers_iam  # noqa: F401  (registers the Auto classes and the item-recommendation pipeline)
 from transformers_iam import ItemCatalog
 from transformers_iam.core.catalog import CATALOG_FILE_NAME
+from transformers_iam.experiments.arguments import EXPERIMENT_FILE, RunArguments
 from transformers_iam.experiments.build import load_data
-from transformers_iam.experiments.config import EXPERIMENT_FILE, ExperimentConfig
 from transformers_iam.integrations.demo import (
     DEFAULT_CHECKPOINT,
     HOW_TO_MAKE_A_CHECKPOINT,
-    ItemPopularity,
     launch_demo,
-    load_item_popularity,
     load_recommender,
-    training_popularity,
 )
+from transformers_iam.recsys.baselines import ItemPopularity, load_item_popularity, training_popularity
 
 logger = logging.getLogger("transformers_iam.demo")
 
@@ -51,13 +49,10 @@ def popularity_for(checkpoint: str) -> ItemPopularity | None:
     experiment = os.path.join(checkpoint, EXPERIMENT_FILE)
     if not os.path.isfile(experiment):
         return None
-    with open(experiment, encoding="utf-8") as handle:
-        values = json.load(handle)
-    config = ExperimentConfig(
-        **{key: value for key, value in values.items() if key in ExperimentConfig.__dataclass_fields__}
-    )
     try:
-        data = load_data(config)  # the same reader and split as the run, so the counts are the ones it trained on
+        with open(experiment, encoding="utf-8") as handle:
+            run = RunArguments.from_dict(json.load(handle))
+        data = load_data(run)  # the same reader and split as the run, so the counts are the ones it trained on
     except (OSError, ValueError) as error:
         logger.warning(f"popularity unknown: the run's data could not be read again ({error})")
         return None

@@ -24,8 +24,8 @@ from trl import SFTConfig, SFTTrainer
 
 from transformers_iam.core.configuration_iam import layer_types_for_layout
 from transformers_iam.core.loading import load_pretrained_decoder
+from transformers_iam.experiments.arguments import RunArguments
 from transformers_iam.experiments.build import backbone_location, load_data, load_tokenizer
-from transformers_iam.experiments.config import ExperimentConfig
 from transformers_iam.integrations.generative import (
     CatalogTrie,
     GenerativeIAMCollator,
@@ -53,18 +53,20 @@ def main(argv=None) -> dict:
     started = time.time()
     os.makedirs(args.output_dir, exist_ok=True)
 
-    config = ExperimentConfig(max_history=args.max_history, train_examples_per_user=args.train_examples_per_user)
-    data = load_data(config)
+    run = RunArguments.from_preset(
+        None, max_history=args.max_history, train_examples_per_user=args.train_examples_per_user
+    )
+    data = load_data(run)
     print(data.describe())
-    tokenizer = load_tokenizer(config)
+    tokenizer = load_tokenizer(run.model)
     collator = GenerativeIAMCollator(
         tokenizer,
         data.catalog,
-        max_length=config.max_length,
-        max_item_tokens=config.max_item_tokens,
+        max_length=run.data.max_length,
+        max_item_tokens=run.data.max_item_tokens,
         max_history_items=args.max_history,
     )
-    path, gguf_file = backbone_location(config)
+    path, gguf_file = backbone_location(run.model)
     model = load_pretrained_decoder(path, gguf_file=gguf_file, num_layers=args.num_layers, causal_lm=True)
     layer_types = layer_types_for_layout(args.layout, model.config.num_hidden_layers)
     enable_generative_iam(model, layer_types)

@@ -173,7 +173,7 @@ def next_item_dataset(catalog, num_examples: int, seed: int) -> Dataset:
 
 def tiny_run_files(directory) -> dict:
     """A tiny random Llama backbone (with a word tokenizer) and a small interactions table, saved under
-    ``directory``: the ``ExperimentConfig`` fields that make ``run_experiment`` train in seconds.
+    ``directory``: the run arguments (``RunArguments.from_preset(None, **these)``) that train in seconds.
 
     Every user's next item follows their last one, so a few steps move the metrics."""
     import os
@@ -203,13 +203,13 @@ def tiny_run_files(directory) -> dict:
         freeze_bottom_layers=0,
         max_length=64,
         max_item_tokens=4,
-        batch_size=4,
-        eval_batch_size=8,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=8,
         max_steps=6,
         evaluations=3,
         learning_rate=1e-2,
         adapter_learning_rate=1e-2,
-        evaluate_before_training=False,
+        eval_on_start=False,
     )
 
 

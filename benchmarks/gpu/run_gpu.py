@@ -276,14 +276,20 @@ def train_runs(args: argparse.Namespace) -> list[dict]:
     import logging
 
     import transformers_iam  # noqa: F401  (registers the Auto classes)
-    from transformers_iam.experiments import ExperimentConfig, run_experiment
+    from transformers_iam.experiments import RunArguments, run_experiment
 
     logging.basicConfig(format="%(message)s")
     logging.getLogger("transformers_iam").setLevel(logging.INFO)
     backbone, gguf_file = args.backbone, args.gguf_file or None
     overrides = dict(dataset_dir=os.path.join(args.state, "ml-100k"), backbone=backbone, gguf_file=gguf_file)
     if args.dry_run:  # the same code path, shrunk to seconds
-        overrides.update(max_history=5, train_examples_per_user=1, max_eval_users=24, batch_size=4, eval_batch_size=16)
+        overrides.update(
+            max_history=5,
+            train_examples_per_user=1,
+            max_eval_users=24,
+            per_device_train_batch_size=4,
+            per_device_eval_batch_size=16,
+        )
         max_steps = 2
     else:
         seconds_left = args.deadline - time.time()
@@ -293,11 +299,11 @@ def train_runs(args: argparse.Namespace) -> list[dict]:
     summaries = []
     for layout in ("stacked", "vanilla"):
         output_dir = os.path.join(args.state, "runs", layout)
-        config = ExperimentConfig.from_preset(
+        run = RunArguments.from_preset(
             "gpu", output_dir=output_dir, iam_layout=layout, max_steps=max_steps, **overrides
         )
-        config.command = f"benchmarks/gpu/run_gpu.py (gpu preset, {layout}, max_steps={max_steps})"
-        results = run_experiment(config)
+        run.command = f"benchmarks/gpu/run_gpu.py (gpu preset, {layout}, max_steps={max_steps})"
+        results = run_experiment(run)
         shutil.copy(os.path.join(output_dir, "metrics.json"), os.path.join(args.out, f"{layout}-metrics.json"))
         summaries.append({"layout": layout, "steps": max_steps, **results})
     with open(os.path.join(args.out, "summary.md"), "w") as handle:

@@ -42,7 +42,7 @@ def train_small_model(output_dir: str) -> str:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
 
-    from transformers_iam.experiments import ExperimentConfig, run_experiment
+    from transformers_iam.experiments import RunArguments, run_experiment
     from transformers_iam.experiments.build import load_data
 
     config = dict(
@@ -54,16 +54,16 @@ def train_small_model(output_dir: str) -> str:
         supervision="every_item",
         max_item_tokens=16,
         max_length=256,
-        batch_size=16,
-        eval_batch_size=64,
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=64,
         max_steps=150,
         evaluations=1,
         max_eval_users=200,  # the page needs a trained model, not its metrics
         learning_rate=3e-3,
         adapter_learning_rate=3e-3,
-        evaluate_before_training=False,
+        eval_on_start=False,
     )
-    data = load_data(ExperimentConfig(**config))
+    data = load_data(RunArguments.from_preset(None, **config))
     words = sorted({word for text in data.catalog.texts for word in text.split()} | {"A", "user", "watched", "next"})
     specials = ["<pad>", "<s>", "</s>", "<unk>"]
     vocab = {token: index for index, token in enumerate(specials + words)}
@@ -85,7 +85,7 @@ def train_small_model(output_dir: str) -> str:
     )
     LlamaModel(llama).save_pretrained(backbone)
     tokenizer.save_pretrained(backbone)
-    run_experiment(ExperimentConfig(backbone=backbone, **config))
+    run_experiment(RunArguments.from_preset(None, backbone=backbone, **config))
     return os.path.join(output_dir, "checkpoint")
 
 

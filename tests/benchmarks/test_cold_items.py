@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from transformers_iam.experiments import ExperimentConfig, run_experiment
+from transformers_iam.experiments import RunArguments, run_experiment
 
 from ..testing_utils import tiny_run_files
 
@@ -25,7 +25,7 @@ from export import item_tokens  # noqa: E402
 @pytest.fixture(scope="module")
 def cold_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cold")
-    config = ExperimentConfig(**tiny_run_files(root), cold_items=0.5, output_dir=str(root / "run"))
+    config = RunArguments.from_preset(None, **tiny_run_files(root), cold_items=0.5, output_dir=str(root / "run"))
     return root, run_experiment(config)
 
 

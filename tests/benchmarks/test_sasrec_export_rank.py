@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from transformers_iam.core.catalog import ItemCatalog
-from transformers_iam.experiments.config import ExperimentConfig
+from transformers_iam.experiments import RunArguments
 from transformers_iam.experiments.report import find_sasrec_reference
 from transformers_iam.recsys.metrics import metrics_from_ranks
 
@@ -153,8 +153,8 @@ def test_rank_scores_sasrec_on_the_cold_split_and_a_cold_run_finds_it(exports, c
     assert results["ranks"] == saved["ranks"]
     # the main job's cold run with the same share and seed matches it; a plain run, or another seed, does not
     for seed, cold_items, found in ((3, 0.2, True), (4, 0.2, False), (3, None, False)):
-        config = ExperimentConfig(
-            output_dir=str(root / "run"), sasrec_metrics=os.path.join(cold, "sasrec_metrics.json")
+        config = RunArguments.from_preset(
+            None, output_dir=str(root / "run"), sasrec_metrics=os.path.join(cold, "sasrec_metrics.json")
         )
         statistics = export.load_split("ml-100k", cold_items, seed).statistics
         reference = find_sasrec_reference(config, statistics, {"valid": ["1"], "test": ["1", "2"]})

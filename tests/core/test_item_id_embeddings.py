@@ -7,7 +7,7 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 
 from transformers_iam import IAMDataCollator
-from transformers_iam.experiments import ExperimentConfig
+from transformers_iam.experiments import RecommendationTrainingArguments, RunArguments
 from transformers_iam.experiments.build import make_optimizer
 
 from ..testing_utils import collator_kwargs, same_weights_with, tiny_model
@@ -43,7 +43,7 @@ def test_an_item_never_trained_keeps_its_zero_vector(embedding_size, collator):
     model = tiny_model(
         num_layers=4, num_item_tokens=1, use_item_id_embeddings=True, item_id_embedding_size=embedding_size
     ).train()
-    optimizer = make_optimizer(model, ExperimentConfig(learning_rate=1e-2, adapter_learning_rate=1e-2))
+    optimizer = make_optimizer(model, RecommendationTrainingArguments(learning_rate=1e-2, adapter_learning_rate=1e-2))
     batch = collator(HISTORIES)
     for _ in range(3):
         model(**batch).loss.backward()
@@ -61,7 +61,9 @@ def test_an_item_never_trained_keeps_its_zero_vector(embedding_size, collator):
 def test_they_train_at_their_own_rate(collator):
     # Adam's first step moves every weight with a gradient by about its learning rate
     model = tiny_model(num_layers=4, num_item_tokens=1, use_item_id_embeddings=True)
-    config = ExperimentConfig(learning_rate=1e-4, adapter_learning_rate=1e-2, item_id_embedding_learning_rate=1e-3)
+    config = RecommendationTrainingArguments(
+        learning_rate=1e-4, adapter_learning_rate=1e-2, item_id_embedding_learning_rate=1e-3
+    )
     optimizer = make_optimizer(model, config)
     before = model.item_id_embeddings.weight.detach().clone()
     model(**collator(HISTORIES)).loss.backward()
@@ -109,7 +111,5 @@ def test_a_narrow_table_needs_its_own_vectors():
         tiny_model(num_layers=4, num_item_tokens=1, item_id_embedding_size=4)
     with pytest.raises(StrictDataclassError):
         tiny_model(num_layers=4, use_item_id_embeddings=True, item_id_embedding_size=0)
-    with pytest.raises(ValueError, match=r"turn them on \(--item-id-embeddings\)"):
-        ExperimentConfig(item_id_embedding_size=64)
-    with pytest.raises(ValueError, match="item_id_embedding_size"):
-        ExperimentConfig(item_id_embeddings=True, num_item_tokens=1, item_id_embedding_size=0)
+    with pytest.raises(StrictDataclassError, match="set use_item_id_embeddings=True"):
+        RunArguments.from_preset(None, item_id_embedding_size=64)  # the run is checked by IAMConfig's own rules

@@ -1,4 +1,4 @@
-"""Runs the main job from a JSON config and kills its own process (SIGKILL: no cleanup, like a lost machine) right
+"""Runs the main job from an experiment.json and kills its own process (SIGKILL: no cleanup, like a lost machine) right
 after the Trainer saved the checkpoint of step ``argv[2]``. Started by test_resume.py."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 from transformers import TrainerCallback
 
-from transformers_iam.experiments import ExperimentConfig, run_experiment
+from transformers_iam.experiments import RunArguments, run_experiment
 
 
 class KillAfterSave(TrainerCallback):
@@ -24,6 +24,6 @@ class KillAfterSave(TrainerCallback):
 
 if __name__ == "__main__":
     with open(sys.argv[1]) as handle:
-        config = ExperimentConfig(**json.load(handle))
+        config = RunArguments.from_dict(json.load(handle))
     run_experiment(config, callbacks=[KillAfterSave(int(sys.argv[2]))])
     sys.exit("the run was not killed")

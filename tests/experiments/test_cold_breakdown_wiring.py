@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from transformers_iam import IAMForCausalRecommendation, ItemCatalog
-from transformers_iam.experiments import ExperimentConfig, evaluate_checkpoint, run_experiment
+from transformers_iam.experiments import RunArguments, evaluate_checkpoint, run_experiment
 from transformers_iam.experiments.build import load_data
 from transformers_iam.experiments.report import breakdown_section
 from transformers_iam.experiments.run import breakdowns
@@ -48,7 +48,9 @@ def test_a_run_with_cold_items_gets_cold_and_long_tail_breakdowns_and_a_report_s
 
 
 def test_the_main_job_trains_on_warm_items_then_adds_the_cold_ones(tmp_path):
-    config = ExperimentConfig(**tiny_run_files(tmp_path), cold_items=0.25, output_dir=str(tmp_path / "run"))
+    config = RunArguments.from_preset(
+        None, **tiny_run_files(tmp_path), cold_items=0.25, output_dir=str(tmp_path / "run")
+    )
     results = run_experiment(config)
     data = load_data(config)
     model = IAMForCausalRecommendation.from_pretrained(tmp_path / "run" / "checkpoint")

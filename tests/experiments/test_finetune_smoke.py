@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.slow, requires_movielens_100k, requires_smollm2]
 def smoke_run(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("smoke")
     argv = [
-        "--num-layers",
+        "--num_backbone_layers",
         "2",
         "--freeze-bottom-layers",
         "1",
@@ -36,7 +36,7 @@ def smoke_run(tmp_path_factory):
         "1",
         "--max-steps",
         "3",
-        "--batch-size",
+        "--per_device_train_batch_size",
         "4",
         "--max-eval-users",
         "24",
@@ -94,7 +94,7 @@ def test_personalisation_benchmark_ranks_as_the_evaluation_does(smoke_run):
 
 def test_lora_run_reports_trained_parameters_and_saves_both_checkpoints(tmp_path):
     argv = [
-        "--num-layers",
+        "--num_backbone_layers",
         "2",
         "--freeze-bottom-layers",
         "0",
@@ -102,11 +102,12 @@ def test_lora_run_reports_trained_parameters_and_saves_both_checkpoints(tmp_path
         "1",
         "--max-steps",
         "2",
-        "--batch-size",
+        "--per_device_train_batch_size",
         "4",
         "--max-eval-users",
         "8",
         "--lora",
+        "true",
         "--lora-rank",
         "4",
         "--output-dir",
@@ -156,11 +157,11 @@ def test_gpu_preset_runs_end_to_end_when_shrunk(tmp_path):
         [
             "--preset",
             "gpu",
-            "--num-layers",
+            "--num_backbone_layers",
             "2",
             "--max-steps",
             "2",
-            "--batch-size",
+            "--per_device_train_batch_size",
             "2",
             "--max-eval-users",
             "8",

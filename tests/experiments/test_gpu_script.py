@@ -81,5 +81,6 @@ def test_gpu_script_dry_run(tmp_path):
     stacked = json.loads((out / "stacked-metrics.json").read_text())
     vanilla = json.loads((out / "vanilla-metrics.json").read_text())
     assert stacked["model"]["layer_types"] == ["intra", "inter"] and vanilla["model"]["layer_types"] == ["full"] * 2
-    assert stacked["config"]["preset"] == "gpu" and stacked["config"]["max_steps"] == vanilla["config"]["max_steps"]
+    assert stacked["config"]["preset"] == "gpu"
+    assert stacked["config"]["training"]["max_steps"] == vanilla["config"]["training"]["max_steps"]
     assert "| stacked | test |" in (out / "summary.md").read_text()

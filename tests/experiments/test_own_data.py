@@ -102,7 +102,8 @@ def test_the_main_job_runs_end_to_end_on_ratings_and_movies(tmp_path):
     ratings, movies = write_movielens(tmp_path, "csv")
     output = tmp_path / "run"
     argv = ["--interactions-file", ratings, "--catalog-file", movies, *FLAGS, "--backbone", files["backbone"]]
-    argv += ["--num-layers", "2", "--freeze-bottom-layers", "0", "--max-steps", "2", "--batch-size", "2"]
+    argv += ["--num-backbone-layers", "2", "--freeze-bottom-layers", "0", "--max-steps", "2"]
+    argv += ["--per-device-train-batch-size", "2"]
     assert finetune.cli([*argv, "--evaluations", "1", "--output-dir", str(output)]) == 0
     saved = json.loads((output / "metrics.json").read_text())
     assert saved["dataset"]["users"] == 3 and saved["test"]["users"] == 3
@@ -143,7 +144,7 @@ def test_what_a_new_user_first_tries_is_told_how_to_fix_it(tmp_path, capsys):
     assert code == 2 and "Traceback" not in err
     assert err == (
         f"error: {movies}:1: missing required column 'item_id' (header has ['movieId', 'title', 'genres']); name "
-        "your columns with --user-column, --item-column, --time-column, --catalog-item-column\n"
+        "your columns with --user_column, --item_column, --time_column, --catalog_item_column\n"
     )
     flags = ["--catalog-item-column", "movieId", "--user-column", "userId"]
     code, err = run_cli([*argv, *flags, "--output-dir", str(tmp_path / "run2")], capsys)
@@ -161,10 +162,10 @@ def test_what_a_new_user_first_tries_is_told_how_to_fix_it(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--user-column", "userId"], r"--user-column \(user_column\) names a column of a plain table"),
+        (["--user-column", "userId"], r"user_column names a column of a plain table"),
         (["--dataset", "ml-1m", "--dataset-dir", "x"], "choose one data source: dataset and dataset_dir"),
-        (["--list-separator", "|"], r"--list-fields \(list_fields\) and list_separator describe your own catalog"),
-        (["--cold-items", "1.5"], r"--cold-items \(cold_items\) must be a share in \(0, 1\)"),
+        (["--list-separator", "|"], r"list_fields and list_separator describe your own catalog"),
+        (["--cold_items", "1.5"], r"cold_items must be a share in \(0, 1\)"),
         (["--dataset", "ml-20m"], "invalid choice: 'ml-20m'"),
     ],
 )
@@ -178,6 +179,6 @@ def test_runs_on_another_data_set_get_their_own_folder_and_sasrec_reference():
     from transformers_iam.experiments.report import sasrec_metrics_path
 
     config = finetune.parse_args(["--dataset", "ml-1m", "--cold-items", "0.2"])
-    assert config.output_dir == "runs/cpu-quick-stacked-ml-1m-cold0.2"
+    assert config.training.output_dir == "runs/cpu-quick-stacked-ml-1m-cold0.2"
     assert sasrec_metrics_path(config).endswith(os.path.join("runs", "sasrec-ml-1m-cold0.2", "sasrec_metrics.json"))
-    assert finetune.parse_args([]).output_dir == "runs/cpu-quick-stacked"
+    assert finetune.parse_args([]).training.output_dir == "runs/cpu-quick-stacked"

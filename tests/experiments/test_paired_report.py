@@ -11,9 +11,9 @@ import sys
 import pytest
 
 from transformers_iam.core.configuration_iam import layer_types_for_layout
-from transformers_iam.experiments import ExperimentConfig, run_experiment
-from transformers_iam.experiments.build import training_arguments
+from transformers_iam.experiments import RunArguments, run_experiment
 from transformers_iam.experiments.plots import plot_validation
+from transformers_iam.experiments.presets import PRESETS
 from transformers_iam.recsys.metrics import metrics_from_ranks
 
 from ..testing_utils import tiny_run_files
@@ -39,7 +39,7 @@ def tiny_run(tmp_path_factory):
         "training": {"epochs_run": 17, "best_epoch": 6, "stopping_step": 10, "train_seconds": 120.0},
         "ranks": {split: {"model": {user: rank for user in users}} for split, rank in (("valid", 1), ("test", 3))},
     }
-    config = ExperimentConfig.from_preset("cpu-quick", output_dir=str(root / "tiny"), **{**files, "evaluations": 5})
+    config = RunArguments.from_preset("cpu-quick", output_dir=str(root / "tiny"), **{**files, "evaluations": 5})
     from transformers_iam.experiments.build import load_data
 
     sasrec["dataset"] = load_data(config).statistics
@@ -94,16 +94,16 @@ def test_results_table_shows_new_fields_and_reads_older_metrics(tiny_run, tmp_pa
     text = results_table.main([str(root)])
     assert "SASRec (RecBole 1.2.1, 17 epochs)" in text and "epoch 6" in text and "MiB RSS" in text
     assert "17 epochs (early stopping, patience 10)" in text
-    assert "| 6 steps |" in text  # a budgeted run (--max-steps) is as long as its steps, whatever its epochs say
+    assert "| 6 steps |" in text  # a budgeted run (--max_steps) is as long as its steps, whatever its epochs say
     # a metrics.json from before this change: no ranks, no paired comparison, no peak memory
     old = {key: value for key, value in results.items() if key not in ("ranks", "paired_vs_popularity", "sasrec")}
     old.pop("peak_rss_mib")
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "metrics.json").write_text(json.dumps(old))
     assert "IAM stacked" in results_table.main([str(tmp_path)])
-    old["config"]["max_steps"] = -1
+    old["config"]["training"]["max_steps"] = -1
     (tmp_path / "old" / "metrics.json").write_text(json.dumps(old))
-    assert f"| {old['config']['epochs']} epochs |" in results_table.main([str(tmp_path)])
+    assert f"| {old['config']['training']['num_train_epochs']} epochs |" in results_table.main([str(tmp_path)])
 
 
 def test_the_figure_takes_many_points_and_a_run_without_logged_loss(tmp_path):
@@ -114,11 +114,11 @@ def test_the_figure_takes_many_points_and_a_run_without_logged_loss(tmp_path):
     assert (tmp_path / "many.png").is_file() and (tmp_path / "few.png").is_file()
 
 
-@pytest.mark.parametrize("preset", sorted(ExperimentConfig.PRESETS))
+@pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_gives_a_curve_of_at_least_four_points(preset, tmp_path):
-    config = ExperimentConfig.from_preset(preset, output_dir=str(tmp_path))
-    assert config.evaluations + config.evaluate_before_training >= 4  # a CPU validation pass costs ~75 s
-    args = training_arguments(config, num_train_examples=5000)
+    training = RunArguments.from_preset(preset, output_dir=str(tmp_path)).training
+    assert training.evaluations + training.eval_on_start >= 4  # a CPU validation pass costs ~75 s
+    args = training.for_run(num_train_examples=5000)
     assert args.eval_steps == args.save_steps
 
 
@@ -127,17 +127,18 @@ def test_cpu_presets_are_item_level_over_a_cached_frozen_intra_half(preset):
     # what the presets promise a user: the exact item-state cache applies (its frozen bottom covers the leading intra
     # run, embeddings frozen), the layers above read one state per item plus its id vector, every window of every
     # user is trained on, and cpu-full trains longer than the default
-    config = ExperimentConfig.from_preset(preset)
-    layers = config.num_backbone_layers
-    kinds = config.layer_types(layers) or layer_types_for_layout(config.iam_layout, layers)
-    assert "inter" in kinds[config.freeze_bottom_layers :]
+    run = RunArguments.from_preset(preset)
+    model = run.model
+    layers = model.num_backbone_layers
+    kinds = model.layer_types(layers) or layer_types_for_layout(model.iam_layout, layers)
+    assert "inter" in kinds[model.freeze_bottom_layers :]
     leading_intra = len(list(itertools.takewhile(lambda kind: kind == "intra", kinds)))
-    assert 0 < leading_intra <= config.freeze_bottom_layers
-    assert config.item_cache and config.freeze_embeddings and config.supervision == "every_item"
-    assert config.num_item_tokens == 1 and config.item_id_embeddings
-    assert config.train_examples_per_user is None
+    assert 0 < leading_intra <= model.freeze_bottom_layers
+    assert model.item_cache and model.freeze_embeddings and model.supervision == "every_item"
+    assert model.num_item_tokens == 1 and model.use_item_id_embeddings
+    assert run.data.train_examples_per_user is None
     if preset == "cpu-full":
-        assert config.epochs > ExperimentConfig.from_preset("cpu-quick").epochs
+        assert run.training.num_train_epochs > RunArguments.from_preset("cpu-quick").training.num_train_epochs
 
 
 def test_results_table_keeps_two_runs_of_one_configuration_apart(tiny_run, tmp_path):
@@ -157,7 +158,7 @@ def test_every_run_breaks_its_ranks_down_by_how_popular_the_target_is(tiny_run):
     root, results = tiny_run
     saved = json.loads((root / "tiny" / "metrics.json").read_text())
     assert "cold" not in saved["breakdown"]  # no cold items in this run
-    data = load_data(ExperimentConfig(**saved["config"]))
+    data = load_data(RunArguments.from_dict(saved["config"]))
     item_group = popularity_groups(data.training_counts(), data.catalog.item_ids)
     for split in ("valid", "test"):
         breakdown = saved["breakdown"]["long_tail"][split]

@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 import transformers_iam
-from transformers_iam.experiments import ExperimentConfig, run_experiment
+from transformers_iam.experiments import DataArguments, ModelArguments, RunArguments, run_experiment
+from transformers_iam.experiments.arguments import EXPERIMENT_FILE
 from transformers_iam.experiments.checkpoints import _check_resumable
-from transformers_iam.experiments.config import EXPERIMENT_FILE
 
 from ..testing_utils import tiny_run_files
 
@@ -31,7 +31,7 @@ METRIC_TOLERANCE = 1e-6 if EXACT else 1e-4
 
 @pytest.mark.slow  # three short training runs, one in a subprocess
 def test_killed_run_resumes_to_the_same_metrics_and_weights(tmp_path, caplog):
-    config = ExperimentConfig.from_preset("cpu-quick", output_dir=str(tmp_path / "killed"), **tiny_run_files(tmp_path))
+    config = RunArguments.from_preset("cpu-quick", output_dir=str(tmp_path / "killed"), **tiny_run_files(tmp_path))
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps(config.to_dict()))
     source = os.path.dirname(os.path.dirname(transformers_iam.__file__))
@@ -45,14 +45,14 @@ def test_killed_run_resumes_to_the_same_metrics_and_weights(tmp_path, caplog):
     with pytest.raises(FileExistsError, match="holds checkpoints of an earlier run"):
         run_experiment(config)  # without resume, an older run's checkpoints are never mixed with a new run
     with pytest.raises(ValueError, match="resume: .*experiment.json records another run: learning_rate differ"):
-        run_experiment(dataclasses.replace(config, resume=True, learning_rate=1e-3))
+        run_experiment(config.replace(resume=True, learning_rate=1e-3))
 
     # a crash mid-save of step 6: a folder without trainer_state.json and with broken weights, never resumed from
     (trainer_dir / "checkpoint-6").mkdir()
     (trainer_dir / "checkpoint-6" / "model.safetensors").write_bytes(b"partial")
-    resumed = run_experiment(dataclasses.replace(config, resume=True))
+    resumed = run_experiment(config.replace(resume=True))
     assert "checkpoint-6 was cut off mid-save (no trainer_state.json): removed, never resumed from" in caplog.text
-    uninterrupted = run_experiment(dataclasses.replace(config, output_dir=str(tmp_path / "whole")))
+    uninterrupted = run_experiment(config.replace(output_dir=str(tmp_path / "whole")))
 
     assert resumed["best_step"] == uninterrupted["best_step"]
     curve = [(entry["step"], entry["ndcg@10"]) for entry in resumed["validation_curve"]]
@@ -75,7 +75,9 @@ def test_killed_run_resumes_to_the_same_metrics_and_weights(tmp_path, caplog):
 
 
 def test_resume_without_a_checkpoint_is_refused_before_anything_is_loaded(tmp_path):
-    config = ExperimentConfig(output_dir=str(tmp_path), resume=True, backbone=str(tmp_path / "no-such-backbone"))
+    config = RunArguments.from_preset(
+        None, output_dir=str(tmp_path), resume=True, backbone=str(tmp_path / "no-such-backbone")
+    )
     with pytest.raises(FileNotFoundError, match=r"resume: .*trainer holds no complete checkpoint"):
         run_experiment(config)
 
@@ -84,33 +86,50 @@ def test_resume_without_a_checkpoint_is_refused_before_anything_is_loaded(tmp_pa
 MAY_DIFFER_ON_RESUME = {"command", "notes", "resume", "sasrec_metrics"}
 
 
-def interrupted_run_folder(tmp_path) -> tuple[ExperimentConfig, str]:
+def interrupted_run_folder(tmp_path) -> tuple[RunArguments, str]:
     """What a killed run leaves: experiment.json (written before anything is loaded) and one complete checkpoint."""
-    config = ExperimentConfig(output_dir=str(tmp_path), command="finetune.py", notes=["first try"])
-    (tmp_path / EXPERIMENT_FILE).write_text(json.dumps(config.to_dict()))
+    config = RunArguments.from_preset("cpu-quick", output_dir=str(tmp_path))
+    config.command, config.notes = "finetune.py", ["first try"]
+    config.save(str(tmp_path))
     checkpoint = tmp_path / "trainer" / "checkpoint-4"
     checkpoint.mkdir(parents=True)
     (checkpoint / "trainer_state.json").write_text("{}")
-    return dataclasses.replace(config, resume=True), str(tmp_path / "trainer")
+    return config.replace(resume=True), str(tmp_path / "trainer")
 
 
 @pytest.mark.parametrize("field", sorted(MAY_DIFFER_ON_RESUME - {"resume"}))
 def test_resume_accepts_the_documented_differences(tmp_path, field):
     config, trainer_dir = interrupted_run_folder(tmp_path)
-    changed = {"command": "finetune.py --resume", "notes": ["second try"], "sasrec_metrics": "runs/sasrec/m.json"}
-    assert _check_resumable(dataclasses.replace(config, **{field: changed[field]}), trainer_dir).endswith(
-        "checkpoint-4"
-    )
+    if field == "sasrec_metrics":
+        config = config.replace(sasrec_metrics="runs/sasrec/m.json")
+    else:
+        setattr(config, field, {"command": "finetune.py --resume", "notes": ["second try"]}[field])
+    assert _check_resumable(config, trainer_dir).endswith("checkpoint-4")
 
 
-@pytest.mark.parametrize(
-    "field", sorted(f.name for f in dataclasses.fields(ExperimentConfig) if f.name not in MAY_DIFFER_ON_RESUME)
+# every field of the model and data arguments, the training ones that are set, and the preset; the folder itself too
+# (a moved run is a different run to check)
+RECORDED = sorted(
+    [("model", f.name) for f in dataclasses.fields(ModelArguments)]
+    + [("data", f.name) for f in dataclasses.fields(DataArguments) if f.name not in MAY_DIFFER_ON_RESUME]
+    + [("training", name) for name in ("output_dir", "num_train_epochs", "learning_rate", "seed", "optim")]
 )
-def test_resume_refuses_any_other_difference(tmp_path, field):
-    # every other field of experiment.json, the folder itself included (a moved run is a different run to check)
+
+
+@pytest.mark.parametrize("section, field", RECORDED)
+def test_resume_refuses_any_other_difference(tmp_path, section, field):
     config, trainer_dir = interrupted_run_folder(tmp_path)
     saved = json.loads((tmp_path / EXPERIMENT_FILE).read_text())
-    saved[field] = f"changed {field}"
+    saved[section][field] = f"changed {field}"
     (tmp_path / EXPERIMENT_FILE).write_text(json.dumps(saved))
     with pytest.raises(ValueError, match=rf"records another run: {field} differ"):
+        _check_resumable(config, trainer_dir)
+
+
+def test_resume_refuses_another_preset(tmp_path):
+    config, trainer_dir = interrupted_run_folder(tmp_path)
+    saved = json.loads((tmp_path / EXPERIMENT_FILE).read_text())
+    saved["preset"] = "cpu-full"
+    (tmp_path / EXPERIMENT_FILE).write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="records another run: preset differ"):
         _check_resumable(config, trainer_dir)

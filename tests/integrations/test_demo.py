@@ -25,12 +25,11 @@ import torch
 from transformers import AutoModel
 
 from transformers_iam import IAMDataCollator
-from transformers_iam.integrations.demo import (
+from transformers_iam.integrations.demo import DemoInputError, load_recommender
+from transformers_iam.recsys.baselines import (
     POPULARITY_FILE,
-    DemoInputError,
     ItemPopularity,
     load_item_popularity,
-    load_recommender,
     save_item_popularity,
 )
 
@@ -187,13 +186,13 @@ def load_example():
 def test_popularity_of_a_main_job_checkpoint_is_its_training_interactions(tmp_path):
     """The main job (tiny backbone, seconds) saves item_popularity.json: each item counted in the training sequences
     (validation and test targets held out); without that file the example reads the run's data again."""
-    from transformers_iam.experiments import ExperimentConfig, run_experiment
+    from transformers_iam.experiments import RunArguments, run_experiment
     from transformers_iam.experiments.build import load_data
     from transformers_iam.recsys.baselines import popularity_scores
 
     from ..testing_utils import tiny_run_files
 
-    config = ExperimentConfig(output_dir=str(tmp_path / "run"), **tiny_run_files(str(tmp_path)))
+    config = RunArguments.from_preset(None, output_dir=str(tmp_path / "run"), **tiny_run_files(str(tmp_path)))
     run_experiment(config)
     checkpoint = str(tmp_path / "run" / "checkpoint")
     data = load_data(config)

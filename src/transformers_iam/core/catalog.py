@@ -195,17 +195,15 @@ def checkpoint_catalog(pretrained_model_name_or_path, config, **kwargs) -> ItemC
 
 
 def item_token_sequences(renderer, catalog: ItemCatalog | None = None) -> list[list[int]]:
-    """Item token sequences in catalog order: given as such, or rendered by a collator (any object with a ``catalog``
-    and ``item_token_ids(catalog_index)``), which must render ``catalog`` (the model's) when one is given, so that the
-    rows built from them belong to the model's items."""
+    """Item token sequences: given as such, or rendered in catalog order by a collator (any object with a ``catalog``
+    and ``item_token_ids(catalog_index)``), which must render ``catalog`` (the model's) when one is given, so that
+    what is built from them belongs to the model's items."""
     if isinstance(renderer, Sequence):
         sequences = [list(tokens) for tokens in renderer]
     else:
         if catalog is not None and renderer.catalog != catalog:
             raise ValueError("the renderer's catalog is not this model's catalog: its items would be other items")
         sequences = [renderer.item_token_ids(index) for index in range(len(renderer.catalog))]
-    if catalog is not None and len(sequences) != len(catalog):
-        raise ValueError(f"got {len(sequences)} item token sequences, the catalog has {len(catalog)} items")
     return sequences
 
 

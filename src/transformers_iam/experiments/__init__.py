@@ -1,8 +1,17 @@
-"""The experiments: presets, building a run, running it, and its report (behind ``examples/``)."""
+"""The experiments behind ``examples/``: a run's arguments and presets, building it, running it, its report."""
 
+from .arguments import DataArguments, ModelArguments, RecommendationTrainingArguments, RunArguments
 from .build import SMOLLM2_GGUF, smollm2_directory
-from .config import ExperimentConfig
 from .evaluate import evaluate_checkpoint
 from .run import run_experiment
 
-__all__ = ["SMOLLM2_GGUF", "ExperimentConfig", "evaluate_checkpoint", "run_experiment", "smollm2_directory"]
+__all__ = [
+    "SMOLLM2_GGUF",
+    "DataArguments",
+    "ModelArguments",
+    "RecommendationTrainingArguments",
+    "RunArguments",
+    "evaluate_checkpoint",
+    "run_experiment",
+    "smollm2_directory",
+]

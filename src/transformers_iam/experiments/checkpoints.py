@@ -10,13 +10,9 @@ import shutil
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-# run.py writes experiment.json, metrics.json and report.md through this name: it is core's one atomic writer
-from .config import EXPERIMENT_FILE, ExperimentConfig
+from .arguments import EXPERIMENT_FILE, RunArguments
 
 logger = logging.get_logger(__name__)
-
-
-_RESUMABLE_DIFFERENCES = ("command", "notes", "resume", "sasrec_metrics")
 
 
 def complete_checkpoints(trainer_dir: str) -> list[str]:
@@ -53,11 +49,11 @@ def _replace_directory(staging: str, final: str) -> None:
         shutil.rmtree(old)
 
 
-def _check_resumable(config: ExperimentConfig, trainer_dir: str) -> str | None:
-    """The checkpoint to resume from (``config.resume``), after checking it belongs to this very run; refuses to
-    start a fresh run over an older run's checkpoints, which the Trainer would mix with the new ones."""
+def _check_resumable(run: RunArguments, trainer_dir: str) -> str | None:
+    """The checkpoint to resume from (``resume``), after checking it belongs to this very run; refuses to start a
+    fresh run over an older run's checkpoints, which the Trainer would mix with the new ones."""
     checkpoints = complete_checkpoints(trainer_dir)
-    if not config.resume:
+    if not run.training.resume:
         if checkpoints:
             raise FileExistsError(
                 f"{trainer_dir} holds checkpoints of an earlier run ({os.path.basename(checkpoints[-1])}): pass "
@@ -66,16 +62,11 @@ def _check_resumable(config: ExperimentConfig, trainer_dir: str) -> str | None:
         return None
     if not checkpoints:
         raise FileNotFoundError(f"resume: {trainer_dir} holds no complete checkpoint to resume from")
-    saved_path = os.path.join(config.output_dir, EXPERIMENT_FILE)
+    saved_path = os.path.join(run.training.output_dir, EXPERIMENT_FILE)
     if os.path.isfile(saved_path):
         with open(saved_path, encoding="utf-8") as handle:
             saved = json.load(handle)
-        current = config.to_dict()
-        differing = sorted(
-            key
-            for key in set(saved) | set(current)
-            if key not in _RESUMABLE_DIFFERENCES and saved.get(key) != current.get(key)
-        )
+        differing = run.differences(saved)
         if differing:
             raise ValueError(
                 f"resume: {saved_path} records another run: {', '.join(differing)} differ; resume with the same "

@@ -11,27 +11,24 @@ from transformers.utils import logging
 from ..core.collator import IAMDataCollator
 from ..recsys.evaluation import ranking_evaluation
 from ..recsys.metrics import format_metrics_table, protocol_line
-from .build import eval_subset, load_data, training_arguments
-from .config import EXPERIMENT_FILE, ExperimentConfig
+from .arguments import EXPERIMENT_FILE, RunArguments
+from .build import eval_subset, load_data
 from .run import evaluate_split
 
 logger = logging.get_logger(__name__)
 
 
 def load_checkpoint_run(checkpoint_dir: str, exclude_history: bool | None = None):
-    """``(config, data, model, collator)`` of a saved run: its experiment settings, its split (the catalog checked
-    against the checkpoint's), the model in inference mode with the item-state cache where it applies, and the
-    collator with the run's prompt settings."""
+    """``(run, data, model, collator)`` of a saved run: its arguments, its split (the catalog checked against the
+    checkpoint's), the model in inference mode with the item-state cache where it applies, and the collator with the
+    run's prompt settings."""
     from transformers import AutoModel
 
-    with open(os.path.join(checkpoint_dir, EXPERIMENT_FILE)) as handle:
-        values = json.load(handle)
-    config = ExperimentConfig(
-        **{key: value for key, value in values.items() if key in ExperimentConfig.__dataclass_fields__}
-    )
+    with open(os.path.join(checkpoint_dir, EXPERIMENT_FILE), encoding="utf-8") as handle:
+        run = RunArguments.from_dict(json.load(handle))
     if exclude_history is not None:
-        config.exclude_history = exclude_history
-    data = load_data(config)
+        run.data.exclude_history = exclude_history
+    data = load_data(run)
     model = AutoModel.from_pretrained(checkpoint_dir)
     # under the cold-item protocol the saved model has the cold items after the warm ones (added after training)
     catalog = data.catalog_after_training
@@ -44,17 +41,16 @@ def load_checkpoint_run(checkpoint_dir: str, exclude_history: bool | None = None
         )
     collator = IAMDataCollator.from_pretrained(checkpoint_dir, catalog=catalog)
     model.requires_grad_(False)  # inference only: the item-state cache can then serve the frozen intra layers
-    if config.item_cache and model.num_leading_intra_layers > 0:
+    if run.model.item_cache and model.num_leading_intra_layers > 0:
         model.enable_item_cache(collator)
-    return config, data, model, collator
+    return run, data, model, collator
 
 
 def evaluate_checkpoint(checkpoint_dir: str, split: str = "test", exclude_history: bool | None = None) -> dict:
     """Evaluate a saved checkpoint on the split it was trained for, with the run's own data and prompt settings."""
-    config, data, model, collator = load_checkpoint_run(checkpoint_dir, exclude_history)
-    dataset = eval_subset(data.split(split), config)
-    args = training_arguments(
-        config,
+    run, data, model, collator = load_checkpoint_run(checkpoint_dir, exclude_history)
+    dataset = eval_subset(data.split(split), run.data)
+    args = run.training.for_run(
         1,
         output_dir=os.path.join(checkpoint_dir, "eval-tmp"),
         eval_strategy="no",
@@ -62,8 +58,9 @@ def evaluate_checkpoint(checkpoint_dir: str, split: str = "test", exclude_histor
         load_best_model_at_end=False,
         eval_on_start=False,
     )
-    trainer = Trainer(model=model, args=args, data_collator=collator, **ranking_evaluation(config.exclude_history))
+    exclude = run.data.exclude_history
+    trainer = Trainer(model=model, args=args, data_collator=collator, **ranking_evaluation(exclude))
     metrics, _ = evaluate_split(trainer, dataset, split)
-    logger.info(protocol_line(config.exclude_history, split))
+    logger.info(protocol_line(exclude, split))
     logger.info(format_metrics_table({f"{checkpoint_dir}, {split}": metrics}))
     return metrics

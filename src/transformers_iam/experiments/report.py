@@ -10,7 +10,7 @@ from ..recsys.breakdown import format_group_table, format_rank_distribution
 from ..recsys.metrics import DEFAULT_KS, format_metrics_table, metrics_from_ranks
 from ..recsys.paired import PairedResult, comparison_sentence
 from ..recsys.results import results_rows, run_name
-from .config import ExperimentConfig
+from .arguments import RunArguments
 from .plots import plot_validation
 
 __all__ = ["data_tag", "find_sasrec_reference", "plot_validation", "render_report"]
@@ -29,18 +29,18 @@ def data_tag(dataset: str | None = None, cold_items: float | None = None) -> str
     return tag + ("" if cold_items is None else f"-cold{cold_items:g}")
 
 
-def sasrec_metrics_path(config: ExperimentConfig) -> str:
-    """``config.sasrec_metrics``, or by default ``sasrec<tag>/sasrec_metrics.json`` beside the run's folder
+def sasrec_metrics_path(run: RunArguments) -> str:
+    """``sasrec_metrics``, or by default ``sasrec<tag>/sasrec_metrics.json`` beside the run's folder
     (``runs/sasrec`` for an ml-100k run in ``runs/cpu-quick-stacked``, ``runs/sasrec-ml-1m-cold0.2`` for
     ``--dataset ml-1m --cold-items 0.2``: :func:`data_tag`), where ``benchmarks/sasrec/rank.py`` writes it."""
-    if config.sasrec_metrics:
-        return config.sasrec_metrics
-    parent = os.path.dirname(os.path.abspath(config.output_dir))
-    return os.path.join(parent, "sasrec" + data_tag(config.dataset, config.cold_items), SASREC_METRICS)
+    if run.data.sasrec_metrics:
+        return run.data.sasrec_metrics
+    parent = os.path.dirname(os.path.abspath(run.training.output_dir))
+    return os.path.join(parent, "sasrec" + data_tag(run.data.dataset, run.data.cold_items), SASREC_METRICS)
 
 
 def find_sasrec_reference(
-    config: ExperimentConfig, statistics: dict, users: dict[str, list[str]] | None = None
+    run: RunArguments, statistics: dict, users: dict[str, list[str]] | None = None
 ) -> dict | None:
     """SASRec's validation and test metrics for the plot and the report, only when they are for the same split.
 
@@ -51,7 +51,7 @@ def find_sasrec_reference(
     without them, only a run that evaluated every user gets a reference. None when there is no file or it does not
     match.
     """
-    path = sasrec_metrics_path(config)
+    path = sasrec_metrics_path(run)
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as handle:
@@ -81,7 +81,7 @@ def find_sasrec_reference(
 
 def render_report(results: dict) -> str:
     config = results["config"]
-    name = run_name(config)
+    name = run_name(config["model"])
     rows = results_rows(results)
     stats = results["dataset"]
     lines = [

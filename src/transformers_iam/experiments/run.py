@@ -1,8 +1,8 @@
 """The main job as a library: train on the training prefixes, select on validation, report test once.
 
 Example:
-    >>> config = ExperimentConfig.from_preset("cpu-quick", output_dir="runs/quick")  # doctest: +SKIP
-    >>> results = run_experiment(config)  # doctest: +SKIP
+    >>> run = RunArguments.from_preset("cpu-quick", output_dir="runs/quick")  # doctest: +SKIP
+    >>> results = run_experiment(run)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from transformers.utils import logging
 
 from ..core.collator import IAMDataCollator
 from ..core.files import write_text_atomically
-from ..integrations.demo import save_training_popularity
-from ..recsys.baselines import evaluate_popularity
+from ..recsys.baselines import evaluate_popularity, save_training_popularity
 from ..recsys.breakdown import cold_breakdown, long_tail_breakdown
 from ..recsys.evaluation import ValidationRanks, ranking_evaluation
 from ..recsys.metrics import protocol_line
 from ..recsys.paired import paired_comparison
 from ..recsys.split import LeaveOneOutData
+from .arguments import RunArguments
 from .build import (
     backbone_name,
     build_collator,
@@ -39,10 +39,8 @@ from .build import (
     load_data,
     load_tokenizer,
     make_optimizer,
-    training_arguments,
 )
 from .checkpoints import _check_resumable, _replace_directory
-from .config import EXPERIMENT_FILE, ExperimentConfig
 from .report import find_sasrec_reference, plot_validation, render_report
 
 logger = logging.get_logger(__name__)
@@ -108,7 +106,7 @@ class BuiltRun:
     """What a run trains and evaluates: its data, the collator and model (on the warm catalog under the cold-item
     protocol), and the validation and test users it is evaluated on."""
 
-    config: ExperimentConfig
+    args: RunArguments
     data: LeaveOneOutData
     collator: IAMDataCollator
     model: torch.nn.Module
@@ -117,27 +115,27 @@ class BuiltRun:
     selection: Dataset  # the validation users checkpoints are selected on during training
 
 
-def run_experiment(config: ExperimentConfig, callbacks: list[TrainerCallback] | None = None) -> dict:
+def run_experiment(run_args: RunArguments, callbacks: list[TrainerCallback] | None = None) -> dict:
     """Train on the training prefixes, select on validation, report test once. Returns what metrics.json holds.
 
-    With ``config.resume`` the run continues from the last complete checkpoint in ``<output_dir>/trainer`` (model,
+    With ``resume`` the run continues from the last complete checkpoint in ``<output_dir>/trainer`` (model,
     optimizer, scheduler, RNG and data order), and ends as the uninterrupted run would have (docs/reliability.md).
-    Under the cold-item protocol (``config.cold_items``) the model trains on the warm catalog, is selected on the
+    Under the cold-item protocol (``cold_items``) the model trains on the warm catalog, is selected on the
     validation users with a warm target, then gets the cold items (``model.add_items``) before validation and test
     are ranked over the whole catalog.
     """
     started = time.time()
-    resume_from = start_run_folder(config)
-    run = build_run(config)
+    resume_from = start_run_folder(run_args)
+    run = build_run(run_args)
     trainer = Trainer(
         model=run.model,
-        args=training_arguments(config, len(run.data.train)),
+        args=run_args.training.for_run(len(run.data.train)),
         train_dataset=run.data.train,
         eval_dataset=run.selection,
         data_collator=run.collator,
-        optimizers=(make_optimizer(run.model, config), None),
+        optimizers=(make_optimizer(run.model, run_args.training), None),
         callbacks=[*(callbacks or []), validation_ranks := ValidationRanks()],
-        **ranking_evaluation(config.exclude_history, ranks=validation_ranks),
+        **ranking_evaluation(run_args.data.exclude_history, ranks=validation_ranks),
     )
     train_started = time.time()
     trainer.train(resume_from_checkpoint=resume_from)
@@ -149,46 +147,46 @@ def run_experiment(config: ExperimentConfig, callbacks: list[TrainerCallback] | 
     return results
 
 
-def start_run_folder(config: ExperimentConfig) -> str | None:
+def start_run_folder(run: RunArguments) -> str | None:
     """Create the run's folder and record its settings; the checkpoint to resume from, checked to belong to this
     run, before anything is loaded."""
-    os.makedirs(config.output_dir, exist_ok=True)
-    resume_from = _check_resumable(config, os.path.join(config.output_dir, "trainer"))
+    os.makedirs(run.training.output_dir, exist_ok=True)
+    resume_from = _check_resumable(run, os.path.join(run.training.output_dir, "trainer"))
     if resume_from is None:
-        write_text_atomically(os.path.join(config.output_dir, EXPERIMENT_FILE), json.dumps(config.to_dict(), indent=1))
+        run.save(run.training.output_dir)
     else:
         logger.info(f"resuming from {resume_from}")
     return resume_from
 
 
-def build_run(config: ExperimentConfig) -> BuiltRun:
+def build_run(run: RunArguments) -> BuiltRun:
     """Data, tokenizer, collator and model (LoRA-wrapped when asked) of a run, logged as they are built."""
-    torch.manual_seed(config.seed)
-    data = load_data(config)
+    torch.manual_seed(run.training.seed)
+    data = load_data(run)
     logger.info(data.describe())
-    collator = build_collator(config, load_tokenizer(config), data.warm_catalog)
-    model = build_model(config, data, collator)
-    if config.lora:
+    collator = build_collator(run, load_tokenizer(run.model), data.warm_catalog)
+    model = build_model(run, data, collator)
+    if run.model.lora:
         from ..integrations.peft import apply_lora
 
-        model = apply_lora(model, rank=config.lora_rank)
+        model = apply_lora(model, rank=run.model.lora_rank)
     trainable, total = count_parameters(model)
-    logger.info(f"backbone: {backbone_name(config)}, {model.config.num_backbone_layers} layers: "
+    logger.info(f"backbone: {backbone_name(run.model)}, {model.config.num_backbone_layers} layers: "
                 f"{model.config.resolved_layer_types}")  # fmt: skip
     logger.info(f"parameters: {trainable:,} trained of {total:,}")
-    if config.max_eval_users is not None:
-        config.notes.append(f"smoke run: only the first {config.max_eval_users} users are evaluated")
+    if run.data.max_eval_users is not None:
+        run.notes.append(f"smoke run: only the first {run.data.max_eval_users} users are evaluated")
     if data.cold_items:
         cold = data.statistics["cold_items"]
-        config.notes.append(
-            f"cold-item protocol: {len(data.cold_items)} cold items ({config.cold_items:.0%} of the items with "
-            f"interactions, seed {config.seed}) kept out of training and of the catalog while training, added after "
-            f"it with model.add_items; checkpoints selected on the {len(data.warm_valid)} validation users with a "
-            f"warm target (of {len(data.valid)}); {cold.get('training_interactions_removed', '?')} training "
+        run.notes.append(
+            f"cold-item protocol: {len(data.cold_items)} cold items ({run.data.cold_items:.0%} of the items with "
+            f"interactions, seed {run.training.seed}) kept out of training and of the catalog while training, added "
+            f"after it with model.add_items; checkpoints selected on the {len(data.warm_valid)} validation users "
+            f"with a warm target (of {len(data.valid)}); {cold.get('training_interactions_removed', '?')} training "
             "interactions removed"
         )
-    valid, test, selection = (eval_subset(split, config) for split in (data.valid, data.test, data.warm_valid))
-    return BuiltRun(config, data, collator, model, valid, test, selection)
+    valid, test, selection = (eval_subset(split, run.data) for split in (data.valid, data.test, data.warm_valid))
+    return BuiltRun(run, data, collator, model, valid, test, selection)
 
 
 @dataclass
@@ -228,7 +226,7 @@ def evaluate_selected(run: BuiltRun, trainer: Trainer, validation_ranks: Validat
     popularity, ranks = {}, {"valid": {"model": valid_ranks}, "test": {"model": test_ranks}}
     for split, dataset in (("valid", run.valid), ("test", run.test)):
         popularity[split], ranks[split]["popularity"] = evaluate_popularity(
-            data, split, run.config.exclude_history, dataset=dataset, return_ranks=True
+            data, split, run.args.data.exclude_history, dataset=dataset, return_ranks=True
         )
     return SelectedEvaluation(
         best_step,
@@ -249,35 +247,35 @@ def assemble_results(
 ) -> dict:
     """What ``metrics.json`` holds: protocol, data, model, metrics of the model and popularity, paired comparisons,
     breakdowns, SASRec's reference on the same split, the validation curve, time, memory, settings and ranks."""
-    config, data, ranks = run.config, run.data, evaluation.ranks
+    args, data, ranks = run.args, run.data, evaluation.ranks
     paired = {
         split: {
             metric: paired_comparison(
-                ranks[split]["model"], ranks[split]["popularity"], metric, seed=config.seed
+                ranks[split]["model"], ranks[split]["popularity"], metric, seed=args.training.seed
             ).to_dict()
             for metric in ("ndcg@10", "hr@10")
         }
         for split in ("valid", "test")
     }
-    sasrec = find_sasrec_reference(config, data.statistics, {split: list(ranks[split]["model"]) for split in ranks})
+    sasrec = find_sasrec_reference(args, data.statistics, {split: list(ranks[split]["model"]) for split in ranks})
     trainable, total = count_parameters(run.model)
     model = unwrap_model(run.model)
     return {
-        "protocol": protocol_line(config.exclude_history, "test"),
-        "exclude_history": config.exclude_history,
+        "protocol": protocol_line(args.data.exclude_history, "test"),
+        "exclude_history": args.data.exclude_history,
         "dataset": data.statistics,
         "model": {
-            "backbone": backbone_name(config),
+            "backbone": backbone_name(args.model),
             "layer_types": model.config.resolved_layer_types,
             "num_item_tokens": model.config.num_item_tokens,
             "item_id_embeddings": model.config.use_item_id_embeddings,
             "trained_parameters": trainable,
             "total_parameters": total,
-            "lora": config.lora,
+            "lora": args.model.lora,
             "item_cache": getattr(model, "item_cache", None) is not None,
-            "intra_implementation": config.intra_implementation,
+            "intra_implementation": args.model.intra_implementation,
         },
-        "supervision": config.supervision,
+        "supervision": args.model.supervision,
         "train_targets": count_training_targets(data.train, run.collator),
         "best_step": evaluation.best_step,
         "selection": evaluation.selection_metrics,
@@ -287,7 +285,7 @@ def assemble_results(
         "paired_vs_popularity": paired,
         "sasrec": sasrec,
         # per split: the long tail and, under the cold-item protocol, cold against warm targets (recsys/breakdown.py)
-        "breakdown": breakdowns(data, ranks, {"valid": run.valid, "test": run.test}, sasrec, seed=config.seed),
+        "breakdown": breakdowns(data, ranks, {"valid": run.valid, "test": run.test}, sasrec, seed=args.training.seed),
         "validation_curve": [
             {"step": entry["step"], "ndcg@10": entry["eval_ndcg@10"]}
             for entry in trainer.state.log_history
@@ -302,7 +300,7 @@ def assemble_results(
         **peak_memory(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         + (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"),
-        "config": config.to_dict(),
+        "config": args.to_dict(),
         "ranks": ranks,  # {split: {"model" | "popularity": {user_id: rank}}}, for paired comparisons
     }
 
@@ -310,11 +308,12 @@ def assemble_results(
 def write_run(run: BuiltRun, trainer: Trainer, results: dict) -> None:
     """The checkpoint (with its collator, catalog, settings and training popularity), metrics.json, the figure and
     report.md. Each folder is written whole in a staging sibling, then moved into place (docs/reliability.md)."""
-    config = run.config
-    checkpoint_dir = os.path.join(config.output_dir, "checkpoint")
+    args = run.args
+    output_dir = args.training.output_dir
+    checkpoint_dir = os.path.join(output_dir, "checkpoint")
     final_model = trainer.model
-    if config.lora:
-        lora_dir = os.path.join(config.output_dir, "lora-adapter")
+    if args.model.lora:
+        lora_dir = os.path.join(output_dir, "lora-adapter")
         final_model.save_pretrained(f"{lora_dir}.staging")  # adapter-only checkpoint
         _replace_directory(f"{lora_dir}.staging", lora_dir)
         final_model = final_model.merge_and_unload()
@@ -324,16 +323,14 @@ def write_run(run: BuiltRun, trainer: Trainer, results: dict) -> None:
     final_model.save_pretrained(staging)
     run.collator.save_pretrained(staging)  # prompt settings + tokenizer, for evaluation and pipelines
     save_training_popularity(staging, run.data)  # what the demo shows beside the model
-    write_text_atomically(os.path.join(staging, EXPERIMENT_FILE), json.dumps(config.to_dict(), indent=1))
+    args.save(staging)
     _replace_directory(staging, checkpoint_dir)
 
-    write_text_atomically(os.path.join(config.output_dir, "metrics.json"), json.dumps(results, indent=1))
+    write_text_atomically(os.path.join(output_dir, "metrics.json"), json.dumps(results, indent=1))
     reference = {"popularity": results["popularity"]["valid"]["ndcg@10"]}
     if results["sasrec"] is not None:
         reference["SASRec"] = results["sasrec"]["valid"]["ndcg@10"]
-    plot_validation(
-        trainer.state.log_history, os.path.join(config.output_dir, "validation_ndcg10.png"), reference=reference
-    )
+    plot_validation(trainer.state.log_history, os.path.join(output_dir, "validation_ndcg10.png"), reference=reference)
     report = render_report(results)
-    write_text_atomically(os.path.join(config.output_dir, "report.md"), report)
+    write_text_atomically(os.path.join(output_dir, "report.md"), report)
     logger.info(report)

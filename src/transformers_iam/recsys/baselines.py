@@ -1,12 +1,17 @@
-"""Non-LLM baselines scored with the same split and metric code as IAM."""
+"""Non-LLM baselines scored with the same split and metric code as IAM, and the popularity a checkpoint carries."""
 
 from __future__ import annotations
 
+import json
+import os
 from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from ..core.catalog import ItemCatalog
+from ..core.loading import optional_checkpoint_file
 from .metrics import DEFAULT_KS, metrics_from_ranks, target_ranks
 from .split import LeaveOneOutData
 
@@ -50,3 +55,114 @@ def evaluate_popularity(
     if not return_ranks:
         return metrics
     return metrics, {str(user): rank for user, rank in zip(dataset["user_id"], ranks.tolist())}
+
+
+POPULARITY_FILE = "item_popularity.json"
+
+
+# -- the popularity a checkpoint carries (what the demo shows beside the model) ---------------------------------------
+@dataclass
+class ItemPopularity:
+    """How often each catalog item occurs in the interactions a checkpoint was trained on, and what those were.
+
+    ``counts[i]`` belongs to catalog index ``i``. ``description`` is shown in the page: "popularity" means nothing
+    without saying whose interactions were counted.
+
+    Example:
+        >>> catalog = ItemCatalog(["a", "b", "c"], ["A (1990)", "B (1991)", "C (1992)"])
+        >>> popularity = ItemPopularity.from_sequences({"u1": ["a", "b"], "u2": ["b"]}, catalog, "toy data")
+        >>> popularity.top(2, exclude=set()), popularity.top(2, exclude={1})
+        ([(1, 2), (0, 1)], [(0, 1), (2, 0)])
+    """
+
+    counts: torch.Tensor
+    description: str
+
+    @classmethod
+    def from_sequences(
+        cls, sequences: Mapping[str, Sequence[str]], catalog: ItemCatalog, description: str
+    ) -> ItemPopularity:
+        """Count every item of ``{user: [item ids]}`` (the same count as the popularity baseline,
+        ``recsys.baselines.popularity_scores``)."""
+        return cls(popularity_scores(dict(sequences), catalog), description)
+
+    def top(self, k: int, exclude: set[int]) -> list[tuple[int, int]]:
+        """The ``k`` most frequent catalog indices not in ``exclude``, as ``(index, count)``; ties go to the lower
+        catalog index (a stable order, so the list does not shuffle between two identical requests)."""
+        counts = self.counts.clone()
+        if exclude:
+            counts[sorted(exclude)] = float("-inf")
+        order = torch.argsort(-counts, stable=True)[: min(k, len(counts) - len(exclude))]
+        return [(int(index), int(self.counts[index])) for index in order.tolist()]
+
+
+def save_item_popularity(
+    directory: str | os.PathLike, sequences: Mapping[str, Sequence[str]], catalog: ItemCatalog, description: str
+) -> str:
+    """Write ``item_popularity.json`` (each item's count in ``sequences``, and what they are) beside a checkpoint.
+
+    For a run's checkpoint, :func:`save_training_popularity` calls it with the interactions the model was trained on:
+    the demo then shows that popularity for a checkpoint from the Hub too, where the run's data files are not at hand.
+
+    Example:
+        >>> import tempfile
+        >>> catalog = ItemCatalog(["a", "b"], ["A (1990)", "B (1991)"])
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = save_item_popularity(folder, {"u1": ["a", "b", "b"]}, catalog, "toy data")
+        >>> load_item_popularity(folder, catalog).counts.tolist()
+        [1.0, 2.0]
+    """
+    counts = popularity_scores(dict(sequences), catalog)
+    path = os.path.join(directory, POPULARITY_FILE)
+    content = {
+        "description": description,
+        "catalog_fingerprint": catalog.fingerprint,
+        "counts": {item_id: int(count) for item_id, count in zip(catalog.item_ids, counts.tolist())},
+    }
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(content, handle, ensure_ascii=False, indent=0)
+    return path
+
+
+def save_training_popularity(directory: str | os.PathLike, data: LeaveOneOutData) -> str:
+    """Write the popularity the demo shows for a run's checkpoint: each item's count in the training interactions
+    (``data.visible_sequences("train")``: each user's sequence without its validation and test targets, and without
+    cold items under the cold-item protocol).
+
+    The main job writes it into every checkpoint (``experiments/run.py``); ``examples/demo.py`` computes the same
+    counts from the run's data files when a checkpoint has no such file.
+    """
+    popularity = training_popularity(data)
+    return save_item_popularity(directory, data.visible_sequences("train"), data.catalog, popularity.description)
+
+
+def training_popularity(data: LeaveOneOutData) -> ItemPopularity:
+    """Each item's count in a split's training interactions, described for the page (see
+    :func:`save_training_popularity`)."""
+    training = data.visible_sequences("train")  # each user's sequence without the validation and test targets
+    interactions = sum(len(items) for items in training.values())
+    name = data.statistics.get("name", "the data")
+    description = (
+        f"the number of times each item occurs in the training interactions of {name} that this checkpoint was "
+        f"trained on ({interactions:,} interactions of {len(training):,} users; each user's "
+        "last two, the validation and test targets, are not counted)"
+    )
+    return ItemPopularity.from_sequences(training, data.catalog, description)
+
+
+def load_item_popularity(checkpoint: str | os.PathLike, catalog: ItemCatalog) -> ItemPopularity | None:
+    """The ``item_popularity.json`` saved beside a checkpoint (a folder or a Hub id), or ``None`` when there is none.
+
+    A file written for another catalog (its fingerprint differs) is refused: its counts would sit on other items.
+    """
+    path = optional_checkpoint_file(checkpoint, POPULARITY_FILE)
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as handle:
+        content = json.load(handle)
+    if content.get("catalog_fingerprint") != catalog.fingerprint:
+        raise ValueError(f"{path} was written for another catalog (its catalog_fingerprint differs from the model's)")
+    counts = content["counts"]
+    return ItemPopularity(
+        torch.tensor([float(counts.get(item_id, 0)) for item_id in catalog.item_ids]), content["description"]
+    )
