@@ -4,9 +4,13 @@ of these into fixtures."""
 
 from __future__ import annotations
 
+import atexit
 import copy
+import functools
 import os
 import random
+import shutil
+import tempfile
 from collections.abc import Callable
 
 import pytest
@@ -244,15 +248,90 @@ requires_smollm2 = _requires(
 )
 
 
-def doctest_objects() -> dict:
+def _write_doctest_tables(directory: str, catalog: ItemCatalog) -> tuple[str, str]:
+    """``items.csv`` (``item_id,title``: the catalog's ids and texts) and ``inter.csv`` (16 users, 6 items each, every
+    next item following the last one), under ``directory``."""
+    items, interactions = os.path.join(directory, "items.csv"), os.path.join(directory, "inter.csv")
+    with open(items, "w", encoding="utf-8") as handle:
+        handle.write("item_id,title\n" + "".join(f"{i},{t}\n" for i, t in zip(catalog.item_ids, catalog.texts)))
+    rng = random.Random(0)
+    with open(interactions, "w", encoding="utf-8") as handle:
+        handle.write("user_id,item_id,timestamp\n")
+        for user in range(16):
+            item = rng.randrange(len(catalog))
+            for step in range(6):
+                handle.write(f"u{user},{catalog.item_ids[(item + step) % len(catalog)]},{step}\n")
+    return interactions, items
+
+
+def _doctest_collator(tokenizer, catalog):
+    from transformers_iam import IAMDataCollator
+
+    return IAMDataCollator(tokenizer, catalog, max_length=64, **collator_kwargs())
+
+
+@functools.cache
+def _doctest_root() -> str:
+    """A temporary folder for what the docstring examples share, made once per session and removed at exit."""
+    root = tempfile.mkdtemp(prefix="iam-doctest-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
+@functools.cache
+def _doctest_data():
+    """The doctest catalog's interactions (written once), split leave-one-out: examples only read it."""
+    from transformers_iam.recsys.readers import load_interactions_table
+
+    interactions, items = _write_doctest_tables(_doctest_root(), synthetic_catalog())
+    return load_interactions_table(interactions, items, text_template="{title}")
+
+
+@functools.cache
+def _doctest_files() -> dict[str, str]:
+    """The folders the docstring examples load and never change, saved once: ``checkpoint`` (the doctest model with
+    its collator and training popularity, as a run saves one) and ``backbone`` (a tiny random Llama decoder and the
+    tokenizer)."""
+    from transformers import LlamaModel
+
+    from transformers_iam.recsys.baselines import save_training_popularity
+
+    catalog = synthetic_catalog()
+    tokenizer = catalog_tokenizer(catalog)
+    checkpoint = os.path.join(_doctest_root(), "checkpoint")
+    model = tiny_model(num_layers=4, num_items=len(catalog))
+    model.set_catalog(catalog)
+    model.save_pretrained(checkpoint)
+    _doctest_collator(tokenizer, catalog).save_pretrained(checkpoint)
+    save_training_popularity(checkpoint, _doctest_data())
+    backbone = os.path.join(_doctest_root(), "backbone")
+    torch.manual_seed(0)
+    LlamaModel(tiny_text_config(num_layers=4)).save_pretrained(backbone)
+    tokenizer.save_pretrained(backbone)
+    return {"checkpoint": checkpoint, "backbone": backbone}
+
+
+def doctest_objects(tmp: str | os.PathLike | None = None) -> dict:
     """What the library's docstring examples use (``conftest.py`` puts it in their namespace): a tiny Llama-backbone
-    model bound to a 20-item catalog (``i0`` .. ``i19``), its tokenizer and collator. Built afresh for each example,
-    so an example that changes the model (``add_items``) changes no other."""
+    model bound to a 20-item catalog (``i0`` .. ``i19``, texts like ``w3_0``), its tokenizer and collator, built
+    afresh for each example, so an example that changes the model (``add_items``) changes no other; ``tmp``, an
+    empty folder of the example's own (``conftest.py`` gives pytest's ``tmp_path``); and, built once per session,
+    ``checkpoint`` (that model saved with its collator and training popularity), ``backbone`` (a tiny random Llama
+    decoder saved with the tokenizer) and ``data`` (a ``LeaveOneOutData`` of 16 users over the same catalog)."""
     catalog = synthetic_catalog()
     tokenizer = catalog_tokenizer(catalog)
     model = tiny_model(num_layers=4, num_items=len(catalog))
     model.set_catalog(catalog)
-    from transformers_iam import IAMDataCollator
-
-    collator = IAMDataCollator(tokenizer, catalog, max_length=64, **collator_kwargs())
-    return {"torch": torch, "catalog": catalog, "tokenizer": tokenizer, "model": model, "collator": collator}
+    collator = _doctest_collator(tokenizer, catalog)
+    files = _doctest_files()
+    return {
+        "torch": torch,
+        "catalog": catalog,
+        "tokenizer": tokenizer,
+        "model": model,
+        "collator": collator,
+        "tmp": os.fspath(tmp) if tmp is not None else tempfile.mkdtemp(dir=_doctest_root()),
+        "checkpoint": files["checkpoint"],
+        "backbone": files["backbone"],
+        "data": _doctest_data(),
+    }

@@ -51,8 +51,12 @@ class IAMDataCollator:
     pads), so that excluding the history from a ranking excludes all of it.
 
     Example:
-        >>> collator = IAMDataCollator(tokenizer, catalog, max_length=256)  # doctest: +SKIP
-        >>> batch = collator([{"history": ["1", "2"], "target": "3"}])  # doctest: +SKIP
+        >>> collator = IAMDataCollator(tokenizer, catalog, max_length=256, prompt="user history :", query="next ?")
+        >>> batch = collator([{"history": ["i1", "i2"], "target": "i3"}])
+        >>> tokenizer.decode(batch["input_ids"][0])
+        '<s> user history : w1_0 w1_1 w2_0 w2_1 w2_2 next ?'
+        >>> batch["item_segment_ids"][0].tolist(), batch["labels"].tolist(), batch["history_item_indices"].tolist()
+        ([0, 0, 0, 0, 1, 1, 2, 2, 2, 0, 0], [3], [[1, 2]])
     """
 
     def __init__(

@@ -71,10 +71,11 @@ def load_pretrained_decoder(
     GGUF weights arrive dequantised: the ``quantization_config`` transformers keeps for them is dropped,
     else a saved checkpoint (and the Trainer) would treat the full-precision model as a quantized one.
 
-    Example:
-        >>> lm = load_pretrained_decoder(
-        ...     smollm2_directory(), gguf_file=SMOLLM2_GGUF, num_layers=6, causal_lm=True
-        ... )  # doctest: +SKIP
+    Example (SmolLM2 from its GGUF file: ``load_pretrained_decoder(smollm2_directory(), gguf_file=SMOLLM2_GGUF,
+    num_layers=6, causal_lm=True)``; here a tiny random Llama saved in ``backbone``):
+        >>> decoder = load_pretrained_decoder(backbone, num_layers=2)
+        >>> type(decoder).__name__, len(decoder.layers), decoder.config.num_hidden_layers
+        ('LlamaModel', 2, 2)
     """
     auto_class = AutoModelForCausalLM if causal_lm else AutoModel
     model = auto_class.from_pretrained(pretrained_model_name_or_path, gguf_file=gguf_file, dtype=dtype)

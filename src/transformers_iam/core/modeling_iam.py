@@ -208,8 +208,10 @@ class IAMForCausalRecommendation(CatalogMixin, ItemCacheMixin, IAMPreTrainedMode
             config_overrides: any other [`IAMConfig`] field (`iam_layout`, `iam_layer_types`, ...).
 
         Example:
-            >>> model = IAMForCausalRecommendation.from_backbone("HuggingFaceTB/SmolLM2-135M", catalog=catalog,
-            ...                                                  iam_layout="stacked")  # doctest: +SKIP
+            >>> # backbone: a decoder's folder or Hub id ("HuggingFaceTB/SmolLM2-135M"), here a tiny random Llama
+            >>> model = IAMForCausalRecommendation.from_backbone(backbone, catalog=catalog, iam_layout="stacked")
+            >>> model.config.num_items, model.config.resolved_layer_types
+            (20, ['intra', 'intra', 'inter', 'inter'])
         """
         if catalog is not None:
             if num_items is not None and num_items != len(catalog):
@@ -385,8 +387,9 @@ class IAMForCausalRecommendation(CatalogMixin, ItemCacheMixin, IAMPreTrainedMode
                 padded with -1 (the collator's `history_item_indices`).
 
         Example:
-            >>> batch = collator([{"history": ["1", "7"]}])  # doctest: +SKIP
-            >>> model.recommend(**batch, k=5, exclude_item_ids=batch["history_item_indices"]).item_ids  # doctest: +SKIP
+            >>> batch = collator([{"history": ["i1", "i7"]}])
+            >>> model.recommend(**batch, k=5, exclude_item_ids=batch["history_item_indices"]).item_ids
+            [['i3', 'i11', 'i17', 'i18', 'i2']]
         """
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.config.num_items:
             raise ValueError(f"k must be an int in [1, {self.config.num_items}] (config.num_items), got {k!r}")

@@ -56,9 +56,13 @@ class ItemRecommendationPipeline(Pipeline):
     Example:
         >>> import transformers_iam
         >>> from transformers import pipeline
-        >>> recommender = pipeline("item-recommendation", model="runs/cpu-quick-stacked/checkpoint")  # doctest: +SKIP
-        >>> history = ["50", "181", "Toy Story (1995) | Animation, Children's, Comedy"]  # ids or exact texts
-        >>> recommender({"history": history}, top_k=5)  # doctest: +SKIP
+        >>> recommender = pipeline("item-recommendation", model=checkpoint)  # a folder (runs/.../checkpoint) or Hub id
+        >>> history = ["i1", "i7", "w3_0"]  # ids or exact texts
+        >>> rows = recommender({"history": history}, top_k=5)
+        >>> [row["item_id"] for row in rows]
+        ['i11', 'i17', 'i18', 'i2', 'i16']
+        >>> rows[0]  # doctest: +ELLIPSIS
+        {'item_id': 'i11', 'text': 'w11_0 w11_1 w11_2', 'score': 0.16..., 'index': 11}
     """
 
     _load_tokenizer = None  # try, and keep None when it fails: __init__ then raises missing_tokenizer_error

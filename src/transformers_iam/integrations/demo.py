@@ -7,10 +7,11 @@ when the page is built, so the rest of this module (and the library) works witho
 ``examples/demo.py``) serves ``runs/cpu-quick-stacked/checkpoint``; docs/demo.md says what the page shows.
 
 Example:
-    >>> recommender = load_recommender("runs/cpu-quick-stacked/checkpoint")  # doctest: +SKIP
-    >>> shown = recommender.recommend(recommender.search("star wars")[:1])  # doctest: +SKIP
-    >>> [row.item_id for row in shown.model]  # doctest: +SKIP
-    >>> build_demo(recommender).launch()  # doctest: +SKIP
+    >>> recommender = load_recommender(checkpoint)  # a run's folder, e.g. runs/cpu-quick-stacked/checkpoint
+    >>> shown = recommender.recommend(recommender.search("w3_0")[:1])
+    >>> [row.item_id for row in shown.model][:5], [row.item_id for row in shown.popularity][:5]
+    (['i11', 'i7', 'i17', 'i18', 'i2'], ['i12', 'i15', 'i16', 'i18', 'i9'])
+    >>> demo = build_demo(recommender)  # the page: demo.launch() serves it
 """
 
 from __future__ import annotations
@@ -80,8 +81,9 @@ class DemoRecommender:
     the item-state cache swaps the decoder's layers during a forward, which a second concurrent forward would see.
 
     Example:
-        >>> recommender = DemoRecommender(model, collator, popularity=None)  # doctest: +SKIP
-        >>> recommender.recommend([recommender.resolve("Toy Story (1995)")]).model[0].text  # doctest: +SKIP
+        >>> recommender = DemoRecommender(model, collator, popularity=None)
+        >>> recommender.recommend([recommender.resolve("w3_0")]).model[0].text
+        'w11_0 w11_1 w11_2'
     """
 
     def __init__(
@@ -114,8 +116,9 @@ class DemoRecommender:
         most popular (when popularity is known), then catalog order.
 
         Example:
-            >>> recommender.search("star wars")[:1]  # doctest: +SKIP
-            ['50']
+            >>> recommender = load_recommender(checkpoint)  # with the popularity saved beside the checkpoint
+            >>> recommender.search("w3_0"), recommender.search("w1")[:4]
+            (['i3'], ['i12', 'i15', 'i16', 'i18'])
         """
         words = query.lower().split()
         if not words:
@@ -256,7 +259,9 @@ def build_demo(recommender: DemoRecommender | str):
     """The Gradio page over ``recommender``; given an error message instead, a page that shows it.
 
     Example:
-        >>> build_demo(load_recommender("runs/cpu-quick-stacked/checkpoint")).launch()  # doctest: +SKIP
+        >>> demo = build_demo(load_recommender(checkpoint))  # demo.launch() serves it; see also launch_demo
+        >>> type(demo).__name__
+        'Blocks'
     """
     try:
         import gradio as gr

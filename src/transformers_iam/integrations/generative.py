@@ -5,11 +5,19 @@ active: the generated item is one more segment (``n + 1``) after the history. De
 beam search constrained by a prefix tree over the items' token sequences, so every answer is
 a real catalog item, and the beam list is ranked with the same metric code as the ranking head.
 
-Example:
-    >>> collator = GenerativeIAMCollator(tokenizer, catalog, max_length=256)  # doctest: +SKIP
-    >>> trie = CatalogTrie.from_collator(collator)  # doctest: +SKIP
-    >>> example = {"history": ["1", "50"]}
-    >>> ranked = constrained_beam_search(model, collator, example, trie, num_beams=20)  # doctest: +SKIP
+Example (a tiny random Llama as the causal LM):
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> _ = torch.manual_seed(0)
+    >>> config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    ...                      num_attention_heads=4)
+    >>> model = enable_generative_iam(LlamaForCausalLM(config), ["intra", "inter"])
+    >>> collator = GenerativeIAMCollator(tokenizer, catalog, max_length=256, prompt="user history :", query="next ?")
+    >>> trie = CatalogTrie.from_collator(collator)
+    >>> example = {"history": ["i1", "i7"]}
+    >>> ranked = constrained_beam_search(model, collator, example, trie, num_beams=5,
+    ...                                  exclude_item_indices=catalog.indices_of(example["history"]))
+    >>> [catalog.item_ids[indices[0]] for log_probability, indices in ranked]
+    ['i2', 'i13', 'i10', 'i15', 'i16']
 """
 
 from __future__ import annotations

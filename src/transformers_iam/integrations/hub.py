@@ -1,12 +1,18 @@
 """Sharing trained IAM models on the Hugging Face Hub, with a generated model card.
 
-Example (online):
-    >>> from transformers_iam.integrations.hub import push_to_hub
-    >>> push_to_hub(model, "org/iam-llama", collator=collator, results=results,
-    ...             figure="runs/cpu-quick-stacked/validation_ndcg10.png")  # doctest: +SKIP
+Example: ``push_to_hub(model, "org/iam-llama", collator=collator, results=results, figure=...)`` uploads the folder
+that ``save_for_hub`` writes here (with a run's ``results`` and figure, the card shows its metrics and plot), and
+``AutoModel.from_pretrained("org/iam-llama")`` loads it back as it loads the folder:
+    >>> from transformers_iam.integrations.hub import save_for_hub
+    >>> folder = os.path.join(tmp, "iam-llama")
+    >>> save_for_hub(model, folder, "org/iam-llama", collator=collator)  # doctest: +NORMALIZE_WHITESPACE
+    ['README.md', 'config.json', 'iam_collator.json', 'item_catalog.json', 'model.safetensors', 'tokenizer.json',
+     'tokenizer_config.json']
     >>> import transformers_iam
     >>> from transformers import AutoModel
-    >>> model = AutoModel.from_pretrained("org/iam-llama")  # doctest: +SKIP
+    >>> model = AutoModel.from_pretrained(folder)
+    >>> type(model).__name__, model.catalog.item_ids[:3]
+    ('IAMForCausalRecommendation', ['i0', 'i1', 'i2'])
 """
 
 from __future__ import annotations

@@ -34,9 +34,16 @@ def apply_lora(model: nn.Module, rank: int = 16, **kwargs):
     """Wrap an [`IAMForCausalRecommendation`] in a `peft.PeftModel`.
 
     Example:
-        >>> peft_model = apply_lora(model, rank=8)  # doctest: +SKIP
-        >>> peft_model.save_pretrained("iam-lora")  # doctest: +SKIP
-        >>> PeftModel.from_pretrained(base_model, "iam-lora").merge_and_unload()  # doctest: +SKIP
+        >>> import os
+        >>> peft_model = apply_lora(model, rank=8)
+        >>> peft_model.print_trainable_parameters()
+        trainable params: 18,164 || all params: 62,216 || trainable%: 29.1951
+        >>> peft_model.save_pretrained(os.path.join(tmp, "iam-lora"))
+        >>> from peft import PeftModel
+        >>> from transformers import AutoModel
+        >>> base_model = AutoModel.from_pretrained(checkpoint)  # the IAM model the LoRA weights were trained on
+        >>> type(PeftModel.from_pretrained(base_model, os.path.join(tmp, "iam-lora")).merge_and_unload()).__name__
+        'IAMForCausalRecommendation'
     """
     from peft import get_peft_model
 

