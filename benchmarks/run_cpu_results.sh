@@ -8,15 +8,7 @@ mkdir -p runs/final
 run() { local name=$1; shift; /usr/bin/time -v python "$@" > "runs/$name.log" 2> "runs/$name.time"; }
 
 # SASRec (RecBole) on exactly our splits: trained to convergence (validation NDCG@10, patience 5), resumable
-bash benchmarks/sasrec/setup.sh
-sasrec() {  # sasrec OUT [export flags...]: export, train (or go on from saved/progress.pth), rank with our metrics
-    local out=$1; shift
-    python benchmarks/sasrec/export.py --out "$out" --patience 5 "$@"
-    local resume=(); [ -f "$out/saved/progress.pth" ] && resume=(--resume)
-    /usr/bin/time -v .venv-recbole/bin/python benchmarks/sasrec/train_score.py --out "$out" "${resume[@]}" \
-        > "$out.log" 2> "$out.err"
-    python benchmarks/sasrec/rank.py --out "$out" "$@"
-}
+sasrec() { bash benchmarks/sasrec/run.sh "$@"; }
 sasrec runs/sasrec
 S="--sasrec_metrics runs/sasrec/sasrec_metrics.json"
 

@@ -45,9 +45,9 @@ def evaluate_popularity(
     ``return_ranks`` also ``{user_id: rank}``, for paired comparisons (``recsys/paired.py``).
 
     Example:
-        >>> metrics, ranks = evaluate_popularity(data, "test", True, return_ranks=True)  # doctest: +SKIP
-        >>> metrics["users"] == len(ranks)  # doctest: +SKIP
-        True
+        >>> metrics, ranks = evaluate_popularity(data, "test", True, return_ranks=True)
+        >>> metrics["users"] == len(ranks) == len(data.test), ranks["u0"]
+        (True, 3)
     """
     dataset = data.split(split) if dataset is None else dataset
     ranks = popularity_ranks(data, split, exclude_history, dataset)
@@ -105,11 +105,9 @@ def save_item_popularity(
     the demo then shows that popularity for a checkpoint from the Hub too, where the run's data files are not at hand.
 
     Example:
-        >>> import tempfile
         >>> catalog = ItemCatalog(["a", "b"], ["A (1990)", "B (1991)"])
-        >>> folder = tempfile.mkdtemp()
-        >>> _ = save_item_popularity(folder, {"u1": ["a", "b", "b"]}, catalog, "toy data")
-        >>> load_item_popularity(folder, catalog).counts.tolist()
+        >>> _ = save_item_popularity(tmp, {"u1": ["a", "b", "b"]}, catalog, "toy data")
+        >>> load_item_popularity(tmp, catalog).counts.tolist()
         [1.0, 2.0]
     """
     counts = popularity_scores(dict(sequences), catalog)

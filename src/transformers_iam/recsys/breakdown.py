@@ -106,8 +106,8 @@ def compare_groups(
     resamples: int = 10_000,
     seed: int = 0,
 ) -> dict[str, dict]:
-    """Each group's users, every ranker's :func:`rank_summary` on them, and every other ranker paired against
-    ``reference`` on them (:func:`~transformers_iam.recsys.paired.paired_comparison`, NDCG@10 and HR@10).
+    """Each group's users (their count and ids), every ranker's :func:`rank_summary` on them, and every other ranker
+    paired against ``reference`` on them (:func:`~transformers_iam.recsys.paired.paired_comparison`, NDCG@10 and HR@10).
 
     ``ranks`` is ``{ranker: {user_id: rank}}`` and must rank every user of ``groups`` (``{user_id: group}``); a
     ranker's other users are ignored. A group without users has ``{"users": 0}`` only.
@@ -136,6 +136,7 @@ def compare_groups(
         chosen = {name: {user: int(ranker_ranks[user]) for user in users} for name, ranker_ranks in ranks.items()}
         result[group] = {
             "users": len(users),
+            "user_ids": users,  # for pairing other rankers on the same group later (benchmarks/record_results.py)
             "metrics": {name: rank_summary(list(user_ranks.values())) for name, user_ranks in chosen.items()},
             "paired": {
                 name: {

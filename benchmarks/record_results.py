@@ -1,0 +1,171 @@
+"""docs/results.json, the record every table of results comes from: add a run's numbers to it, regenerate the tables.
+
+    python benchmarks/record_results.py add runs/final/cpu-quick --dataset ml-100k --model "IAM (cpu-quick)" \
+        --sasrec runs/sasrec/sasrec_metrics.json --headline       # a run's valid and test numbers, all and per group
+    python benchmarks/record_results.py add runs/sasrec/sasrec_metrics.json --dataset ml-100k --model SASRec \
+        --command "bash benchmarks/sasrec/run.sh ml-100k" --headline  # SASRec (its epochs and whether it converged)
+    python benchmarks/record_results.py update README.md docs/results.md   # rewrite every results-table block
+    python benchmarks/record_results.py check README.md docs/results.md    # exit 1 when a table differs
+
+An entry is one (run, split, target group): test and valid, all users, and the long-tail groups (and cold / warm
+targets under the cold-item protocol) from the run's breakdown. ``--sasrec`` pairs the run with SASRec's per-user
+ranks on the same users (NDCG@10 difference and its 95% bootstrap interval). Adding a (dataset, model) pair already
+in the record replaces its entries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+
+from transformers_iam.recsys.metrics import metrics_from_ranks
+from transformers_iam.recsys.paired import paired_comparison
+from transformers_iam.recsys.record import check_entry, load_record, stale_tables, update_tables
+
+RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "results.json")
+
+
+def _machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, no GPU"
+
+
+def _paired(ranks: dict[str, int], sasrec: dict | None, split: str, users: list[str]) -> dict | None:
+    if sasrec is None:
+        return None
+    theirs = sasrec.get("ranks", {}).get(split, {}).get("model", {})
+    if not set(users) <= set(theirs):
+        raise SystemExit(f"SASRec's ranks do not cover the run's {split} users: another split?")
+    result = paired_comparison({user: ranks[user] for user in users}, {user: theirs[user] for user in users})
+    return {
+        "ndcg@10": [round(result.difference, 4), round(result.interval[0], 4), round(result.interval[1], 4)],
+        "relative": f"{result.relative:+.1%}",
+    }
+
+
+def run_entries(path: str, dataset: str, model: str, sasrec: dict | None, command: str | None) -> list[dict]:
+    """The entries of a main-job run (its metrics.json): both splits, all users and each breakdown group."""
+    with open(path, encoding="utf-8") as handle:
+        results = json.load(handle)
+    base = {
+        "dataset": dataset,
+        "model": model,
+        "command": command or results["config"]["command"],
+        "date": datetime.date.fromtimestamp(os.path.getmtime(path)).isoformat(),
+        "machine": results.get("machine", _machine()),
+        "wall_seconds": results.get("wall_seconds"),
+    }
+    entries = []
+    for split in ("test", "valid"):
+        ranks = results["ranks"][split]["model"]
+        entries.append(_entry(base, split, "all", ranks, list(ranks), sasrec))
+        for kind in ("long_tail", "cold"):
+            groups = results.get("breakdown", {}).get(kind, {}).get(split, {}).get("groups", {})
+            for group, content in groups.items():
+                users = content.get("user_ids", [])
+                if group == "unseen" or not users:
+                    continue
+                entries.append(_entry(base, split, group, ranks, users, sasrec))
+    return entries
+
+
+def _entry(base: dict, split: str, targets: str, ranks: dict, users: list[str], sasrec: dict | None) -> dict:
+    metrics = metrics_from_ranks([ranks[user] for user in users])
+    entry = {
+        **base,
+        "split": split,
+        "targets": targets,
+        "users": len(users),
+        "ndcg@10": round(metrics["ndcg@10"], 4),
+        "hr@10": round(metrics["hr@10"], 4),
+    }
+    paired = _paired(ranks, sasrec, split, users)
+    if paired is not None:
+        entry["vs_sasrec"] = paired
+    return entry
+
+
+def sasrec_entries(path: str, dataset: str, model: str, command: str) -> list[dict]:
+    """SASRec's entries (rank.py's sasrec_metrics.json): both splits, all users, with its training record."""
+    with open(path, encoding="utf-8") as handle:
+        results = json.load(handle)
+    training = results.get("training", {})
+    base = {
+        "dataset": dataset,
+        "model": model,
+        "command": command,
+        "date": datetime.date.fromtimestamp(os.path.getmtime(path)).isoformat(),
+        "machine": _machine(),
+        "converged": bool(training.get("converged", training.get("stopped_early", False))),
+        "epochs": training.get("epochs_run"),
+        "best_epoch": training.get("best_epoch"),
+        "wall_seconds": training.get("wall_seconds"),
+    }
+    entries = []
+    for split in ("test", "valid"):
+        ranks = results["ranks"][split]["model"]
+        entries.append(_entry(base, split, "all", ranks, list(ranks), None))
+    return entries
+
+
+def add(args: argparse.Namespace) -> None:
+    record = load_record(args.record) if os.path.isfile(args.record) else []
+    sasrec = None
+    if args.sasrec:
+        with open(args.sasrec, encoding="utf-8") as handle:
+            sasrec = json.load(handle)
+    if os.path.basename(args.run).startswith("sasrec_metrics"):
+        if not args.command:
+            raise SystemExit("a SASRec entry needs --command (the export, train and rank commands)")
+        entries = sasrec_entries(args.run, args.dataset, args.model, args.command)
+    else:
+        path = args.run if args.run.endswith(".json") else os.path.join(args.run, "metrics.json")
+        entries = run_entries(path, args.dataset, args.model, sasrec, args.command)
+    for entry in entries:
+        if args.headline and entry["targets"] == "all":
+            entry["headline"] = True
+        check_entry(entry)
+    kept = [entry for entry in record if (entry["dataset"], entry["model"]) != (args.dataset, args.model)]
+    with open(args.record, "w", encoding="utf-8") as handle:
+        json.dump(kept + entries, handle, indent=1, ensure_ascii=False)
+        handle.write("\n")
+    print(f"{args.record}: {len(entries)} entries for {args.model!r} on {args.dataset}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--record", default=RECORD)
+    commands = parser.add_subparsers(dest="verb", required=True)
+    adding = commands.add_parser("add")
+    adding.add_argument("run", help="a run folder (its metrics.json), or a sasrec_metrics.json")
+    adding.add_argument("--dataset", required=True)
+    adding.add_argument("--model", required=True, help="the row's name in the tables")
+    adding.add_argument("--sasrec", help="sasrec_metrics.json on the same split: pair each row with SASRec")
+    adding.add_argument("--command", help="the command that reproduces it (default: the run's own)")
+    adding.add_argument("--headline", action="store_true", help="a row of README's table for this data set")
+    for verb in ("update", "check"):
+        commands.add_parser(verb).add_argument("files", nargs="+")
+    args = parser.parse_args(argv)
+    if args.verb == "add":
+        add(args)
+        return 0
+    record = load_record(args.record)
+    stale = {}
+    for name in args.files:
+        with open(name, encoding="utf-8") as handle:
+            text = handle.read()
+        if args.verb == "update":
+            with open(name, "w", encoding="utf-8") as handle:
+                handle.write(update_tables(text, record))
+        elif stale_tables(text, record):
+            stale[name] = stale_tables(text, record)
+    for name, specs in stale.items():
+        print(f"{name}: tables out of date with {args.record}: {specs}", file=sys.stderr)
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

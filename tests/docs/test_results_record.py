@@ -1,0 +1,65 @@
+"""docs/results.json is the one record of final numbers: every table of results in README.md and docs/results.md is
+generated from it and must still match it."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from transformers_iam.recsys.record import REQUIRED, load_record, render_table, select, stale_tables, update_tables
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RECORD = os.path.join(ROOT, "docs", "results.json")
+PAGES = ("README.md", os.path.join("docs", "results.md"))
+
+
+def read(name: str) -> str:
+    with open(os.path.join(ROOT, name), encoding="utf-8") as handle:
+        return handle.read()
+
+
+def test_every_entry_has_the_fields_of_the_record():
+    record = load_record(RECORD)  # checks each entry
+    assert record and all(all(field in entry for field in REQUIRED) for entry in record)
+    for entry in record:
+        if entry["model"].startswith("SASRec"):  # a baseline trained to a stopping rule says whether it got there
+            assert isinstance(entry["converged"], bool) and entry["epochs"] >= 1, entry["model"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_results_table_matches_the_record(page):
+    text = read(page)
+    assert "<!-- results-table" in text, f"{page} has no generated table"
+    assert stale_tables(text, load_record(RECORD)) == [], (
+        f"{page}: run `python benchmarks/record_results.py update README.md docs/results.md`"
+    )
+
+
+def test_readme_has_one_headline_table_per_data_set_with_iam_sasrec_the_plain_llm_and_popularity():
+    record = load_record(RECORD)
+    readme = read("README.md")
+    for dataset in sorted({entry["dataset"] for entry in record if entry.get("headline")}):
+        assert f"<!-- results-table dataset={dataset} headline=true -->" in readme, dataset
+        models = [entry["model"] for entry in select(record, f"dataset={dataset} headline=true")]
+        assert any(model.startswith("IAM") for model in models), dataset
+        for baseline in ("SASRec", "same LLM without IAM", "popularity"):
+            assert any(model.startswith(baseline) for model in models), (dataset, baseline)
+
+
+def test_a_changed_number_is_caught_and_regenerated():
+    record = load_record(RECORD)
+    text = read("README.md")
+    changed = [dict(entry) for entry in record]
+    changed[0]["ndcg@10"] = round(changed[0]["ndcg@10"] + 0.0001, 4)
+    assert stale_tables(text, changed)  # the README no longer matches the record it would need
+    assert stale_tables(update_tables(text, changed), changed) == []
+
+
+def test_the_readme_table_shows_each_rows_number_from_the_record():
+    record = load_record(RECORD)
+    table = render_table(record, "dataset=ml-100k headline=true")
+    for entry in select(record, "dataset=ml-100k headline=true"):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {entry['model']}"))
+        assert re.search(rf"\| {entry['ndcg@10']:.4f} \|", row)
