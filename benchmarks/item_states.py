@@ -27,7 +27,6 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 from transformers_iam import IAMConfig, IAMForCausalRecommendation
-from transformers_iam.experiments.arguments import RunArguments
 from transformers_iam.experiments.build import (
     SMOLLM2_GGUF,
     build_collator,
@@ -36,6 +35,7 @@ from transformers_iam.experiments.build import (
     make_optimizer,
     smollm2_directory,
 )
+from transformers_iam.experiments.run_arguments import RunArguments
 
 
 @dataclass

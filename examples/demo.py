@@ -19,8 +19,8 @@ import sys
 import transformers_iam  # noqa: F401  (registers the Auto classes and the item-recommendation pipeline)
 from transformers_iam import ItemCatalog
 from transformers_iam.core.catalog import CATALOG_FILE_NAME
-from transformers_iam.experiments.arguments import EXPERIMENT_FILE, RunArguments
 from transformers_iam.experiments.build import load_data
+from transformers_iam.experiments.run_arguments import EXPERIMENT_FILE, RunArguments
 from transformers_iam.integrations.demo import (
     DEFAULT_CHECKPOINT,
     HOW_TO_MAKE_A_CHECKPOINT,

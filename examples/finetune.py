@@ -29,8 +29,8 @@ import sys
 
 import transformers_iam  # noqa: F401  (registers the Auto classes)
 from transformers_iam.experiments import RunArguments, run_experiment
-from transformers_iam.experiments.arguments import argument_parser, parse_command_line
-from transformers_iam.recsys.split import DataFormatError
+from transformers_iam.experiments.run_arguments import argument_parser, parse_command_line
+from transformers_iam.recsys.data import DataFormatError
 
 
 def parse_args(argv: list[str] | None = None) -> RunArguments:

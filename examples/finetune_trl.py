@@ -24,8 +24,8 @@ from trl import SFTConfig, SFTTrainer
 
 from transformers_iam.core.configuration_iam import layer_types_for_layout
 from transformers_iam.core.loading import load_pretrained_decoder
-from transformers_iam.experiments.arguments import RunArguments
 from transformers_iam.experiments.build import backbone_location, load_data, load_tokenizer
+from transformers_iam.experiments.run_arguments import RunArguments
 from transformers_iam.integrations.generative import (
     CatalogTrie,
     GenerativeIAMCollator,

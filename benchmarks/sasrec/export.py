@@ -35,8 +35,8 @@ import re
 
 from transformers_iam.core.catalog import ItemCatalog
 from transformers_iam.experiments.report import data_tag
+from transformers_iam.recsys.data import LeaveOneOutData
 from transformers_iam.recsys.readers import DATASETS, load_dataset
-from transformers_iam.recsys.split import LeaveOneOutData
 
 MAX_HISTORY = 50
 _PLAIN_TOKEN = re.compile(r"[^\s\"']+")

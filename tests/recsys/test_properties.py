@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transformers_iam import ItemCatalog
+from transformers_iam.recsys.data import Interaction
 from transformers_iam.recsys.metrics import metrics_from_ranks, target_ranks
-from transformers_iam.recsys.split import Interaction, leave_one_out
+from transformers_iam.recsys.split import leave_one_out
 
 # few distinct values, so ties are the common case
 score_rows = st.integers(2, 8).flatmap(

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from transformers_iam.recsys.baselines import evaluate_popularity
+from transformers_iam.recsys.data import DataFormatError
 from transformers_iam.recsys.readers import load_interactions_table, load_recbole_atomic, movielens_100k_directory
-from transformers_iam.recsys.split import DataFormatError
 
 from ..testing_utils import requires_movielens_100k
 
@@ -97,7 +97,8 @@ def test_unknown_item_and_missing_file(tmp_path):
 
 @requires_movielens_100k
 def test_training_windows_make_every_training_item_but_the_first_a_target_once(ml100k):
-    from transformers_iam.recsys.split import Interaction, leave_one_out
+    from transformers_iam.recsys.data import Interaction
+    from transformers_iam.recsys.split import leave_one_out
 
     interactions = [
         Interaction(user, item_id, float(t), f"row {t}")

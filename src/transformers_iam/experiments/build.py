@@ -11,9 +11,10 @@ from ..core.attention import find_decoder_layers
 from ..core.collator import IAMDataCollator
 from ..core.modeling_iam import IAMForCausalRecommendation
 from ..recsys.baselines import popularity_scores
+from ..recsys.data import LeaveOneOutData
 from ..recsys.readers import load_dataset, load_interactions_table, load_recbole_atomic
-from ..recsys.split import LeaveOneOutData
-from .arguments import DataArguments, ModelArguments, RecommendationTrainingArguments, RunArguments
+from .arguments import DataArguments, ModelArguments, RecommendationTrainingArguments
+from .run_arguments import RunArguments
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -10,7 +10,7 @@ import shutil
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from .arguments import EXPERIMENT_FILE, RunArguments
+from .run_arguments import EXPERIMENT_FILE, RunArguments
 
 logger = logging.get_logger(__name__)
 

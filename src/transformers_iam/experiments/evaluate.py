@@ -11,9 +11,9 @@ from transformers.utils import logging
 from ..core.collator import IAMDataCollator
 from ..recsys.evaluation import ranking_evaluation
 from ..recsys.metrics import format_metrics_table, protocol_line
-from .arguments import EXPERIMENT_FILE, RunArguments
 from .build import eval_subset, load_data
 from .run import evaluate_split
+from .run_arguments import EXPERIMENT_FILE, RunArguments
 
 logger = logging.get_logger(__name__)
 

@@ -10,8 +10,8 @@ from ..recsys.breakdown import format_group_table, format_rank_distribution
 from ..recsys.metrics import DEFAULT_KS, format_metrics_table, metrics_from_ranks
 from ..recsys.paired import PairedResult, comparison_sentence
 from ..recsys.results import results_rows, run_name
-from .arguments import RunArguments
 from .plots import plot_validation
+from .run_arguments import RunArguments
 
 __all__ = ["data_tag", "find_sasrec_reference", "plot_validation", "render_report"]
 

@@ -28,11 +28,10 @@ from ..core.collator import IAMDataCollator
 from ..core.files import write_text_atomically
 from ..recsys.baselines import evaluate_popularity, save_training_popularity
 from ..recsys.breakdown import cold_breakdown, long_tail_breakdown
+from ..recsys.data import LeaveOneOutData
 from ..recsys.evaluation import ValidationRanks, ranking_evaluation
 from ..recsys.metrics import protocol_line
 from ..recsys.paired import paired_comparison
-from ..recsys.split import LeaveOneOutData
-from .arguments import RunArguments
 from .build import (
     backbone_name,
     build_collator,
@@ -46,6 +45,7 @@ from .build import (
 )
 from .checkpoints import _check_resumable, _replace_directory
 from .report import find_sasrec_reference, plot_validation, render_report
+from .run_arguments import RunArguments
 
 logger = logging.get_logger(__name__)
 

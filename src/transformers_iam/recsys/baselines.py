@@ -12,8 +12,8 @@ import torch
 
 from ..core.catalog import ItemCatalog
 from ..core.loading import optional_checkpoint_file
+from .data import LeaveOneOutData
 from .metrics import DEFAULT_KS, metrics_from_ranks, target_ranks
-from .split import LeaveOneOutData
 
 
 def popularity_scores(sequences: dict[str, list[str]], catalog: ItemCatalog) -> torch.Tensor:

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..core.catalog import ItemCatalog
-from .split import DataFormatError, Interaction, LeaveOneOutData, gc_paused, leave_one_out
+from .data import DataFormatError, Interaction, LeaveOneOutData, gc_paused
+from .split import leave_one_out
 
 ML100K_TEXT_TEMPLATE = "{movie_title} ({release_year}) | {class}"
 ML100K_LIST_FIELDS = ("class",)
