@@ -1,18 +1,12 @@
-"""Collect runs' metrics.json (examples/finetune.py) and SASRec's sasrec_metrics.json into docs/results.md tables.
+"""Compare runs side by side: their metrics.json (examples/finetune.py) and SASRec's sasrec_metrics.json as metric
+tables (K = 5, 10, 20) and one line of facts per run (command, length, time, memory, paired against popularity).
 
 python benchmarks/results_table.py runs                                   # every run under runs/, runs/sasrec
 python benchmarks/results_table.py runs/a runs/b runs/sasrec-ml-1m        # these runs (and SASRec folders)
 python benchmarks/results_table.py runs/probes --valid-only               # probes: validation only, test never shown
-python benchmarks/results_table.py --update docs/results.md                # regenerate the file's generated blocks
 
-A generated block of a Markdown file is the output of the command its opening line names, one of the benchmarks'
-scripts run from the repository root on the runs it reads (runs/ is not committed: regenerate where the runs are):
-
-    <!-- generated: python benchmarks/results_table.py runs/final/cpu-quick-stacked runs/sasrec -->
-    (what the command prints)
-    <!-- end generated -->
-
-Works with older metrics.json files too: a field they lack (peak memory, paired comparison, SASRec's epochs) is
+The final numbers of the docs come from docs/results.json instead (benchmarks/record_results.py). Works with older
+metrics.json files too: a field they lack (peak memory, paired comparison, SASRec's epochs) is
 left blank.
 """
 
@@ -22,10 +16,6 @@ import argparse
 import glob
 import json
 import os
-import re
-import shlex
-import subprocess
-import sys
 
 from transformers_iam.recsys.metrics import format_metrics_table
 from transformers_iam.recsys.results import run_name
@@ -138,53 +128,11 @@ def format_runs_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GENERATED_BLOCK = re.compile(
-    r"^<!-- generated: (?P<command>.+?) -->\n(?P<body>.*?)^<!-- end generated -->$", re.DOTALL | re.MULTILINE
-)
-
-
-def _generated_output(command: str, where: str) -> str:
-    words = shlex.split(command)
-    if len(words) < 2 or words[0] != "python" or not re.fullmatch(r"benchmarks/\w+\.py", words[1]):
-        raise SystemExit(f"{where}: a generated block runs `python benchmarks/NAME.py ...`, not `{command}`")
-    environment = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")}
-    child = subprocess.run([sys.executable, *words[1:]], cwd=ROOT, capture_output=True, text=True, env=environment)
-    if child.returncode != 0:
-        last_line = (child.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise SystemExit(f"{where}: `{command}` failed (exit {child.returncode}): {last_line}")
-    return child.stdout.strip() + "\n"
-
-
-def update_generated_blocks(path: str) -> int:
-    """Rewrite every generated block of the Markdown file ``path`` with its command's output (see the module's
-    docstring); the text around the blocks is kept. Nothing is written unless every command succeeds. Returns the
-    number of blocks."""
-    with open(path) as handle:
-        text = handle.read()
-    outputs = []
-    for block in GENERATED_BLOCK.finditer(text):
-        line = text.count("\n", 0, block.start()) + 1
-        outputs.append(_generated_output(block["command"], f"{path}:{line}"))
-    blocks = iter(outputs)
-    updated = GENERATED_BLOCK.sub(
-        lambda block: f"<!-- generated: {block['command']} -->\n{next(blocks)}<!-- end generated -->", text
-    )
-    with open(path, "w") as handle:
-        handle.write(updated)
-    return len(outputs)
-
-
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="*", default=["runs"])
     parser.add_argument("--valid-only", action="store_true", help="probes: print validation only, never test")
-    parser.add_argument("--update", metavar="FILE", help="regenerate the generated blocks of a Markdown file")
     args = parser.parse_args(argv)
-    if args.update:
-        count = update_generated_blocks(args.update)
-        print(f"{args.update}: {count} generated blocks regenerated")
-        return ""
     tables = collect(*args.folders, split_shown="valid" if args.valid_only else "test")
     parts = [] if args.valid_only else [
         "Test split (reported once, on the checkpoint chosen on validation):\n", format_metrics_table(tables["test"]),

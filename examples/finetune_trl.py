@@ -36,7 +36,7 @@ from transformers_iam.integrations.generative import (
 from transformers_iam.recsys.metrics import format_metrics_table, metrics_from_ranks, protocol_line
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="runs/trl-generative")
     parser.add_argument("--num-layers", type=int, default=6)
@@ -49,10 +49,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--eval-users", type=int, default=100, help="first N test users (943 = all)")
     parser.add_argument("--num-beams", type=int, default=20)
     parser.add_argument("--keep-history", action="store_true")
-    args = parser.parse_args(argv)
-    started = time.time()
-    os.makedirs(args.output_dir, exist_ok=True)
+    return parser.parse_args(argv)
 
+
+def build(args: argparse.Namespace):
+    """The data, the tokenizer, the generative collator and the causal LM with item-aware layers."""
     run = RunArguments.from_preset(
         None, max_history=args.max_history, train_examples_per_user=args.train_examples_per_user
     )
@@ -68,11 +69,14 @@ def main(argv=None) -> dict:
     )
     path, gguf_file = backbone_location(run.model)
     model = load_pretrained_decoder(path, gguf_file=gguf_file, num_layers=args.num_layers, causal_lm=True)
-    layer_types = layer_types_for_layout(args.layout, model.config.num_hidden_layers)
-    enable_generative_iam(model, layer_types)
+    enable_generative_iam(model, layer_types_for_layout(args.layout, model.config.num_hidden_layers))
     model.get_input_embeddings().weight.requires_grad_(False)  # tied with the LM head: keep the vocabulary as is
-    print(f"causal LM with item-aware layers {layer_types}")
+    print(f"causal LM with item-aware layers {model.config.iam_layer_types}")
+    return data, tokenizer, collator, model
 
+
+def train(args: argparse.Namespace, model, tokenizer, collator, train_dataset) -> float:
+    """TRL's SFTTrainer on the item texts as completions; returns the training seconds."""
     sft_args = SFTConfig(
         output_dir=os.path.join(args.output_dir, "trainer"),
         per_device_train_batch_size=args.batch_size,
@@ -88,51 +92,40 @@ def main(argv=None) -> dict:
         bf16=torch.cuda.is_available(),
     )
     trainer = SFTTrainer(
-        model=model, args=sft_args, train_dataset=data.train, data_collator=collator, processing_class=tokenizer
+        model=model, args=sft_args, train_dataset=train_dataset, data_collator=collator, processing_class=tokenizer
     )
-    train_started = time.time()
+    started = time.time()
     trainer.train()
-    train_seconds = time.time() - train_started
+    return time.time() - started
 
+
+def evaluate(args: argparse.Namespace, model, collator, data) -> tuple[dict, int]:
+    """Constrained beam search for the first ``--eval-users`` test users, ranked with the metric code; returns the
+    metrics and the number of users."""
     trie = CatalogTrie.from_collator(collator)
-    exclude_history = not args.keep_history
     users = data.test.select(range(min(args.eval_users, len(data.test))))
     ranks = []
     for example in tqdm(users, desc="constrained beam search (test)"):
-        history = data.catalog.indices_of(example["history"]) if exclude_history else ()
+        history = data.catalog.indices_of(example["history"]) if not args.keep_history else ()
         finished = constrained_beam_search(
             model, collator, example, trie, num_beams=args.num_beams, exclude_item_indices=history
         )
         ranks.append(rank_in_beams(finished, data.catalog.index_of(example["target"]), len(data.catalog)))
-    metrics = metrics_from_ranks(ranks)
+    return metrics_from_ranks(ranks), len(users)
 
-    checkpoint = os.path.join(args.output_dir, "checkpoint")
-    model.save_pretrained(checkpoint)  # config.iam_layer_types records the layers for enable_generative_iam
-    collator.save_pretrained(checkpoint)
-    data.catalog.save(checkpoint)
-    protocol = protocol_line(exclude_history, "test") + (
-        f"; generative: beam search ({args.num_beams} beams) constrained to the catalog, items outside the beams "
-        f"rank last; first {len(users)} of {len(data.test)} test users"
-    )
-    results = {
-        "protocol": protocol,
-        "test": metrics,
-        "layer_types": layer_types,
-        "dataset": data.statistics,
-        "train_seconds": round(train_seconds, 1),
-        "wall_seconds": round(time.time() - started, 1),
-        "command": " ".join(shlex.quote(p) for p in ["python", "examples/finetune_trl.py", *(argv or sys.argv[1:])]),
-    }
+
+def write(args: argparse.Namespace, results: dict, num_train: int) -> str:
+    """metrics.json and report.md in ``--output-dir``; returns the report."""
     report = "\n".join(
         [
             "# Generative IAM (TRL SFTTrainer) on ml-100k",
             "",
-            protocol + ".",
+            results["protocol"] + ".",
             "",
-            format_metrics_table({"IAM generative, test": metrics}),
+            format_metrics_table({"IAM generative, test": results["test"]}),
             "",
-            f"- {args.max_steps} steps of {args.batch_size} on {len(data.train)} training examples; "
-            f"layers {layer_types}",
+            f"- {args.max_steps} steps of {args.batch_size} on {num_train} training examples; "
+            f"layers {results['layer_types']}",
             f"- training {results['train_seconds']} s, wall {results['wall_seconds']} s",
             f"- command: `{results['command']}`",
             "",
@@ -142,7 +135,34 @@ def main(argv=None) -> dict:
         json.dump(results, handle, indent=1)
     with open(os.path.join(args.output_dir, "report.md"), "w") as handle:
         handle.write(report)
-    print(report)
+    return report
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    started = time.time()
+    os.makedirs(args.output_dir, exist_ok=True)
+    data, tokenizer, collator, model = build(args)
+    train_seconds = train(args, model, tokenizer, collator, data.train)
+    metrics, num_users = evaluate(args, model, collator, data)
+    checkpoint = os.path.join(args.output_dir, "checkpoint")
+    model.save_pretrained(checkpoint)  # config.iam_layer_types records the layers for enable_generative_iam
+    collator.save_pretrained(checkpoint)
+    data.catalog.save(checkpoint)
+    protocol = protocol_line(not args.keep_history, "test") + (
+        f"; generative: beam search ({args.num_beams} beams) constrained to the catalog, items outside the beams "
+        f"rank last; first {num_users} of {len(data.test)} test users"
+    )
+    results = {
+        "protocol": protocol,
+        "test": metrics,
+        "layer_types": list(model.config.iam_layer_types),
+        "dataset": data.statistics,
+        "train_seconds": round(train_seconds, 1),
+        "wall_seconds": round(time.time() - started, 1),
+        "command": " ".join(shlex.quote(p) for p in ["python", "examples/finetune_trl.py", *(argv or sys.argv[1:])]),
+    }
+    print(write(args, results, len(data.train)))
     return results
 
 

@@ -181,29 +181,6 @@ def test_every_run_breaks_its_ranks_down_by_how_popular_the_target_is(tiny_run):
     assert "| SASRec NDCG@10 |" in report and "## Cold items" not in report
 
 
-def test_results_file_regenerates_its_generated_blocks_and_keeps_the_prose(tiny_run, tmp_path):
-    root, _ = tiny_run
-    command = f"python benchmarks/results_table.py {root}"
-    document = tmp_path / "results.md"
-    opening, closing = f"<!-- generated: {command} -->", "<!-- end generated -->"
-    document.write_text(f"# Results\nprose before\n{opening}\n| stale | 0.9999 |\n{closing}\nafter\n")
-    assert results_table.update_generated_blocks(str(document)) == 1
-    text = document.read_text()
-    expected = results_table.main([str(root)]).strip()
-    assert text == f"# Results\nprose before\n{opening}\n{expected}\n{closing}\nafter\n"
-    assert "0.9999" not in text and "SASRec (RecBole 1.2.1, 17 epochs)" in text
-    # a block whose runs are gone, or whose command is not a benchmark script, stops with the line, writing nothing
-    for bad_command, message in (
-        (f"python benchmarks/results_table.py {tmp_path / 'gone'}", r"results\.md:2: .*gone: no such run folder"),
-        ("rm -rf runs", r"results\.md:2: a generated block runs `python benchmarks/NAME\.py \.\.\.`"),
-    ):
-        broken = f"prose\n<!-- generated: {bad_command} -->\nkept\n<!-- end generated -->\n"
-        document.write_text(broken)
-        with pytest.raises(SystemExit, match=message):
-            results_table.update_generated_blocks(str(document))
-        assert document.read_text() == broken
-
-
 def test_results_table_says_when_a_sasrec_wall_is_only_its_scoring(tiny_run, tmp_path):
     root, _ = tiny_run
     sasrec = json.loads((root / "sasrec" / "sasrec_metrics.json").read_text())
