@@ -121,3 +121,54 @@ def test_a_text_scoring_model_starts_as_the_plain_model_and_scores_new_items_by_
     batch = collator([{"history": ["n1", "i2"]}])
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).logits, text_scoring(**batch).logits)
+
+
+@pytest.mark.parametrize(
+    "item_ids, texts, error, message",
+    [
+        ("xyz", ["a", "b", "c"], TypeError, "item_ids must be a list of item ids, got 'xyz'"),  # not x, y, z
+        (["n1"], "w3_0", TypeError, "texts must be a list of texts"),
+        (["n1", "n2"], ["w3_0"], ValueError, "2 item_ids but 1 texts"),
+        ([], [], ValueError, "at least one item"),
+        (["n1"], ["  "], ValueError, "item 'n1' has an empty text"),
+        (["n1", "n1"], ["w3_0", "w5_0"], ValueError, "item id 'n1' appears twice"),
+        (["n1"], [3], ValueError, "item 'n1' has an empty text"),
+    ],
+)
+def test_add_items_checks_its_arguments_before_changing_anything(setup, item_ids, texts, error, message):
+    model, collator = setup
+    with pytest.raises(error, match=message):
+        model.add_items(item_ids, texts, collator)
+    assert model.config.num_items == 20 and len(model.catalog) == 20 and len(collator.catalog) == 20
+    with pytest.raises(TypeError, match="renderer=, an IAMDataCollator, got dict"):
+        model.add_items(NEW_IDS, NEW_TEXTS, {})
+
+
+def test_add_items_on_a_lora_model_grows_every_copy_and_its_saved_adapter_loads_back(tmp_path, setup):
+    from peft import PeftModel
+
+    from transformers_iam.integrations.peft import apply_lora
+
+    model, collator = setup
+    saved_warm = tmp_path / "warm"
+    model.save_pretrained(saved_warm)
+    lora = apply_lora(model, rank=4).eval()
+    with torch.no_grad():  # a "trained" LoRA model: its copy of the head differs from PEFT's original
+        lora.base_model.model.adapter.modules_to_save["default"].item_embeddings.weight.mul_(2)
+    lora.add_items(NEW_IDS, NEW_TEXTS, collator)
+    batch = collator([{"history": ["n1", "i2"]}, {"history": ["i5"]}])
+    with torch.no_grad():
+        logits = lora(**batch).logits
+    assert logits.shape == (2, 22) and model.config.num_items == 22
+    top = lora.recommend(**batch, k=22).item_ids
+    assert {"n1", "n2"} <= set(top[1])
+    with lora.disable_adapter(), torch.no_grad():  # PEFT's original copies grew too
+        assert lora(**batch).logits.shape == (2, 22)
+
+    lora.save_pretrained(tmp_path / "lora")  # the adapter holds the new rows and the grown id table
+    base = IAMForCausalRecommendation.from_pretrained(saved_warm)
+    base_collator = IAMDataCollator(collator.tokenizer, base.catalog, max_length=48, **collator_kwargs())
+    base.add_items(NEW_IDS, NEW_TEXTS, base_collator)  # as docs/lora.md says: the same items first
+    reloaded = PeftModel.from_pretrained(base, tmp_path / "lora").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, logits)

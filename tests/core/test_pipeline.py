@@ -108,3 +108,43 @@ def test_a_checkpoint_saved_without_its_tokenizer_says_so_and_how_to_save_it(tmp
     with pytest.raises((ValueError, OSError)) as broken:
         pipeline("item-recommendation", model=str(tmp_path))
     assert "has no tokenizer" not in str(broken.value)
+
+
+def test_a_saved_pipeline_loads_with_its_prompt_settings_and_leaves_the_model_as_it_was(tmp_path, tokenizer, catalog):
+    model = tiny_model(num_items=len(catalog))
+    model.set_catalog(catalog)
+    # prompt settings unlike the defaults: a pipeline loaded with default settings would render other prompts
+    collator = IAMDataCollator(
+        tokenizer, catalog, max_length=64, **{**collator_kwargs(), "prompt": "w1_0 w2_0", "max_history_items": 2}
+    )
+    recommender = pipeline("item-recommendation", model=model, collator=collator)
+    model.save_pretrained(tmp_path / "first")  # transformers' own save records architectures and dtype
+    config_before = model.config.to_dict()
+    recommender.save_pretrained(tmp_path / "saved")
+    assert model.config.to_dict() == config_before  # no custom_pipelines written into the live model
+    assert "custom_pipelines" not in (tmp_path / "saved" / "config.json").read_text()
+    assert not list((tmp_path / "saved").glob("*.py"))  # no source files copied: nothing to trust_remote_code
+
+    again = pipeline("item-recommendation", model=str(tmp_path / "saved"))
+    assert again.collator.prompt == "w1_0 w2_0" and again.collator.max_history_items == 2
+    for history in (["i1", "i2", "i3", "i4"], ["i9"], ["i5", "i6", "i7"]):
+        assert again({"history": history}, top_k=10) == recommender({"history": history}, top_k=10)
+
+    # the same in-memory model saved again the usual way still loads
+    model.save_pretrained(tmp_path / "plain")
+    collator.save_pretrained(tmp_path / "plain")
+    plain = pipeline("item-recommendation", model=str(tmp_path / "plain"))
+    assert plain({"history": ["i1"]}, top_k=5) == recommender({"history": ["i1"]}, top_k=5)
+    with pytest.raises(ValueError, match="push_to_hub"):
+        recommender.save_pretrained(tmp_path / "pushed", push_to_hub=True)
+
+
+def test_a_pipeline_knows_items_added_after_it_was_made_by_id_and_by_text(checkpoint, catalog):
+    path, _ = checkpoint
+    recommender = pipeline("item-recommendation", model=str(path))
+    other_collator = IAMDataCollator.from_pretrained(path)  # not the pipeline's own collator
+    recommender.model.add_items(["n1"], ["w3_0 w5_0"], other_collator)
+    by_id = recommender({"history": ["n1", "i2"]}, top_k=5)
+    by_text = recommender({"history": ["w3_0 w5_0", "i2"]}, top_k=5)
+    assert by_id == by_text and "n1" not in {row["item_id"] for row in by_id}
+    assert any(row["item_id"] == "n1" for row in recommender({"history": ["i2"]}, top_k=len(catalog) + 1))

@@ -3,7 +3,7 @@ items after training (docs/architecture.md, "Cold items and the long tail"; docs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -108,6 +108,10 @@ class CatalogMixin:
         (``config.num_items``, ``catalog_fingerprint``) and an attached item-state cache are extended; ``renderer``
         (an [`IAMDataCollator`]) is switched to the extended catalog so it renders the new items.
 
+        On a model wrapped by PEFT (``apply_lora``) every copy of the adapter and of the item id table grows (the
+        trained copy and PEFT's original), so the wrapped model scores the new items and its saved LoRA adapter holds
+        their rows; to load that adapter again, add the same items to the base model first (docs/lora.md).
+
         Returns the extended catalog (the old items first, in their order, then the new ones).
 
         Example:
@@ -119,31 +123,40 @@ class CatalogMixin:
         """
         if self.catalog is None:
             raise ValueError("add_items extends the model's catalog: attach it first (set_catalog)")
-        new = ItemCatalog(list(item_ids), list(texts))
+        new = _new_items(item_ids, texts)
         known = [item for item in new.item_ids if item in self.catalog]
         if known:
             raise ValueError(f"items {known[:5]} are already in the catalog ({len(known)} of {len(new)})")
+        if not callable(getattr(renderer, "extend_catalog", None)):
+            raise TypeError(
+                f"add_items renders the new items with renderer=, an IAMDataCollator, got {type(renderer).__name__}"
+            )
         old_size = len(self.catalog)
         extended = ItemCatalog(self.catalog.item_ids + new.item_ids, self.catalog.texts + new.texts)
-        renderer.extend_catalog(extended)
-        sequences = item_token_sequences(renderer, extended)
-        features = self._text_features(sequences)
-        head = self.adapter.item_embeddings
-        if self.config.score_items_from_text:  # scored by the text map: no row of their own
-            rows = torch.zeros(len(new), head.weight.shape[1] + 1).to(head.weight)
-            self.adapter.item_text_features = torch.cat(
-                [self.adapter.item_text_features, self.adapter.standardised(features[old_size:])]
-            )
-            logger.info(f"add_items: {len(new)} items scored from their text by the trained text map")
-        else:
-            trained_rows = torch.cat([head.weight, head.bias[:, None]], dim=1)
-            rows, ridge = rows_from_text(features[:old_size], trained_rows, features[old_size:])
-            logger.info(
-                f"add_items: {len(new)} items scored from their text (ridge {ridge:g}, chosen by cross-validation)"
-            )
-        self.adapter.item_embeddings = _grown_linear(head, rows[:, :-1], rows[:, -1])
+        rendered_from = renderer.catalog
+        renderer.extend_catalog(extended)  # refuses a collator of another catalog before anything changes
+        try:
+            sequences = item_token_sequences(renderer, extended)
+            features = self._text_features(sequences)
+        except Exception:
+            renderer.catalog = rendered_from  # a failed call leaves the collator as it was
+            raise
+        for adapter in module_copies(self.adapter):
+            head = adapter.item_embeddings
+            if self.config.score_items_from_text:  # scored by the text map: no row of their own
+                rows = torch.zeros(len(new), head.weight.shape[1] + 1).to(head.weight)
+                adapter.item_text_features = torch.cat(
+                    [adapter.item_text_features, adapter.standardised(features[old_size:])]
+                )
+            else:
+                trained_rows = torch.cat([head.weight, head.bias[:, None]], dim=1)
+                rows, ridge = rows_from_text(features[:old_size], trained_rows, features[old_size:])
+                logger.info(
+                    f"add_items: {len(new)} items scored from their text (ridge {ridge:g}, chosen by cross-validation)"
+                )
+            adapter.item_embeddings = _grown_linear(head, rows[:, :-1], rows[:, -1])
         if self.item_id_embeddings is not None:
-            self.item_id_embeddings = self.item_id_embeddings.grown(self.config, len(extended))
+            replace_module(self, "item_id_embeddings", lambda table: table.grown(self.config, len(extended)))
         self.config.num_items = len(extended)
         self.config.catalog_fingerprint = None  # the binding moves to the extended catalog
         self.set_catalog(extended)
@@ -152,6 +165,42 @@ class CatalogMixin:
             states = encode_item_sequences(parts, sequences[old_size:], self.num_leading_intra_layers)
             self.item_cache = self.item_cache.extend(sequences[old_size:], states)
         return extended
+
+
+def _new_items(item_ids: Sequence, texts: Sequence[str]) -> ItemCatalog:
+    """``add_items``' arguments as a catalog, checked as the catalog's are (a string would be read one character
+    per item)."""
+    for name, value in (("item_ids", item_ids), ("texts", texts)):
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise TypeError(f"add_items: {name} must be a list of {name.replace('_', ' ')}, got {value!r:.80}")
+    if len(item_ids) != len(texts):
+        raise ValueError(f"add_items got {len(item_ids)} item_ids but {len(texts)} texts: one text per item")
+    if not item_ids:
+        raise ValueError("add_items needs at least one item (item_ids is empty)")
+    return ItemCatalog(list(item_ids), list(texts))
+
+
+def _is_peft_wrapper(module: nn.Module) -> bool:
+    # PEFT's ModulesToSaveWrapper, which apply_lora puts around the modules it trains in full; read by its
+    # attributes, so the core does not import PEFT
+    return hasattr(module, "original_module") and hasattr(module, "modules_to_save")
+
+
+def module_copies(module: nn.Module) -> list[nn.Module]:
+    """Every copy of ``module`` a forward may run: itself, or, inside PEFT's ``ModulesToSaveWrapper``, PEFT's
+    original and each adapter's trained copy."""
+    return [module.original_module, *module.modules_to_save.values()] if _is_peft_wrapper(module) else [module]
+
+
+def replace_module(owner: nn.Module, name: str, replace: Callable[[nn.Module], nn.Module]) -> None:
+    """Set ``owner.<name>`` to ``replace(module)``; inside PEFT's wrapper, replace each copy (see `module_copies`)."""
+    module = getattr(owner, name)
+    if not _is_peft_wrapper(module):
+        setattr(owner, name, replace(module))
+        return
+    module.original_module = replace(module.original_module)
+    for adapter_name, copy in list(module.modules_to_save.items()):
+        module.modules_to_save[adapter_name] = replace(copy)
 
 
 __all__ = ["CatalogMixin"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -82,9 +83,49 @@ class ItemRecommendationPipeline(Pipeline):
                 self.model.config.name_or_path, catalog=self.model.catalog, tokenizer=self.tokenizer
             )
         self.collator = collator
-        self._text_to_id = {}
-        for item_id, text in zip(self.model.catalog.item_ids, self.model.catalog.texts):
-            self._text_to_id.setdefault(text, item_id)
+        self._text_to_id: dict[str, str] = {}
+        self._text_to_id_catalog = None  # the catalog _text_to_id was built from
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Save a checkpoint this pipeline loads from again: the model and its catalog, the collator's prompt settings
+        and its tokenizer.
+
+        ``pipeline("item-recommendation", model=save_directory)`` then renders histories exactly as this pipeline does
+        (no ``trust_remote_code``: the task is registered when ``transformers_iam`` is imported). Unlike
+        ``Pipeline.save_pretrained``, it writes no ``custom_pipelines`` into the model's config and copies no source
+        files: the live model is left as it was. Keyword arguments go to the model's ``save_pretrained``
+        (``max_shard_size``, ...); ``recommender.push_to_hub(repo_id)`` uploads the same files.
+
+        Example:
+            >>> import os
+            >>> from transformers import pipeline
+            >>> folder = os.path.join(tmp, "saved-pipeline")
+            >>> recommender = pipeline("item-recommendation", model=checkpoint)
+            >>> recommender.save_pretrained(folder)
+            >>> again = pipeline("item-recommendation", model=folder)
+            >>> again({"history": ["i1", "i7"]}, top_k=3) == recommender({"history": ["i1", "i7"]}, top_k=3)
+            True
+        """
+        if kwargs.pop("push_to_hub", False):  # the model alone would be pushed, without the prompt settings
+            raise ValueError(
+                "save_pretrained(push_to_hub=True) would upload the model without its prompt settings and tokenizer: "
+                "call recommender.push_to_hub(repo_id), which uploads the whole checkpoint"
+            )
+        if os.path.isfile(save_directory):
+            raise NotADirectoryError(f"save_directory {os.fspath(save_directory)!r} is a file, not a folder")
+        self.model.save_pretrained(save_directory, **kwargs)
+        self.collator.save_pretrained(save_directory)  # prompt settings and the tokenizer the prompts are made with
+
+    def _sync_catalog(self) -> None:
+        """Follow the model's catalog: items added since this pipeline was made are known by id and by text."""
+        catalog = self.model.catalog
+        if self.collator.catalog is not catalog and self.collator.catalog != catalog:
+            self.collator.extend_catalog(catalog)  # refuses a catalog that is not the old one extended
+        if self._text_to_id_catalog is not catalog:
+            self._text_to_id = {}
+            for item_id, text in zip(catalog.item_ids, catalog.texts):
+                self._text_to_id.setdefault(text, item_id)
+            self._text_to_id_catalog = catalog
 
     def _sanitize_parameters(self, top_k: int | None = None, exclude_history: bool | None = None, **kwargs):
         if kwargs:  # a misspelt option (topk=5) would otherwise be ignored without a word
@@ -115,6 +156,7 @@ class ItemRecommendationPipeline(Pipeline):
             raise ValueError('pass {"history": [item ids or texts, oldest first]}, or a list of such dicts')
         if isinstance(inputs["history"], (str, bytes)):  # would be read one character per item
             raise ValueError(f'"history" must be a list of item ids or texts, got the string {inputs["history"]!r}')
+        self._sync_catalog()
         history = [self._resolve(entry) for entry in inputs["history"]]
         return self.collator([{**inputs, "history": history, "target": None}])
 
