@@ -7,7 +7,7 @@ import torch
 
 from transformers_iam import IAMDataCollator, IAMForCausalRecommendation, ItemCatalog
 
-from ..testing_utils import catalog_tokenizer, collator_kwargs, path_model, same_weights_with, tiny_model
+from ..testing_utils import catalog_tokenizer, collator_kwargs, path_model, tiny_model
 
 NEW_IDS, NEW_TEXTS = ["n1", "n2"], ["w3_0 w3_1", "w5_0"]  # texts made of words the tokenizer knows
 HISTORIES = [{"history": ["i1", "i4", "i9"]}, {"history": ["i2"]}]
@@ -96,31 +96,6 @@ def test_adding_what_is_already_there_is_refused(setup):
     with pytest.raises(ValueError, match="add_items extends the model's catalog"):
         tiny_model(num_layers=4).add_items(NEW_IDS, NEW_TEXTS, collator)
     assert model.config.num_items == 20 and len(collator.catalog) == 20  # nothing changed
-
-
-def test_a_text_scoring_model_starts_as_the_plain_model_and_scores_new_items_by_its_text_map(setup, tmp_path):
-    model, collator = setup
-    text_scoring = same_weights_with(model, score_items_from_text=True, item_residual_dropout=0.5)
-    text_scoring.set_catalog(collator.catalog)
-    text_scoring.init_item_text_features(collator)
-    batch = collator(HISTORIES)
-    with torch.no_grad():  # the text map starts at zero: the plain model's scores
-        torch.testing.assert_close(text_scoring(**batch).logits, model(**batch).logits)
-        text_scoring.adapter.text_to_item.weight.normal_(std=0.1)  # a "trained" text map
-        # in training, a share of the items lose their own row at each step: the scores move
-        text_scoring.train()
-        assert not torch.allclose(text_scoring(**batch).logits, text_scoring(**batch).logits)
-        text_scoring.eval()
-    text_scoring.add_items(NEW_IDS, NEW_TEXTS, collator)
-    head = text_scoring.adapter.item_embeddings
-    assert head.weight[20:].abs().sum() == 0 and head.bias[20:].abs().sum() == 0  # no row of their own
-    weight, bias = text_scoring.adapter.item_rows()
-    assert weight[20:].abs().sum() > 0  # scored by the text map
-    text_scoring.save_pretrained(tmp_path)
-    reloaded = IAMForCausalRecommendation.from_pretrained(tmp_path).eval()
-    batch = collator([{"history": ["n1", "i2"]}])
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(**batch).logits, text_scoring(**batch).logits)
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,6 @@ from ..testing_utils import tiny_text_config
         (dict(num_items=0), "num_items"),
         (dict(num_items=True), "num_items"),
         (dict(iam_layout="diagonal"), "iam_layout"),
-        (dict(item_residual_dropout=1.0), "item_residual_dropout"),
         (dict(adapter_hidden_size=0), "adapter_hidden_size"),
         (dict(iam_layer_types=["intra", "inter"]), "iam_layer_types has 2 entries but the backbone has 4 layers"),
         (dict(iam_layer_types=["intra", "cross", "full", "full"]), r"iam_layer_types\[1\] = 'cross'; allowed values"),
@@ -79,6 +78,8 @@ def test_config_layouts_and_explicit_list_wins():
         ("item_token_positions", "renumbered"),
         ("tie_item_id_embeddings", True),
         ("item_id_dropout", 0.3),
+        ("score_items_from_text", True),
+        ("item_residual_dropout", 0.3),
     ],
 )
 def test_a_checkpoint_that_used_a_removed_option_fails_naming_it(removed, value, tmp_path):

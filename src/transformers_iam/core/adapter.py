@@ -12,20 +12,11 @@ from .catalog import ItemCatalog
 from .configuration_iam import IAMConfig
 
 
-class TextToItemRows(nn.Linear):
-    """Maps an item's text features to its (embedding, bias) row; zero-initialised (see `score_items_from_text`)."""
-
-
 class IAMRecommendationAdapter(nn.Module):
     """Maps the pooled final hidden state to one score per catalog item.
 
     A projection (dense, GELU, LayerNorm), then one learned embedding per item, scored by dot product; the bias is a
     learned per-item prior (popularity).
-
-    With ``config.score_items_from_text`` an item's row is a map of its text features plus a learned residual of its
-    own; in training, ``config.item_residual_dropout`` of the items lose their residual at each step, so the text
-    part learns to place items as their text says among items that keep theirs: what an item added after training
-    (residual zero) is scored by.
     """
 
     def __init__(self, config: IAMConfig):
@@ -35,38 +26,13 @@ class IAMRecommendationAdapter(nn.Module):
         self.activation = nn.GELU()
         self.norm = nn.LayerNorm(adapter_size)
         self.item_embeddings = nn.Linear(adapter_size, config.num_items)
-        self.residual_dropout = config.item_residual_dropout
-        if config.score_items_from_text:
-            features = 2 * config.text_config.hidden_size  # mean and last state of the item's text
-            self.register_buffer("item_text_features", torch.zeros(config.num_items, features))
-            self.register_buffer("text_feature_mean", torch.zeros(features))
-            self.register_buffer("text_feature_std", torch.ones(features))
-            self.text_to_item = TextToItemRows(features, adapter_size + 1)
-
-    def item_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every item's (embedding, bias): its own learned row, plus the map of its text features when items are
-        scored from their text (in training, a random share of the items without their own row)."""
-        weight, bias = self.item_embeddings.weight, self.item_embeddings.bias
-        if not hasattr(self, "text_to_item"):
-            return weight, bias
-        if self.training and self.residual_dropout > 0:
-            keep = (torch.rand(weight.shape[0], device=weight.device) >= self.residual_dropout).to(weight.dtype)
-            weight, bias = weight * keep[:, None], bias * keep
-        from_text = self.text_to_item(self.item_text_features.to(weight.dtype))
-        return from_text[:, :-1] + weight, from_text[:, -1] + bias
-
-    def standardised(self, features: torch.Tensor) -> torch.Tensor:
-        """Text features as the adapter stores them (standardised with the catalog's statistics at initialisation)."""
-        return (features.to(self.text_feature_mean) - self.text_feature_mean) / self.text_feature_std
 
     def project(self, pooled_hidden_state: torch.Tensor) -> torch.Tensor:
         """The user state in the item embeddings' space."""
         return self.norm(self.activation(self.dense(pooled_hidden_state)))
 
     def forward(self, pooled_hidden_state: torch.Tensor) -> torch.Tensor:
-        projected = self.project(pooled_hidden_state)
-        weight, bias = self.item_rows()
-        return nn.functional.linear(projected, weight, bias)
+        return self.item_embeddings(self.project(pooled_hidden_state))
 
 
 def log_popularity_prior(item_counts: torch.Tensor | Sequence[float], num_items: int) -> torch.Tensor:
@@ -186,7 +152,6 @@ def rows_from_text(
 
 __all__ = [
     "IAMRecommendationAdapter",
-    "TextToItemRows",
     "log_popularity_prior",
     "ridge_fit",
     "rows_from_text",

@@ -28,7 +28,7 @@ def _grown_linear(linear: nn.Linear, new_weight: torch.Tensor, new_bias: torch.T
 
 class CatalogMixin:
     """The catalog of an [`IAMForCausalRecommendation`]: ``set_catalog``, the initialisations of its rows from data
-    (``init_item_prior``, ``init_item_embeddings_from_text``, ``init_item_text_features``) and ``add_items``."""
+    (``init_item_prior``, ``init_item_embeddings_from_text``) and ``add_items``."""
 
     catalog: ItemCatalog | None
 
@@ -73,23 +73,6 @@ class CatalogMixin:
             embeddings = text_item_embeddings(self.model, self.adapter, sequences, batch_size, self.catalog)
         weight = self.adapter.item_embeddings.weight
         weight.copy_((embeddings * scale).to(weight.dtype))
-
-    @torch.no_grad()
-    def init_item_text_features(self, renderer) -> None:
-        """Read every catalog item's text once (``config.score_items_from_text``): its states where items enter the
-        layers above the intra run (mean and last), standardised over the catalog and kept in the adapter.
-        ``renderer``: an [`IAMDataCollator`] (or the item token sequences in catalog order)."""
-        if not self.config.score_items_from_text:
-            raise ValueError("init_item_text_features needs config.score_items_from_text=True")
-        sequences = item_token_sequences(renderer, self.catalog)
-        if len(sequences) != self.config.num_items:
-            raise ValueError(
-                f"got {len(sequences)} item token sequences, the catalog has {self.config.num_items} items"
-            )
-        features = self._text_features(sequences)
-        self.adapter.text_feature_mean.copy_(features.mean(0))
-        self.adapter.text_feature_std.copy_(features.std(0).clamp(min=1e-6))
-        self.adapter.item_text_features.copy_(self.adapter.standardised(features))
 
     def _text_features(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
         return item_text_features(decoder_parts(self.model), sequences, self.num_leading_intra_layers).to(
@@ -143,17 +126,9 @@ class CatalogMixin:
             raise
         for adapter in module_copies(self.adapter):
             head = adapter.item_embeddings
-            if self.config.score_items_from_text:  # scored by the text map: no row of their own
-                rows = torch.zeros(len(new), head.weight.shape[1] + 1).to(head.weight)
-                adapter.item_text_features = torch.cat(
-                    [adapter.item_text_features, adapter.standardised(features[old_size:])]
-                )
-            else:
-                trained_rows = torch.cat([head.weight, head.bias[:, None]], dim=1)
-                rows, ridge = rows_from_text(features[:old_size], trained_rows, features[old_size:])
-                logger.info(
-                    f"add_items: {len(new)} items scored from their text (ridge {ridge:g}, chosen by cross-validation)"
-                )
+            trained_rows = torch.cat([head.weight, head.bias[:, None]], dim=1)
+            rows, ridge = rows_from_text(features[:old_size], trained_rows, features[old_size:])
+            logger.info(f"add_items: {len(new)} items scored from their text (ridge {ridge:g}, cross-validated)")
             adapter.item_embeddings = _grown_linear(head, rows[:, :-1], rows[:, -1])
         if self.item_id_embeddings is not None:
             replace_module(self, "item_id_embeddings", lambda table: table.grown(self.config, len(extended)))

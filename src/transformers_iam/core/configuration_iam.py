@@ -75,6 +75,9 @@ REMOVED_OPTIONS = {
     "item_token_positions": "original",
     "tie_item_id_embeddings": False,
     "item_id_dropout": 0.0,
+    # the text-scored rows of probe p8 (docs/notebook.md): code until commit e5307ad
+    "score_items_from_text": False,
+    "item_residual_dropout": 0.0,
 }
 _REMOVED_IN = "transformers-iam 0.1.0 (the release before 0.2.0)"
 
@@ -160,13 +163,6 @@ class IAMConfig(PreTrainedConfig):
             embeddings (SASRec's item vectors are 64 wide). Fewer parameters per item: a rarely seen item has less to
             fit, and a catalog of 1M items stores 1M x `item_id_embedding_size` floats instead of 1M x hidden size.
             The rows still start at 0. `None` (the default): vectors of the hidden size, no projection.
-        score_items_from_text (`bool`, *optional*, defaults to `False`):
-            Each item's adapter row is a learned map of its text features (where items enter the layers above the
-            intra run: mean and last state) plus a learned residual of its own; items added after training
-            ([`IAMForCausalRecommendation.add_items`]) have no residual and are scored from their text.
-        item_residual_dropout (`float`, *optional*, defaults to 0.0):
-            With `score_items_from_text`, the share of items that lose their residual at each training step, so the
-            text map learns to score items alone (as items never trained will be).
         catalog_fingerprint (`str`, *optional*):
             sha256 of the catalog's item ids in order (`ItemCatalog.fingerprint`), set by `set_catalog`: loading
             refuses an `item_catalog.json` that does not match it (docs/reliability.md).
@@ -192,8 +188,6 @@ class IAMConfig(PreTrainedConfig):
     num_item_tokens: int | None = positive_int_field(default=None)
     use_item_id_embeddings: bool = False
     item_id_embedding_size: int | None = positive_int_field(default=None)
-    score_items_from_text: bool = False
-    item_residual_dropout: int | float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
     catalog_fingerprint: str | None = validated_field(_check_catalog_fingerprint, default=None)
 
     def validate_layer_layout(self):

@@ -17,7 +17,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
-from .adapter import IAMRecommendationAdapter, TextToItemRows
+from .adapter import IAMRecommendationAdapter
 from .attention import current_attn_implementation, enable_item_aware_attention, item_aware_implementation
 from .catalog import ItemCatalog, checkpoint_catalog, remove_stale_catalog
 from .catalog_lifecycle import CatalogMixin
@@ -96,9 +96,6 @@ class IAMPreTrainedModel(PreTrainedModel):
         # zero: an untrained model is the text-only model, and an item never trained keeps no identity of its own
         if isinstance(module, ItemIdEmbeddings):
             init.zeros_(module.weight)
-        elif isinstance(module, TextToItemRows):  # zero: at first the rows are the items' own
-            init.zeros_(module.weight)
-            init.zeros_(module.bias)
         else:
             super()._init_weights(module)
 

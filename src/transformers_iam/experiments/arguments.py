@@ -44,8 +44,6 @@ IAM_FIELDS = (
     "use_item_id_embeddings",
     "item_id_embedding_size",
     "adapter_hidden_size",
-    "score_items_from_text",
-    "item_residual_dropout",
 )
 
 

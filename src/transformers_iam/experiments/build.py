@@ -111,8 +111,6 @@ def build_model(run: RunArguments, data: LeaveOneOutData, collator: IAMDataColla
     )
     if args.init_item_embeddings_from_text:
         model.init_item_embeddings_from_text(collator)
-    if args.score_items_from_text:
-        model.init_item_text_features(collator)
     if args.init_item_prior:
         model.init_item_prior(popularity_scores(data.visible_sequences("train"), catalog))
     freeze(model, args)

@@ -24,8 +24,6 @@ def run_name(config: dict) -> str:
     if config.get("use_item_id_embeddings"):
         width = config.get("item_id_embedding_size")
         name += " + item ids" + (f" ({width}-wide)" if width else "")
-    if config.get("score_items_from_text"):
-        name += " + text-scored items"
     return name
 
 
