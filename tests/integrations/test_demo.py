@@ -8,6 +8,7 @@ machine without a browser cannot pass by skipping them.
 
 from __future__ import annotations
 
+import http.server
 import importlib
 import importlib.util
 import json
@@ -18,13 +19,15 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
+from html.parser import HTMLParser
 from urllib.parse import urlparse
 
 import pytest
 import torch
 from transformers import AutoModel
 
-from transformers_iam import IAMDataCollator
+from transformers_iam import IAMDataCollator, ItemCatalog
 from transformers_iam.integrations.demo import DemoInputError, load_recommender
 from transformers_iam.recsys.baselines import (
     POPULARITY_FILE,
@@ -59,15 +62,21 @@ EXPECTED_POPULARITY = [("i2", 5), ("i5", 3), ("i9", 3)] + [(f"i{n}", 1) for n in
 EXPECTED_POPULARITY += [(f"i{n}", 0) for n in range(20) if f"i{n}" not in dict(EXPECTED_POPULARITY)]
 
 
-def save_checkpoint(path, layout: str = "stacked", popularity: bool = True):
+def save_checkpoint(
+    path,
+    layout: str = "stacked",
+    popularity: bool = True,
+    catalog: ItemCatalog | None = None,
+    description: str = "interaction counts of three made-up users",
+):
     """A tiny checkpoint as the main job writes one: weights, catalog, prompt settings, tokenizer (+ popularity)."""
-    catalog = synthetic_catalog(20)
+    catalog = catalog or synthetic_catalog(20)
     model = tiny_model(num_items=len(catalog), iam_layout=layout, seed=3)
     model.set_catalog(catalog)
     model.save_pretrained(path)
     IAMDataCollator(catalog_tokenizer(catalog), catalog, max_length=64, **collator_kwargs()).save_pretrained(path)
     if popularity:
-        save_item_popularity(path, TRAINING, catalog, "interaction counts of three made-up users")
+        save_item_popularity(path, TRAINING, catalog, description)
     return catalog
 
 
@@ -173,7 +182,7 @@ def test_without_popularity_the_page_says_so(tmp_path):
     require("gradio")
     from transformers_iam.integrations.demo import _Page
 
-    assert "**Popularity** = not shown" in _Page(recommender).describe()
+    assert "<b>Popularity</b> = not shown" in _Page(recommender).describe()
 
 
 def load_example():
@@ -332,6 +341,13 @@ def wait_for_history(page, texts: list[str]) -> None:
     )
 
 
+def wait_for_text(page, selector: str, fragment: str) -> None:
+    page.wait_for_function(
+        "([selector, fragment]) => document.querySelector(selector).innerText.includes(fragment)",
+        arg=[selector, fragment],
+    )
+
+
 def message(page) -> str:
     return page.locator("#message").inner_text()
 
@@ -432,5 +448,199 @@ def test_a_checkpoint_error_is_a_page_not_a_traceback(browser_page, tmp_path):
         text = browser_page.locator("#message").inner_text()
         assert "The demo could not start." in text and "There is no checkpoint at" in text and "make run" in text
         assert "Traceback" not in browser_page.content()
+    finally:
+        demo.close()
+
+
+# -- text from a checkpoint or a person is shown as text; the page fetches nothing from other hosts ---------------
+class _Recording(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.server.hits.append(self.path)
+        self.send_response(404)
+        self.end_headers()
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def elsewhere():
+    """A web server on another port of this machine standing for any other host (a browser tells hosts apart by
+    port): the hostile texts name it, and it records every request that reaches it."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recording)
+    server.hits = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def hostile_texts(origin: str) -> dict[str, str]:
+    """Item texts that load ``origin`` (or run script) wherever they are read as Markdown or HTML (one word each,
+    h0..h7, finds them by search)."""
+    return {
+        "i0": f"![md]({origin}/markdown-image.png) h0",
+        "i1": f"<img src={origin}/html-image.png> h1",
+        "i3": "<script>window.pwned=1</script><img src=x onerror=window.pwned=2> h3",
+        "i4": f"[link]({origin}/link) **bold** _em_ `code` # h4",
+        "i5": f"<style>@import url({origin}/style.css);</style> h5",
+        "i6": "{{value}} ${value} &amp; <b>bold</b> h6",
+        "i7": f"<iframe src={origin}/frame></iframe> h7",
+    }
+
+
+@pytest.fixture
+def hostile(tmp_path, elsewhere):
+    """A checkpoint whose item texts, an item id, popularity description and folder name are markup that loads
+    from ``elsewhere``: ``(path, catalog, origin)``."""
+    origin = f"http://127.0.0.1:{elsewhere.server_port}"
+    texts, plain = hostile_texts(origin), synthetic_catalog(20)
+    ids = [f"i8<img src={origin}/item-id.png>" if item_id == "i8" else item_id for item_id in plain.item_ids]
+    catalog = ItemCatalog(ids, [texts.get(item_id, text) for item_id, text in zip(plain.item_ids, plain.texts)])
+    path = f"{tmp_path}/run `![folder]({origin}/folder.png)` <img src={origin}/folder.png>"
+    description = f"counts ![pop]({origin}/popularity.png) <img src={origin}/popularity.png> & co"
+    save_checkpoint(path, catalog=catalog, description=description)
+    return path, catalog, origin
+
+
+# the only markup the page puts around text: plain tags, and attributes that load nothing
+PAGE_TAGS = {"div", "p", "b", "code", "table", "tr", "th", "td"}
+PAGE_ATTRIBUTES = {"class", "data-item-id", "data-value"}
+
+
+class _Markup(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tags, self.attributes, self.text = set(), set(), []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        self.attributes.update(name for name, _ in attrs)
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def shown_text(component: dict, value: str | None = None) -> str:
+    """The text a component of the page shows for ``value`` (its initial value by default): an HTML component's
+    markup must be the page's own (``PAGE_TAGS``, ``PAGE_ATTRIBUTES``); one that reads Markdown fails the test."""
+    value = component["props"]["value"] if value is None else value
+    if component["type"] == "textbox":
+        return value
+    assert component["type"] == "html", f"#{component['props']['elem_id']} is a {component['type']}: it reads markup"
+    markup = _Markup()
+    markup.feed(value)
+    markup.close()
+    assert markup.tags <= PAGE_TAGS and markup.attributes <= PAGE_ATTRIBUTES, (markup.tags, markup.attributes)
+    return "".join(markup.text)
+
+
+def test_checkpoint_and_typed_text_reaches_the_page_as_text(hostile):
+    """Without a browser: every value the page shows for a hostile checkpoint and hostile typing is plain text in
+    a component that does not read Markdown, wrapped only in the page's own tags."""
+    gr = require("gradio")
+    from transformers_iam.integrations.demo import _Page, build_demo
+
+    path, catalog, origin = hostile
+    recommender = load_recommender(path)
+    components = {c["props"].get("elem_id"): c for c in build_demo(recommender).config["components"]}
+    about = shown_text(components["about"])
+    assert f"Popularity = counts ![pop]({origin}/popularity.png) <img src={origin}/popularity.png> & co." in about
+    assert path in about
+    page = _Page(recommender)
+    page.gr = gr  # the handlers, as the page wires them (build() would also lay the page out)
+    for typed in (f"<img src={origin}/typed.png>", f"![typed]({origin}/typed.png)"):
+        *_, message = page.guarded(page.add_typed)([], typed)
+        assert shown_text(components["message"], message).startswith(f"No catalog item matches {typed!r}")
+    ids = []
+    for word, item_id in (("h0", "i0"), ("h1", "i1"), ("h4", "i4"), ("h6", "i6")):
+        ids, box, _, model_html, popular_html, message = page.guarded(page.add_typed)(ids, word)
+        assert shown_text(components["message"], message).startswith(f"Added {catalog.text_of(item_id)!r}.")
+        assert box.choices == [(catalog.text_of(shown), shown) for shown in ids]  # labels: shown as text
+    lists = recommender.recommend(ids)
+    for name, markup, rows in (
+        ("model-list", model_html, lists.model),
+        ("popularity-list", popular_html, lists.popularity),
+    ):
+        text = shown_text(components[name], markup)
+        assert all(row.text in text for row in rows)
+    assert {"i3", "i5", "i7"} <= {row.item_id for row in lists.popularity}  # hostile texts in a list
+    *_, message = page.guarded(page.remove_items)(ids, ["i0"])
+    assert shown_text(components["message"], message).startswith(f"Removed {catalog.text_of('i0')}.")
+    # a checkpoint that cannot be served: its error names the path, shown as text too
+    problem = f"There is no checkpoint at <img src={origin}/error.png> ![e]({origin}/error.png)"
+    error_page = {c["props"].get("elem_id"): c for c in build_demo(problem).config["components"]}
+    assert problem in shown_text(error_page["message"])
+
+
+# the elements of the page with an attribute that would load ``origin`` (or run script), and style sheets naming it
+LOADING_ELEMENTS = """(origin) => [...document.querySelectorAll('*')]
+    .flatMap(element => [...element.attributes]
+        .filter(a => /^(src|srcset|href|style|action|poster|data|on.*)$/.test(a.name) && a.value.includes(origin))
+        .map(a => `${element.tagName} ${a.name}`))
+    .concat([...document.querySelectorAll('style')].filter(s => s.textContent.includes(origin)).map(() => 'STYLE'))"""
+
+
+def test_hostile_text_is_shown_literally_and_nothing_is_fetched_elsewhere(
+    browser_page, elsewhere, hostile, outside_connections
+):
+    """A checkpoint and a visitor whose texts are markup loading another host: headless Chromium shows every text
+    literally, runs none of it, and requests nothing from any host but the demo's (nor does the server)."""
+    require("gradio")
+    from transformers_iam.integrations.demo import launch_demo
+
+    path, catalog, origin = hostile
+    demo, served = launch_demo(load_recommender(path), port=free_port(), block=False)
+    page, requests = browser_page, []
+    page.on("request", lambda request: requests.append(request.url))
+    try:
+        page.goto(served)
+        page.wait_for_selector("#search")
+        about = page.locator("#about").inner_text()
+        assert f"Popularity = counts ![pop]({origin}/popularity.png) <img src={origin}/popularity.png> & co." in about
+        assert path in about
+
+        search = page.locator("#search textarea, #search input").first
+        for typed in (f"<img src={origin}/typed.png>", f"![typed]({origin}/typed.png)"):
+            search.fill("")
+            search.press_sequentially(typed, delay=5)
+            wait_for_text(page, "#matches", f"No catalog item matches {typed!r}")
+            search.press("Enter")
+            wait_for_message(page, f"No catalog item matches {typed!r}")
+
+        history = []
+        for word, item_id in (("h0", "i0"), ("h1", "i1"), ("h4", "i4"), ("h6", "i6")):
+            search.fill("")
+            search.press_sequentially(word, delay=30)
+            wait_for_text(page, "#matches", catalog.text_of(item_id))  # the match list shows it literally
+            search.press("Enter")
+            history.append(catalog.text_of(item_id))
+            wait_for_history(page, history)
+            wait_for_message(page, f"Added {catalog.text_of(item_id)!r}.")
+        wait_for_message(page, "Recommended in")
+        shown = {}
+        for name in ("model-list", "popularity-list"):
+            for row in page.locator(f"#{name} tr[data-item-id]").all():
+                text = row.locator("td").nth(1).inner_text().removesuffix(" ★")
+                shown[row.get_attribute("data-item-id")] = text
+        assert shown and all(text == catalog.text_of(item_id) for item_id, text in shown.items()), shown
+        assert {"i3", "i5", "i7", catalog.item_ids[8]} <= set(shown)  # the hostile texts and id, in the lists
+
+        page.locator("#history").get_by_label(catalog.text_of("i0"), exact=True).check()
+        page.locator("#remove").click()
+        wait_for_history(page, history[1:])
+        wait_for_message(page, f"Removed {catalog.text_of('i0')}.")
+        page.wait_for_timeout(500)  # time for any image, style or frame the page were to load
+
+        assert elsewhere.hits == [], f"the page loaded from another host: {elsewhere.hits}"
+        hosts = {urlparse(url).netloc for url in requests if not url.startswith(("data:", "blob:"))}
+        assert hosts == {urlparse(served).netloc}, f"the page fetched from elsewhere: {hosts}"
+        assert page.evaluate("window.pwned") is None, "a text ran as script"
+        loading = page.evaluate(LOADING_ELEMENTS, origin)
+        assert loading == [], f"elements that would load {origin}: {loading}"
+        assert outside_connections == [], f"the server reached out: {outside_connections}"
     finally:
         demo.close()

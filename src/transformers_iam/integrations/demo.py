@@ -2,9 +2,11 @@
 
 The page is a thin layer over ``pipeline("item-recommendation")``: the pipeline renders the history as in training,
 scores the whole catalog and leaves the history out; this module only finds items by title, keeps the history, ranks
-popularity and draws the two lists. Gradio is an optional extra (``pip install -e ".[demo]"``) and is imported only
-when the page is built, so the rest of this module (and the library) works without it. ``make demo`` (which runs
-``examples/demo.py``) serves ``runs/cpu-quick-stacked/checkpoint``; docs/demo.md says what the page shows.
+popularity and draws the two lists. Whatever a checkpoint or a person gives (item texts and ids, descriptions, typed
+titles) is shown as text (:func:`as_text`), and the page loads nothing from any host but its own. Gradio is an
+optional extra (``pip install -e ".[demo]"``) and is imported only when the page is built, so the rest of this module
+(and the library) works without it. ``make demo`` (which runs ``examples/demo.py``) serves
+``runs/cpu-quick-stacked/checkpoint``; docs/demo.md says what the page shows.
 
 Example:
     >>> recommender = load_recommender(checkpoint)  # a run's folder, e.g. runs/cpu-quick-stacked/checkpoint
@@ -240,17 +242,37 @@ CSS = """
 """
 
 
+def as_text(text: object) -> str:
+    """``text`` as HTML that shows it literally: ``& < > " '`` escaped, so no tag, entity or attribute comes of it.
+
+    Every text the page did not write itself (item texts and ids, the checkpoint's path, popularity description and
+    errors, what a person types) reaches it through this function, and only into ``gr.HTML`` components (which read
+    no Markdown) or as the plain-text labels of radio and checkbox choices: an image link or ``<img>`` in a catalog is
+    shown as those characters, never fetched.
+
+    Example:
+        >>> as_text("<img src=http://example.com/p.png> ![x](y) & co")
+        '&lt;img src=http://example.com/p.png&gt; ![x](y) &amp; co'
+    """
+    return html.escape(str(text), quote=True)
+
+
+def render_message(text: str) -> str:
+    """The page's message (a ``gr.HTML``): ``text`` shown as text."""
+    return f"<p>{as_text(text)}</p>"
+
+
 def render_list(rows: list[ShownItem] | None, value_name: str, value_format: str, empty: str) -> str:
     """One ranked list as an HTML table; each row carries its item id and exact value in data attributes."""
     if not rows:
-        return f"<div class='iam-list'><p>{html.escape(empty)}</p></div>"
-    lines = [f"<tr><th>#</th><th>item</th><th>{html.escape(value_name)}</th></tr>"]
+        return f"<div class='iam-list'><p>{as_text(empty)}</p></div>"
+    lines = [f"<tr><th>#</th><th>item</th><th>{as_text(value_name)}</th></tr>"]
     for row in rows:
         mark = " ★" if row.in_both else ""
         lines.append(
-            f"<tr class='{'both' if row.in_both else 'only'}' data-item-id='{html.escape(row.item_id, quote=True)}' "
-            f"data-value='{row.value!r}'><td>{row.rank}</td><td>{html.escape(row.text)}{mark}</td>"
-            f"<td class='value'>{format(row.value, value_format)}</td></tr>"
+            f"<tr class='{'both' if row.in_both else 'only'}' data-item-id='{as_text(row.item_id)}' "
+            f"data-value='{float(row.value)!r}'><td>{int(row.rank)}</td><td>{as_text(row.text)}{mark}</td>"
+            f"<td class='value'>{format(float(row.value), value_format)}</td></tr>"
         )
     return f"<div class='iam-list'><table>{''.join(lines)}</table></div>"
 
@@ -268,10 +290,12 @@ def build_demo(recommender: DemoRecommender | str):
     except ImportError as error:
         raise ImportError('the demo needs Gradio: pip install -e ".[demo]" (make demo installs it)') from error
 
+    # Markdown components hold only the page's own constant text: what a checkpoint or a person gives goes through
+    # as_text into gr.HTML (render_message, render_list, _Page.describe) or into the plain-text labels of choices
     with gr.Blocks(title="transformers-iam demo", analytics_enabled=False) as demo:
         gr.Markdown("# IAM recommender: build a history, see what the model recommends")
         if isinstance(recommender, str):
-            gr.Markdown(f"**The demo could not start.** {recommender}", elem_id="message")
+            gr.HTML(f"<p><b>The demo could not start.</b> {as_text(recommender)}</p>", elem_id="message")
             return demo
         page = _Page(recommender)
         page.build(gr)
@@ -289,7 +313,7 @@ class _Components:
     shown: gr.CheckboxGroup  # the history as the person sees it, with boxes to tick for removal
     remove: gr.Button
     clear: gr.Button
-    message: gr.Markdown
+    message: gr.HTML
     model_list: gr.HTML
     popularity_list: gr.HTML
 
@@ -308,6 +332,8 @@ class _Page:
         self.gr = None  # the gradio module, given to build(): imported only when a page is built
 
     def describe(self) -> str:
+        """The checkpoint, its layers, the cache and what popularity counts, as HTML (the checkpoint's strings as
+        text)."""
         recommender, config = self.recommender, self.recommender.model.config
         popularity = (
             recommender.popularity.description
@@ -315,11 +341,11 @@ class _Page:
             else "not shown: this checkpoint has no item_popularity.json and the run's interactions were not found"
         )
         return (
-            f"Checkpoint `{recommender.source}`: {len(recommender.catalog):,} items, layers "
-            f"{', '.join(config.resolved_layer_types)}; {recommender.item_cache_note}. "
-            f'The model\'s list comes from `pipeline("item-recommendation")` over the whole catalog; items in your '
-            f"history are never recommended, by either list. ★ marks items both lists give.\n\n"
-            f"**Popularity** = {popularity}."
+            f"<p>Checkpoint <code>{as_text(recommender.source)}</code>: {len(recommender.catalog):,} items, layers "
+            f"{as_text(', '.join(map(str, config.resolved_layer_types)))}; {as_text(recommender.item_cache_note)}. "
+            'The model\'s list comes from <code>pipeline("item-recommendation")</code> over the whole catalog; items '
+            "in your history are never recommended, by either list. ★ marks items both lists give.</p>"
+            f"<p><b>Popularity</b> = {as_text(popularity)}.</p>"
         )
 
     def build(self, gr) -> None:
@@ -336,7 +362,7 @@ class _Page:
     def layout(self) -> _Components:
         """The description, the search beside the history, the message, and the two lists side by side."""
         gr = self.gr
-        gr.Markdown(self.describe(), elem_id="about")
+        gr.HTML(self.describe(), elem_id="about")
         history = gr.State([])
         with gr.Row():
             with gr.Column(scale=2):
@@ -352,7 +378,7 @@ class _Page:
                 with gr.Row():
                     remove = gr.Button("Remove ticked items", elem_id="remove")
                     clear = gr.Button("Clear the history", elem_id="clear")
-        message = gr.Markdown("Add items to your history to see recommendations.", elem_id="message")
+        message = gr.HTML(render_message("Add items to your history to see recommendations."), elem_id="message")
         with gr.Row():
             with gr.Column():
                 gr.Markdown("### The model's top-10")
@@ -373,7 +399,7 @@ class _Page:
         unselected = gr.Radio(value=None)  # so that clicking the same match again adds it again
         if not ids:
             text = f"{note} The history is empty: add at least one item to see recommendations."
-            return ids, box, unselected, "", "", text.strip()
+            return ids, box, unselected, "", "", render_message(text.strip())
         lists = self.recommender.recommend(ids)
         model_html = render_list(lists.model, "score", ".4f", "No item is left to recommend.")
         if lists.popularity is None:
@@ -381,7 +407,7 @@ class _Page:
         else:
             popular_html = render_list(lists.popularity, "count", ".0f", "No item is left to recommend.")
         timing = f"Recommended in {lists.seconds * 1000:.0f} ms ({self.recommender.item_cache_note})."
-        return ids, box, unselected, model_html, popular_html, f"{note} {timing}".strip()
+        return ids, box, unselected, model_html, popular_html, render_message(f"{note} {timing}".strip())
 
     def guarded(self, handler):
         """Bad input becomes the page's message; an unexpected error is logged here and named there."""
@@ -391,10 +417,10 @@ class _Page:
             try:
                 return handler(list(ids), *args)
             except DemoInputError as error:
-                return (gr.skip(),) * 5 + (str(error),)
+                return (gr.skip(),) * 5 + (render_message(str(error)),)
             except Exception as error:  # the page must never show a traceback: name the error, log the rest
                 logger.exception("demo request failed")
-                return (gr.skip(),) * 5 + (f"Something went wrong: {type(error).__name__}: {error}",)
+                return (gr.skip(),) * 5 + (render_message(f"Something went wrong: {type(error).__name__}: {error}"),)
 
         return run
 
