@@ -205,4 +205,118 @@ class BackboneInputs:
         return cls(attention_mask, position_ids, input_ids, inputs_embeds, item_segment_ids, segment_item_indices)
 
 
-__all__ = ["BackboneInputs", "check_forward_inputs", "default_position_ids"]
+# what recommend passes on to forward besides its own arguments, and the collator's fields it takes and ignores (so
+# that ``model.recommend(**batch)`` works); anything else is refused
+RECOMMEND_FORWARD_ARGUMENTS = frozenset({"segment_item_indices", "position_ids", "inputs_embeds", "path"})
+RECOMMEND_IGNORED_ARGUMENTS = frozenset({"labels", "history_item_indices"})
+
+
+def recommend_forward_arguments(kwargs: dict) -> dict:
+    """``recommend``'s keyword arguments that go to the forward; a misspelt one (an exclusion argument under another
+    name) is a ``TypeError`` rather than dropped without a word."""
+    unknown = sorted(set(kwargs) - RECOMMEND_FORWARD_ARGUMENTS - RECOMMEND_IGNORED_ARGUMENTS)
+    if unknown:
+        raise TypeError(
+            f"recommend() got unexpected keyword arguments {unknown}; it takes input_ids, attention_mask, "
+            f"item_segment_ids, k, exclude_item_ids and {sorted(RECOMMEND_FORWARD_ARGUMENTS)}"
+        )
+    return {name: value for name, value in kwargs.items() if name not in RECOMMEND_IGNORED_ARGUMENTS}
+
+
+def _is_integer_tensor(tensor: torch.Tensor) -> bool:
+    return not (tensor.dtype == torch.bool or tensor.dtype.is_floating_point or tensor.is_complex())
+
+
+def _token_shape(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> tuple[int, int]:
+    """``[batch, tokens]`` of ``recommend``'s token inputs, after checking their type and rank."""
+    if input_ids is None:
+        if not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.dim() != 3:
+            raise ValueError(
+                "recommend needs input_ids, a 2-D integer tensor [batch, tokens] (the collator's input_ids), or "
+                "inputs_embeds, a 3-D tensor [batch, tokens, hidden]"
+            )
+        shape = tuple(inputs_embeds.shape[:2])
+    else:
+        if not isinstance(input_ids, torch.Tensor):
+            raise ValueError(
+                f"input_ids must be a 2-D integer tensor [batch, tokens] (the collator's input_ids), got "
+                f"{type(input_ids).__name__}: for one user's token ids pass torch.tensor([ids])"
+            )
+        if not _is_integer_tensor(input_ids):
+            raise ValueError(f"input_ids must hold integer token ids, got a {input_ids.dtype} tensor")
+        if input_ids.dim() != 2:
+            hint = ": for one user pass input_ids[None]" if input_ids.dim() == 1 else ""
+            raise ValueError(f"input_ids must be 2-D [batch, tokens], got shape {tuple(input_ids.shape)}{hint}")
+        shape = tuple(input_ids.shape)
+    if 0 in shape:
+        raise ValueError(f"input_ids must hold at least one user and one token, got shape {shape}")
+    return shape
+
+
+def _check_segment_item_indices(segment_item_indices, batch_size: int) -> None:
+    if segment_item_indices is None:
+        return
+    if (
+        not isinstance(segment_item_indices, torch.Tensor)
+        or not _is_integer_tensor(segment_item_indices)
+        or segment_item_indices.dim() != 2
+        or segment_item_indices.shape[0] != batch_size
+    ):
+        described = (
+            f"a {segment_item_indices.dtype} tensor of shape {tuple(segment_item_indices.shape)}"
+            if isinstance(segment_item_indices, torch.Tensor)
+            else type(segment_item_indices).__name__
+        )
+        raise ValueError(
+            f"segment_item_indices must be a 2-D integer tensor [batch, items] with batch {batch_size} (the "
+            f"collator's segment_item_indices), got {described}"
+        )
+
+
+def check_recommend_inputs(
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    item_segment_ids: torch.Tensor | None,
+    kwargs: dict,
+) -> int:
+    """The batch size of ``recommend``'s inputs, after checking their types and shapes (the forward checks their
+    values): what a 1-D tensor or a list would otherwise hit deep inside the backbone, as an error naming nothing.
+
+    Example:
+        >>> check_recommend_inputs(torch.tensor([5, 6, 7]), None, None, {})
+        Traceback (most recent call last):
+        ...
+        ValueError: input_ids must be 2-D [batch, tokens], got shape (3,): for one user pass input_ids[None]
+    """
+    shape = _token_shape(input_ids, kwargs.get("inputs_embeds"))
+    for name, tensor in (
+        ("attention_mask", attention_mask),
+        ("item_segment_ids", item_segment_ids),
+        ("position_ids", kwargs.get("position_ids")),
+    ):
+        if tensor is None:
+            continue
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{name} must be a tensor of shape {shape} (as input_ids), got {type(tensor).__name__}")
+        if not _is_integer_tensor(tensor) and not (name == "attention_mask" and tensor.dtype == torch.bool):
+            raise ValueError(f"{name} must be an integer tensor, got {tensor.dtype}")
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} must have the shape of input_ids {shape}, got {tuple(tensor.shape)}")
+    # other values would count as tokens in the positions (the mask is summed) but as padding elsewhere
+    if attention_mask is not None:
+        other = (attention_mask != 0) & (attention_mask != 1)
+        if bool(other.any()):
+            raise ValueError(
+                f"attention_mask must hold 0 (padding) or 1 (token), got {attention_mask[other].unique().tolist()[:5]}"
+            )
+    _check_segment_item_indices(kwargs.get("segment_item_indices"), shape[0])
+    return shape[0]
+
+
+__all__ = [
+    "BackboneInputs",
+    "check_forward_inputs",
+    "check_recommend_inputs",
+    "default_position_ids",
+    "recommend_forward_arguments",
+]

@@ -24,7 +24,7 @@ from .catalog_lifecycle import CatalogMixin
 from .configuration_iam import IAMConfig, check_item_level_options
 from .decoder import decoder_parts
 from .forward_plan import ForwardPath, ForwardPlan, choose_plan, leading_intra_layers
-from .inputs import BackboneInputs
+from .inputs import BackboneInputs, check_recommend_inputs, recommend_forward_arguments
 from .item_cache import ItemStateCache
 from .item_cache_lifecycle import ItemCacheMixin
 from .item_ids import ItemIdEmbeddings
@@ -397,15 +397,8 @@ class IAMForCausalRecommendation(CatalogMixin, ItemCacheMixin, IAMPreTrainedMode
         """
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.config.num_items:
             raise ValueError(f"k must be an int in [1, {self.config.num_items}] (config.num_items), got {k!r}")
-        unknown = sorted(set(kwargs) - _RECOMMEND_FORWARD_ARGUMENTS - _RECOMMEND_IGNORED_ARGUMENTS)
-        if unknown:
-            raise TypeError(
-                f"recommend() got unexpected keyword arguments {unknown}; it takes input_ids, attention_mask, "
-                f"item_segment_ids, k, exclude_item_ids and {sorted(_RECOMMEND_FORWARD_ARGUMENTS)}"
-            )
-        for name in _RECOMMEND_IGNORED_ARGUMENTS:
-            kwargs.pop(name, None)
-        batch_size = _check_recommend_inputs(input_ids, attention_mask, item_segment_ids, kwargs)
+        kwargs = recommend_forward_arguments(kwargs)
+        batch_size = check_recommend_inputs(input_ids, attention_mask, item_segment_ids, kwargs)
         if exclude_item_ids is not None:  # before the forward: a bad exclusion should not cost a whole forward
             exclude_item_ids = check_exclusions(exclude_item_ids, batch_size, self.config.num_items, "exclude_item_ids")
         logits = self(
@@ -424,85 +417,6 @@ class IAMForCausalRecommendation(CatalogMixin, ItemCacheMixin, IAMPreTrainedMode
         scores, indices = logits.topk(k, dim=-1)
         item_ids = [self.catalog.ids_of(row) for row in indices.tolist()] if self.catalog is not None else None
         return IAMRecommendations(scores=scores, indices=indices, item_ids=item_ids)
-
-
-# what recommend passes on to forward besides its own arguments, and the collator's fields it takes and ignores (so
-# that ``model.recommend(**batch)`` works); anything else is refused
-_RECOMMEND_FORWARD_ARGUMENTS = frozenset({"segment_item_indices", "position_ids", "inputs_embeds", "path"})
-_RECOMMEND_IGNORED_ARGUMENTS = frozenset({"labels", "history_item_indices"})
-
-
-def _is_integer_tensor(tensor: torch.Tensor) -> bool:
-    return not (tensor.dtype == torch.bool or tensor.dtype.is_floating_point or tensor.is_complex())
-
-
-def _check_recommend_inputs(
-    input_ids: torch.Tensor | None,
-    attention_mask: torch.Tensor | None,
-    item_segment_ids: torch.Tensor | None,
-    kwargs: dict,
-) -> int:
-    """The batch size of ``recommend``'s inputs, after checking their types and shapes (the forward checks their
-    values): what a 1-D tensor or a list would otherwise hit deep inside the backbone, as an error naming nothing."""
-    inputs_embeds = kwargs.get("inputs_embeds")
-    if input_ids is None:
-        if not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.dim() != 3:
-            raise ValueError(
-                "recommend needs input_ids, a 2-D integer tensor [batch, tokens] (the collator's input_ids), or "
-                "inputs_embeds, a 3-D tensor [batch, tokens, hidden]"
-            )
-        shape = tuple(inputs_embeds.shape[:2])
-    else:
-        if not isinstance(input_ids, torch.Tensor):
-            raise ValueError(
-                f"input_ids must be a 2-D integer tensor [batch, tokens] (the collator's input_ids), got "
-                f"{type(input_ids).__name__}: for one user's token ids pass torch.tensor([ids])"
-            )
-        if not _is_integer_tensor(input_ids):
-            raise ValueError(f"input_ids must hold integer token ids, got a {input_ids.dtype} tensor")
-        if input_ids.dim() != 2:
-            hint = ": for one user pass input_ids[None]" if input_ids.dim() == 1 else ""
-            raise ValueError(f"input_ids must be 2-D [batch, tokens], got shape {tuple(input_ids.shape)}{hint}")
-        shape = tuple(input_ids.shape)
-    if 0 in shape:
-        raise ValueError(f"input_ids must hold at least one user and one token, got shape {shape}")
-    for name, tensor in (
-        ("attention_mask", attention_mask),
-        ("item_segment_ids", item_segment_ids),
-        ("position_ids", kwargs.get("position_ids")),
-    ):
-        if tensor is None:
-            continue
-        if not isinstance(tensor, torch.Tensor):
-            raise ValueError(f"{name} must be a tensor of shape {shape} (as input_ids), got {type(tensor).__name__}")
-        if not _is_integer_tensor(tensor) and not (name == "attention_mask" and tensor.dtype == torch.bool):
-            raise ValueError(f"{name} must be an integer tensor, got {tensor.dtype}")
-        if tuple(tensor.shape) != shape:
-            raise ValueError(f"{name} must have the shape of input_ids {shape}, got {tuple(tensor.shape)}")
-    # other values would count as tokens in the positions (the mask is summed) but as padding elsewhere
-    if attention_mask is not None:
-        other = (attention_mask != 0) & (attention_mask != 1)
-        if bool(other.any()):
-            raise ValueError(
-                f"attention_mask must hold 0 (padding) or 1 (token), got {attention_mask[other].unique().tolist()[:5]}"
-            )
-    segment_item_indices = kwargs.get("segment_item_indices")
-    if segment_item_indices is not None and (
-        not isinstance(segment_item_indices, torch.Tensor)
-        or not _is_integer_tensor(segment_item_indices)
-        or segment_item_indices.dim() != 2
-        or segment_item_indices.shape[0] != shape[0]
-    ):
-        described = (
-            f"a {segment_item_indices.dtype} tensor of shape {tuple(segment_item_indices.shape)}"
-            if isinstance(segment_item_indices, torch.Tensor)
-            else type(segment_item_indices).__name__
-        )
-        raise ValueError(
-            f"segment_item_indices must be a 2-D integer tensor [batch, items] with batch {shape[0]} (the "
-            f"collator's segment_item_indices), got {described}"
-        )
-    return shape[0]
 
 
 __all__ = [
