@@ -63,6 +63,29 @@ class CatalogMixin:
         bias.copy_(log_popularity_prior(item_counts, self.config.num_items).to(bias.dtype))
 
     @torch.no_grad()
+    def init_sampling_frequency(self, item_counts: torch.Tensor | Sequence[float]) -> None:
+        """Give the sampled loss (``config.num_sampled_negatives``) how often each item is a training target (counts
+        in catalog order, add-one smoothed): its logQ correction lowers each candidate by how often it is drawn.
+
+        Example:
+            >>> from transformers_iam import IAMConfig, IAMForCausalRecommendation
+            >>> config = IAMConfig.from_dict({**model.config.to_dict(), "num_sampled_negatives": 8})
+            >>> sampled = IAMForCausalRecommendation(config)
+            >>> sampled.init_sampling_frequency([3.0] + [0.0] * 19)
+            >>> round(float(sampled.item_log_frequency[0] - sampled.item_log_frequency[1]), 4)  # log(4 / 1)
+            1.3863
+        """
+        if self.config.num_sampled_negatives is None:
+            raise ValueError("init_sampling_frequency is for the sampled loss: config.num_sampled_negatives is None")
+        counts = torch.as_tensor(item_counts, dtype=torch.float32).view(-1)
+        if counts.numel() != self.config.num_items or not torch.isfinite(counts).all() or (counts < 0).any():
+            raise ValueError(
+                f"item_counts must be {self.config.num_items} finite counts >= 0 (one per catalog item, in its "
+                f"order), got {counts.numel()} values"
+            )
+        self.item_log_frequency.copy_((counts + 1).log())
+
+    @torch.no_grad()
     def init_item_embeddings_from_text(self, renderer, batch_size: int = 64, scale: float = 0.1) -> None:
         """Start each item's adapter row from the backbone's reading of the item's text (``text_item_embeddings``).
         ``renderer``: an [`IAMDataCollator`] of the model's catalog, or the item token sequences in catalog order."""
@@ -132,6 +155,8 @@ class CatalogMixin:
             adapter.item_embeddings = _grown_linear(head, rows[:, :-1], rows[:, -1])
         if self.item_id_embeddings is not None:
             replace_module(self, "item_id_embeddings", lambda table: table.grown(self.config, len(extended)))
+        if self.config.num_sampled_negatives is not None:  # new items: never a training target (count 0, smoothed)
+            self.item_log_frequency = torch.cat([self.item_log_frequency, self.item_log_frequency.new_zeros(len(new))])
         self.config.num_items = len(extended)
         self.config.catalog_fingerprint = None  # the binding moves to the extended catalog
         self.set_catalog(extended)

@@ -163,6 +163,12 @@ class IAMConfig(PreTrainedConfig):
             embeddings (SASRec's item vectors are 64 wide). Fewer parameters per item: a rarely seen item has less to
             fit, and a catalog of 1M items stores 1M x `item_id_embedding_size` floats instead of 1M x hidden size.
             The rows still start at 0. `None` (the default): vectors of the hidden size, no projection.
+        num_sampled_negatives (`int`, *optional*):
+            Train with a sampled softmax instead of the cross-entropy over the whole catalog: each target is scored
+            against the batch's other targets and this many items drawn uniformly from the catalog, with the logQ
+            correction (`init_sampling_frequency` gives the training targets' counts). For large catalogs, where a
+            `[targets x catalog]` score matrix does not fit; evaluation still ranks the whole catalog. `None` (the
+            default): full cross-entropy.
         catalog_fingerprint (`str`, *optional*):
             sha256 of the catalog's item ids in order (`ItemCatalog.fingerprint`), set by `set_catalog`: loading
             refuses an `item_catalog.json` that does not match it (docs/reliability.md).
@@ -188,6 +194,7 @@ class IAMConfig(PreTrainedConfig):
     num_item_tokens: int | None = positive_int_field(default=None)
     use_item_id_embeddings: bool = False
     item_id_embedding_size: int | None = positive_int_field(default=None)
+    num_sampled_negatives: int | None = positive_int_field(default=None)
     catalog_fingerprint: str | None = validated_field(_check_catalog_fingerprint, default=None)
 
     def validate_layer_layout(self):

@@ -1,4 +1,5 @@
-"""The training loss: cross-entropy over the whole catalog, of one target per row or of a target after every item."""
+"""The training loss: cross-entropy over the whole catalog, or over sampled candidates for large catalogs (sampled
+softmax with the logQ correction), of one target per row or of a target after every item."""
 
 from __future__ import annotations
 
@@ -12,6 +13,36 @@ def check_catalog_indices(labels: torch.Tensor, num_items: int) -> None:
         raise ValueError(
             f"labels must be catalog indices in [0, {num_items}), got [{int(labels.min())}, {int(labels.max())}]"
         )
+
+
+def targeted_states(
+    pooled: torch.Tensor, hidden: torch.Tensor, labels: torch.Tensor, item_ends: torch.Tensor | None, num_items: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The states the adapter scores in training and their targets, checked: without ``item_ends``
+    (``supervision="last"``) ``pooled`` against one target per row; with them (``"every_item"``) ``hidden`` read at
+    each item's end against the target after that item (``-100`` where there is none)."""
+    labels = labels.to(pooled.device)
+    if item_ends is not None:
+        if labels.shape != item_ends.shape:
+            raise ValueError(
+                f"every-item labels have shape {tuple(labels.shape)} but the batch has {tuple(item_ends.shape)} "
+                "(batch, items): one target after each item, -100 where there is none (config.supervision)"
+            )
+        targeted = labels != -100
+        if (targeted & (item_ends < 0)).any():
+            raise ValueError("every-item labels give a target after an item that is not in the row")
+        check_catalog_indices(labels[targeted], num_items)
+        return hidden[targeted.nonzero(as_tuple=True)[0], item_ends[targeted]], labels[targeted]
+    if labels.dim() > 1 and labels.shape[1] != 1:
+        raise ValueError(
+            f"labels of shape {tuple(labels.shape)}: with config.supervision='last' each row has one target "
+            "(batch,); every-item targets (batch, items) need config.supervision='every_item'"
+        )
+    labels = labels.view(-1)
+    if labels.numel() != pooled.shape[0]:
+        raise ValueError(f"labels has {labels.numel()} entries for a batch of {pooled.shape[0]}")
+    check_catalog_indices(labels, num_items)
+    return pooled, labels
 
 
 def catalog_cross_entropy(
@@ -31,29 +62,52 @@ def catalog_cross_entropy(
         >>> round(float(catalog_cross_entropy(None, logits, None, torch.tensor([0]), None, 3)), 4)
         0.2395
     """
-    labels = labels.to(logits.device)
-    if item_ends is not None:
-        if labels.shape != item_ends.shape:
-            raise ValueError(
-                f"every-item labels have shape {tuple(labels.shape)} but the batch has {tuple(item_ends.shape)} "
-                "(batch, items): one target after each item, -100 where there is none (config.supervision)"
-            )
-        targeted = labels != -100
-        if (targeted & (item_ends < 0)).any():
-            raise ValueError("every-item labels give a target after an item that is not in the row")
-        check_catalog_indices(labels[targeted], num_items)
-        item_logits = adapter(hidden[targeted.nonzero(as_tuple=True)[0], item_ends[targeted]])
-        return nn.functional.cross_entropy(item_logits.float(), labels[targeted])
-    if labels.dim() > 1 and labels.shape[1] != 1:
-        raise ValueError(
-            f"labels of shape {tuple(labels.shape)}: with config.supervision='last' each row has one target "
-            "(batch,); every-item targets (batch, items) need config.supervision='every_item'"
-        )
-    labels = labels.view(-1)
-    if labels.numel() != logits.shape[0]:
-        raise ValueError(f"labels has {labels.numel()} entries for a batch of {logits.shape[0]}")
-    check_catalog_indices(labels, num_items)
-    return nn.functional.cross_entropy(logits.float(), labels)
+    states, targets = targeted_states(logits, hidden, labels, item_ends, num_items)
+    scores = logits if item_ends is None else adapter(states)
+    return nn.functional.cross_entropy(scores.float(), targets)
 
 
-__all__ = ["catalog_cross_entropy", "check_catalog_indices"]
+def sampled_softmax_cross_entropy(
+    adapter: nn.Module,
+    states: torch.Tensor,
+    labels: torch.Tensor,
+    num_negatives: int,
+    log_frequency: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Cross-entropy over sampled candidates instead of the whole catalog (``config.num_sampled_negatives``).
+
+    Each state is scored against the batch's targets (in-batch negatives: other rows' targets) and ``num_negatives``
+    items drawn uniformly from the catalog, shared by the batch: a ``[targets x (targets + negatives)]`` score
+    matrix instead of ``[targets x catalog]``. The targets are drawn as often as items are targets, so popular items
+    would be pushed down more than the full softmax pushes them: every candidate's score is lowered by the log of its
+    expected count among the candidates (the logQ correction, Yi et al. 2019, "Sampling-bias-corrected neural
+    modeling"), ``targets x p(item) + negatives / catalog``, with ``p`` from ``log_frequency`` (the training
+    targets' log counts; uniform when zero). A candidate that is the row's own target elsewhere in the set (another
+    row's equal target, or a sampled copy) is not a negative: it is masked out.
+
+    Example:
+        >>> from transformers_iam.core.adapter import IAMRecommendationAdapter
+        >>> adapter = IAMRecommendationAdapter(model.config)
+        >>> states = torch.randn(4, model.config.text_config.hidden_size)
+        >>> loss = sampled_softmax_cross_entropy(adapter, states, torch.tensor([1, 2, 2, 7]), 8, torch.zeros(20))
+        >>> loss.shape, bool(loss > 0)
+        (torch.Size([]), True)
+    """
+    num_items = log_frequency.shape[0]
+    weight, bias = adapter.item_embeddings.weight, adapter.item_embeddings.bias
+    negatives = torch.randint(num_items, (num_negatives,), device=weight.device, generator=generator)
+    candidates = torch.cat([labels.to(weight.device), negatives])
+    projected = adapter.project(states.to(weight.dtype))
+    scores = (projected @ weight[candidates].T + bias[candidates]).float()
+    probability = torch.softmax(log_frequency.float(), dim=0)
+    expected_count = labels.numel() * probability[candidates] + num_negatives / num_items
+    scores = scores - expected_count.log()
+    rows = torch.arange(labels.numel(), device=scores.device)
+    own_target = candidates[None, :] == candidates[rows, None]
+    own_target[rows, rows] = False  # the positive itself stays
+    scores = scores.masked_fill(own_target, float("-inf"))
+    return nn.functional.cross_entropy(scores, rows)
+
+
+__all__ = ["catalog_cross_entropy", "check_catalog_indices", "sampled_softmax_cross_entropy", "targeted_states"]

@@ -30,7 +30,7 @@ from .item_cache_lifecycle import ItemCacheMixin
 from .item_ids import ItemIdEmbeddings
 from .item_states import item_aware_forward
 from .loading import hub_arguments, load_pretrained_decoder
-from .losses import catalog_cross_entropy
+from .losses import catalog_cross_entropy, sampled_softmax_cross_entropy, targeted_states
 from .masks import check_layer_types
 from .ranking import check_exclusions, exclude_items
 from .readout import gather_states, item_end_positions, last_real_positions
@@ -43,8 +43,9 @@ class IAMRecommendationOutput(ModelOutput):
     """Output of [`IAMForCausalRecommendation.forward`].
 
     Args:
-        loss: cross-entropy over the whole catalog, when `labels` are given.
-        logits: `(batch, num_items)` scores, one per catalog item.
+        loss: cross-entropy over the whole catalog, when `labels` are given (in training with
+            `config.num_sampled_negatives`, over the sampled candidates).
+        logits: `(batch, num_items)` scores, one per catalog item (`None` in training with sampled negatives).
         hidden_states: the backbone's hidden states (embeddings, then each layer), when asked for.
     """
 
@@ -130,6 +131,8 @@ class IAMForCausalRecommendation(CatalogMixin, ItemCacheMixin, IAMPreTrainedMode
         if config.use_item_id_embeddings:
             self.item_id_embeddings = ItemIdEmbeddings.from_config(config, config.num_items)
         self.adapter = IAMRecommendationAdapter(config)
+        if config.num_sampled_negatives is not None:  # the logQ correction's item frequencies (uniform until set)
+            self.register_buffer("item_log_frequency", torch.zeros(config.num_items))
         self.catalog: ItemCatalog | None = None
         self.item_cache: ItemStateCache | None = None
         self.post_init()
@@ -277,7 +280,17 @@ class IAMForCausalRecommendation(CatalogMixin, ItemCacheMixin, IAMPreTrainedMode
             **kwargs,
         )
         read, item_ends = self._read_positions(backbone)
-        logits = self.adapter(gather_states(backbone.last_hidden_state, read))
+        pooled = gather_states(backbone.last_hidden_state, read)
+        if labels is not None and self.training and self.config.num_sampled_negatives is not None:
+            # no [batch x catalog] scores in training: the head scores the sampled candidates only
+            states, targets = targeted_states(
+                pooled, backbone.last_hidden_state, labels, item_ends, self.config.num_items
+            )
+            loss = sampled_softmax_cross_entropy(
+                self.adapter, states, targets, self.config.num_sampled_negatives, self.item_log_frequency
+            )
+            return IAMRecommendationOutput(loss=loss, logits=None, hidden_states=backbone.hidden_states)
+        logits = self.adapter(pooled)
         loss = None
         if labels is not None:
             loss = catalog_cross_entropy(

@@ -44,6 +44,7 @@ IAM_FIELDS = (
     "use_item_id_embeddings",
     "item_id_embedding_size",
     "adapter_hidden_size",
+    "num_sampled_negatives",
 )
 
 

@@ -111,8 +111,12 @@ def build_model(run: RunArguments, data: LeaveOneOutData, collator: IAMDataColla
     )
     if args.init_item_embeddings_from_text:
         model.init_item_embeddings_from_text(collator)
-    if args.init_item_prior:
-        model.init_item_prior(popularity_scores(data.visible_sequences("train"), catalog))
+    if args.init_item_prior or args.num_sampled_negatives is not None:
+        counts = popularity_scores(data.visible_sequences("train"), catalog)
+        if args.init_item_prior:
+            model.init_item_prior(counts)
+        if args.num_sampled_negatives is not None:
+            model.init_sampling_frequency(counts)
     freeze(model, args)
     if uses_item_cache(args, model):
         model.enable_item_cache(collator)

@@ -1,0 +1,114 @@
+"""The sampled softmax (``IAMConfig.num_sampled_negatives``): what it scores, its logQ correction, and that a model
+trained with it learns what the full cross-entropy learns."""
+
+from __future__ import annotations
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from transformers_iam import IAMDataCollator, IAMForCausalRecommendation
+from transformers_iam.core.adapter import IAMRecommendationAdapter
+from transformers_iam.core.losses import sampled_softmax_cross_entropy
+
+from ..testing_utils import collator_kwargs, next_item_dataset, tiny_model
+from .test_training import mean_loss
+
+HIDDEN = 32
+
+
+def adapter_scoring(item: int, margin: float, num_items: int = 20) -> IAMRecommendationAdapter:
+    """An adapter whose scores are ``margin`` for ``item`` and 0 for every other item, whatever the state."""
+    model = tiny_model(num_items=num_items)
+    adapter = model.adapter
+    with torch.no_grad():
+        adapter.item_embeddings.weight.zero_()
+        adapter.item_embeddings.bias.zero_()
+        adapter.item_embeddings.bias[item] = margin
+    return adapter
+
+
+def test_the_rows_own_target_elsewhere_among_the_candidates_is_not_a_negative():
+    # every row has target 3, scored far above the rest: a right loss is near 0; counting the other rows' copies of
+    # item 3 as negatives would give at least log(4)
+    adapter = adapter_scoring(item=3, margin=30.0)
+    states = torch.randn(4, HIDDEN)
+    loss = sampled_softmax_cross_entropy(adapter, states, torch.tensor([3, 3, 3, 3]), 16, torch.zeros(20))
+    assert float(loss) < 1e-3
+
+
+def test_the_logq_correction_pushes_popular_targets_harder():
+    # equal raw scores: a target drawn often as another row's negative gets a larger loss (the model learns to raise
+    # it), as a full softmax would not under-score it; with uniform frequencies the two losses are equal
+    adapter = adapter_scoring(item=0, margin=0.0)
+    states = torch.randn(2, HIDDEN)
+    labels = torch.tensor([0, 1])
+    popular_first = torch.zeros(20)
+    popular_first[0] = 5.0
+
+    def loss_of_row(row: int, log_frequency: torch.Tensor) -> float:
+        generator = torch.Generator().manual_seed(0)
+        return float(
+            sampled_softmax_cross_entropy(
+                adapter, states[row : row + 1], labels[row : row + 1], 2, log_frequency, generator=generator
+            )
+        )
+
+    assert loss_of_row(0, popular_first) > loss_of_row(1, popular_first) + 0.5
+    assert abs(loss_of_row(0, torch.zeros(20)) - loss_of_row(1, torch.zeros(20))) < 1e-5
+
+
+def test_gradients_reach_only_the_rows_scored():
+    adapter = adapter_scoring(item=0, margin=0.0, num_items=500)
+    generator = torch.Generator().manual_seed(0)
+    loss = sampled_softmax_cross_entropy(
+        adapter, torch.randn(4, HIDDEN), torch.tensor([1, 2, 3, 4]), 8, torch.zeros(500), generator=generator
+    )
+    loss.backward()
+    touched = (adapter.item_embeddings.weight.grad.abs().sum(1) > 0).sum()
+    assert 4 <= int(touched) <= 12  # the 4 targets and at most 8 sampled items of 500
+
+
+def test_training_returns_no_catalog_scores_and_evaluation_ranks_the_whole_catalog(tokenizer, catalog, tmp_path):
+    model = tiny_model(num_layers=2, num_items=len(catalog), num_sampled_negatives=8)
+    model.set_catalog(catalog)
+    model.init_sampling_frequency(torch.arange(len(catalog), dtype=torch.float32))
+    collator = IAMDataCollator(tokenizer, catalog, max_length=64, **collator_kwargs())
+    batch = collator(list(next_item_dataset(catalog, 4, seed=0)))
+    model.train()
+    output = model(**batch)
+    assert output.logits is None and output.loss.requires_grad
+    model.eval()
+    with torch.no_grad():
+        output = model(**batch)
+    assert output.logits.shape == (4, len(catalog)) and output.loss is not None  # the full cross-entropy
+    model.save_pretrained(tmp_path)
+    reloaded = IAMForCausalRecommendation.from_pretrained(tmp_path)
+    assert reloaded.config.num_sampled_negatives == 8
+    torch.testing.assert_close(reloaded.item_log_frequency, model.item_log_frequency)
+
+
+def test_a_model_trained_with_sampled_negatives_learns_the_task(tmp_path, tokenizer, catalog):
+    # the task of test_training.py, whose catalog has 20 items: 64 sampled negatives (with repeats) and the batch's
+    # targets; a wrong positive column or a missing correction for repeats would not learn it
+    model = tiny_model(num_layers=2, num_items=len(catalog), num_sampled_negatives=64)
+    model.set_catalog(catalog)
+    collator = IAMDataCollator(tokenizer, catalog, max_length=64, **collator_kwargs())
+    train, held_out = next_item_dataset(catalog, 256, seed=0), next_item_dataset(catalog, 64, seed=1)
+    before = mean_loss(model, collator, held_out)  # the full cross-entropy, in eval mode
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=16,
+        num_train_epochs=15,
+        learning_rate=1e-2,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    Trainer(model=model, args=args, train_dataset=train, data_collator=collator).train()
+    after = mean_loss(model, collator, held_out)
+    print(f"held-out full cross-entropy {before:.3f} -> {after:.3f}")
+    assert after < 0.6 * before, (before, after)
