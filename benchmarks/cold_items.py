@@ -191,18 +191,8 @@ def offsets(run: dict) -> dict:
     )
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a checkpoint folder that examples/finetune.py --cold-items wrote")
-    parser.add_argument("--sasrec", help="SASRec's folder on the same exported split (export.py --cold-items)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--json-out")
-    args = parser.parse_args(argv)
-    run = model_scores(args.checkpoint, args.batch_size)
-    rankers = {split: rankers_of(run, split, args.sasrec) for split in run["splits"]}
-    whole = full_catalog(run, rankers)
-    shelf_results = new_arrivals(run, rankers)
-    trade = offsets(run)
+def print_report(whole: dict, shelf_results: dict, trade: dict) -> None:
+    """The report's three tables in markdown: the whole catalog, each new-arrivals shelf, the cold-item offsets."""
     for split, breakdown in whole.items():
         print(f"\n### The whole catalog ({split}): cold against warm targets, NDCG@10 and the cold targets' ranks\n")
         print(format_group_table(breakdown, metric="ndcg@10") + "\n")
@@ -245,6 +235,21 @@ def main(argv=None) -> dict:
     if chosen:  # at 0 the pair would compare the ranks with themselves
         print()
         print(format_paired_table({f"offset {chosen:g} - 0": trade["test_paired_vs_no_offset"]}))
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a checkpoint folder that examples/finetune.py --cold-items wrote")
+    parser.add_argument("--sasrec", help="SASRec's folder on the same exported split (export.py --cold-items)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--json-out")
+    args = parser.parse_args(argv)
+    run = model_scores(args.checkpoint, args.batch_size)
+    rankers = {split: rankers_of(run, split, args.sasrec) for split in run["splits"]}
+    whole = full_catalog(run, rankers)
+    shelf_results = new_arrivals(run, rankers)
+    trade = offsets(run)
+    print_report(whole, shelf_results, trade)
     result = dict(
         checkpoint=args.checkpoint, sasrec=args.sasrec, whole_catalog=whole, new_arrivals=shelf_results, offsets=trade
     )

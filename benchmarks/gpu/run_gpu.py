@@ -160,32 +160,38 @@ def time_training_step(model, kwargs: dict, warmup: int, steps: int) -> float:
     return (time.perf_counter() - started) / steps
 
 
+def speed_shape(args: argparse.Namespace):
+    """The speed table's backbone config and ``(batch_size, history items, item tokens, warmup, steps)``: SmolLM2-135M's
+    shape (the values of random weights do not change the speed), or a tiny one for ``--dry-run``."""
+    from transformers import LlamaConfig
+
+    if args.dry_run:
+        text_config = LlamaConfig(
+            vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+        )
+        return text_config, (2, 5, 6, 1, 2)
+    text_config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+    )
+    return text_config, (args.speed_batch_size, 50, 17, 3, 10)
+
+
 def speed_table(args: argparse.Namespace) -> list[dict]:
     import torch
-    from transformers import LlamaConfig
 
     from transformers_iam import IAMConfig, IAMForCausalRecommendation
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    if args.dry_run:
-        text_config = LlamaConfig(
-            vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
-        )
-        batch_size, num_items, item_len, warmup, steps = 2, 5, 6, 1, 2
-    else:  # SmolLM2-135M's shape; the values of random weights do not change the speed
-        text_config = LlamaConfig(
-            vocab_size=49152,
-            hidden_size=576,
-            intermediate_size=1536,
-            num_hidden_layers=30,
-            num_attention_heads=9,
-            num_key_value_heads=3,
-            max_position_embeddings=8192,
-            rope_theta=100000.0,
-            tie_word_embeddings=True,
-        )
-        batch_size, num_items, item_len, warmup, steps = args.speed_batch_size, 50, 17, 3, 10
+    text_config, (batch_size, num_items, item_len, warmup, steps) = speed_shape(args)
     dtype = torch.bfloat16 if cuda else torch.float32
     inputs, segments = speed_inputs(batch_size, num_items, item_len, text_config.vocab_size, device)
     tokens = inputs["input_ids"].numel()
