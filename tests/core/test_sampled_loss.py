@@ -4,14 +4,14 @@ trained with it learns what the full cross-entropy learns."""
 from __future__ import annotations
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 from transformers_iam import IAMDataCollator, IAMForCausalRecommendation
 from transformers_iam.core.adapter import IAMRecommendationAdapter
 from transformers_iam.core.losses import sampled_softmax_cross_entropy
 
 from ..testing_utils import collator_kwargs, next_item_dataset, tiny_model
-from .test_training import mean_loss
+from .test_training import mean_loss, quiet_training_arguments
 
 HIDDEN = 32
 
@@ -95,19 +95,7 @@ def test_a_model_trained_with_sampled_negatives_learns_the_task(tmp_path, tokeni
     collator = IAMDataCollator(tokenizer, catalog, max_length=64, **collator_kwargs())
     train, held_out = next_item_dataset(catalog, 256, seed=0), next_item_dataset(catalog, 64, seed=1)
     before = mean_loss(model, collator, held_out)  # the full cross-entropy, in eval mode
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=16,
-        num_train_epochs=15,
-        learning_rate=1e-2,
-        remove_unused_columns=False,
-        label_names=["labels"],
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-    )
+    args = quiet_training_arguments(tmp_path)
     Trainer(model=model, args=args, train_dataset=train, data_collator=collator).train()
     after = mean_loss(model, collator, held_out)
     print(f"held-out full cross-entropy {before:.3f} -> {after:.3f}")

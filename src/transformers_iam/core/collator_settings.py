@@ -120,29 +120,24 @@ def check_collator_settings(
         )
 
 
+def _check_text_setting(name: str, text: Any, limit: int, limit_name: str, where: str) -> None:
+    """A text setting: a string of at most ``limit`` characters (``limit_name``, the constant that states it)."""
+    if not isinstance(text, str):
+        raise ValueError(f"{where}{name} must be a string, got {type(text).__name__} {_shown(text)}")
+    if len(text) > limit:
+        raise ValueError(f"{where}{name} must be at most {limit} characters (collator.{limit_name}), got {len(text)}")
+
+
 def _check_prompt_and_query(settings: Mapping[str, Any], where: str) -> None:
     """``prompt`` and ``query``, each a string of at most ``MAX_PROMPT_CHARS`` characters."""
     for name in ("prompt", "query"):
-        text = settings[name]
-        if not isinstance(text, str):
-            raise ValueError(f"{where}{name} must be a string, got {type(text).__name__} {_shown(text)}")
-        if len(text) > MAX_PROMPT_CHARS:
-            raise ValueError(
-                f"{where}{name} must be at most {MAX_PROMPT_CHARS} characters (collator.MAX_PROMPT_CHARS), got "
-                f"{len(text)}"
-            )
+        _check_text_setting(name, settings[name], MAX_PROMPT_CHARS, "MAX_PROMPT_CHARS", where)
 
 
 def _check_item_template(template: Any, where: str) -> None:
     """``template`` names ``{text}`` and no other field, without a conversion or format spec: checked by parsing it,
     never by formatting it (``{text:>999999999}`` would allocate a gigabyte per item, the check included)."""
-    if not isinstance(template, str):
-        raise ValueError(f"{where}item_template must be a string, got {type(template).__name__} {_shown(template)}")
-    if len(template) > MAX_ITEM_TEMPLATE_CHARS:
-        raise ValueError(
-            f"{where}item_template must be at most {MAX_ITEM_TEMPLATE_CHARS} characters "
-            f"(collator.MAX_ITEM_TEMPLATE_CHARS), got {len(template)}"
-        )
+    _check_text_setting("item_template", template, MAX_ITEM_TEMPLATE_CHARS, "MAX_ITEM_TEMPLATE_CHARS", where)
     try:
         fields = [part[1:] for part in string.Formatter().parse(template) if part[1] is not None]
     except ValueError as error:  # "{text" or a lone "}"
