@@ -32,7 +32,7 @@ from .item_states import item_aware_forward
 from .loading import hub_arguments, load_pretrained_decoder
 from .losses import catalog_cross_entropy, sampled_softmax_cross_entropy, targeted_states
 from .masks import check_layer_types
-from .ranking import check_exclusions, exclude_items
+from .ranking import check_exclusions, check_items_left, model_top_k, ranking_chunk_size
 from .readout import gather_states, item_end_positions, last_real_positions
 
 logger = logging.get_logger(__name__)
@@ -279,8 +279,7 @@ class IAMForCausalRecommendation(CatalogMixin, ItemCacheMixin, IAMPreTrainedMode
             path=path,
             **kwargs,
         )
-        read, item_ends = self._read_positions(backbone)
-        pooled = gather_states(backbone.last_hidden_state, read)
+        pooled, item_ends = self._read(backbone)
         if labels is not None and self.training and self.config.num_sampled_negatives is not None:
             # no [batch x catalog] scores in training: the head scores the sampled candidates only
             states, targets = targeted_states(
@@ -298,17 +297,23 @@ class IAMForCausalRecommendation(CatalogMixin, ItemCacheMixin, IAMPreTrainedMode
             )
         return IAMRecommendationOutput(loss=loss, logits=logits, hidden_states=backbone.hidden_states)
 
-    def _read_positions(self, backbone: IAMBackboneOutput) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Where the adapter reads each row (``config.supervision``): the query's last token, or the last item's end
-        (and every item's end, for every-item targets)."""
+    def _read(self, backbone: IAMBackboneOutput) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The state the adapter reads in each row (``config.supervision``): at the query's last token, or at the last
+        item's end; and every item's end, for every-item targets."""
         if self.config.supervision == "last":
-            return last_real_positions(backbone.attention_mask), None
+            return gather_states(backbone.last_hidden_state, last_real_positions(backbone.attention_mask)), None
         item_ends = item_end_positions(backbone.item_segment_ids, backbone.attention_mask)
         read = item_ends.max(-1).values
         if (read < 0).any():
             row = int((read < 0).nonzero()[0, 0])
             raise ValueError(f"row {row} has no history item to read (config.supervision='every_item' reads item ends)")
-        return read, item_ends
+        return gather_states(backbone.last_hidden_state, read), item_ends
+
+    def user_states(self, **inputs) -> torch.Tensor:
+        """``(batch, adapter_hidden)``: each user's state, read as ``forward`` reads it (``inputs``: its own, without
+        ``labels``), so ``forward(...).logits == adapter.item_embeddings(user_states(...))``: what a catalog too large
+        for one ``[users x items]`` matrix is ranked from (``core/ranking.py``, ``integrations/item_index.py``)."""
+        return self.adapter.project(self._read(self.backbone_forward(**inputs))[0])
 
     def backbone_forward(
         self,
@@ -388,6 +393,7 @@ class IAMForCausalRecommendation(CatalogMixin, ItemCacheMixin, IAMPreTrainedMode
         item_segment_ids: torch.LongTensor | None = None,
         k: int = 10,
         exclude_item_ids: torch.LongTensor | list[list[int]] | None = None,
+        chunk_size: int | None = None,
         **kwargs,
     ) -> IAMRecommendations:
         """Top-k catalog items for each user.
@@ -402,32 +408,27 @@ class IAMForCausalRecommendation(CatalogMixin, ItemCacheMixin, IAMPreTrainedMode
         Args:
             exclude_item_ids: catalog indices never to recommend, per user: a list of lists of ints, or a
                 `(batch, n)` integer tensor padded with -1 (the collator's `history_item_indices`).
+            chunk_size: score this many items at a time (`core.ranking.chunked_topk`: the same top-k, no `[batch x
+                items]` matrix); by default 65,536 over 262,144 items, else one matrix (`core/ranking.py`).
 
         Example:
             >>> batch = collator([{"history": ["i1", "i7"]}])
             >>> model.recommend(**batch, k=5, exclude_item_ids=batch["history_item_indices"]).item_ids
             [['i3', 'i11', 'i17', 'i18', 'i2']]
+            >>> model.recommend(**batch, k=5, exclude_item_ids=batch["history_item_indices"], chunk_size=8).item_ids
+            [['i3', 'i11', 'i17', 'i18', 'i2']]
         """
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.config.num_items:
-            raise ValueError(f"k must be an int in [1, {self.config.num_items}] (config.num_items), got {k!r}")
+        num_items = self.config.num_items
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_items:
+            raise ValueError(f"k must be an int in [1, {num_items}] (config.num_items), got {k!r}")
+        chunk_size = ranking_chunk_size(chunk_size, num_items)
         kwargs = recommend_forward_arguments(kwargs)
         batch_size = check_recommend_inputs(input_ids, attention_mask, item_segment_ids, kwargs)
         if exclude_item_ids is not None:  # before the forward: a bad exclusion should not cost a whole forward
-            exclude_item_ids = check_exclusions(exclude_item_ids, batch_size, self.config.num_items, "exclude_item_ids")
-        logits = self(
-            input_ids=input_ids, attention_mask=attention_mask, item_segment_ids=item_segment_ids, **kwargs
-        ).logits.float()
-        if exclude_item_ids is not None:
-            logits = exclude_items(logits, exclude_item_ids, "exclude_item_ids")
-            # topk would fill the missing places with excluded items at -inf: refuse instead
-            left = (logits != float("-inf")).sum(-1)
-            if bool((left < k).any()):
-                row = int((left < k).nonzero()[0, 0])
-                raise ValueError(
-                    f"k={k} but user {row} has only {int(left[row])} items left after excluding "
-                    f"{self.config.num_items - int(left[row])}; pass k <= {int(left.min())} (or exclude fewer items)"
-                )
-        scores, indices = logits.topk(k, dim=-1)
+            exclude_item_ids = check_exclusions(exclude_item_ids, batch_size, num_items, "exclude_item_ids")
+            check_items_left(exclude_item_ids, k, num_items)  # topk would fill the places left with excluded items
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, item_segment_ids=item_segment_ids, **kwargs)
+        scores, indices = model_top_k(self, inputs, k, exclude_item_ids, chunk_size)
         item_ids = [self.catalog.ids_of(row) for row in indices.tolist()] if self.catalog is not None else None
         return IAMRecommendations(scores=scores, indices=indices, item_ids=item_ids)
 

@@ -11,7 +11,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .collator import IAMDataCollator
 from .loading import optional_checkpoint_file
-from .ranking import exclude_items
+from .ranking import check_exclusions, chunked_topk, exclude_items, items_left, ranking_chunk_size
 
 TASK = "item-recommendation"
 # what any tokenizer's save_pretrained writes (tokenizer_config.json always; tokenizer.json for a fast one)
@@ -162,21 +162,47 @@ class ItemRecommendationPipeline(Pipeline):
 
     def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         history = model_inputs.pop("history_item_indices")
+        # a large catalog (or an attached item index) is ranked from the user state: no [1 x num_items] scores
+        if getattr(self, "item_index", None) is not None or ranking_chunk_size(None, self.model.config.num_items):
+            return {"user_states": self.model.user_states(**model_inputs), "history_item_indices": history}
         logits = self.model(**model_inputs).logits
         return {"logits": logits, "history_item_indices": history}
 
     def postprocess(self, model_outputs, top_k: int = 10, exclude_history: bool = True) -> list[dict]:
-        scores = model_outputs["logits"].float()
-        if exclude_history:
-            scores = exclude_items(scores, model_outputs["history_item_indices"])
-        values, indices = scores[0].topk(min(top_k, scores.shape[-1]))
+        if "user_states" in model_outputs:
+            values, indices = self._top_k_of_states(model_outputs, top_k, exclude_history)
+        else:
+            scores = model_outputs["logits"].float()
+            if exclude_history:
+                scores = exclude_items(scores, model_outputs["history_item_indices"])
+            values, indices = scores[0].topk(min(top_k, scores.shape[-1]))
         catalog = self.model.catalog
         # fewer than top_k items may be left after the exclusion: return those, never an excluded item at -inf
         return [
             {"item_id": catalog.item_ids[index], "text": catalog.texts[index], "score": float(value), "index": index}
             for value, index in zip(values.tolist(), indices.tolist())
-            if value != float("-inf")
+            if value != float("-inf") and index >= 0
         ]
+
+    def _top_k_of_states(self, model_outputs, top_k: int, exclude_history: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top-k of a large catalog: from the attached ``item_index`` (``integrations/item_index.py``:
+        ``ItemIndex.attach(pipeline)``) when there is one, else exact by ``chunked_topk``; at most the items left after
+        the exclusion."""
+        num_items = self.model.config.num_items
+        exclusions = check_exclusions(model_outputs["history_item_indices"], 1, num_items) if exclude_history else None
+        k = min(top_k, num_items if exclusions is None else int(items_left(exclusions, num_items)[0]))
+        if k == 0:
+            return torch.empty(0), torch.empty(0, dtype=torch.long)
+        head = self.model.adapter.item_embeddings
+        states = model_outputs["user_states"].to(head.weight.device)  # the pipeline hands outputs back on the CPU
+        index = getattr(self, "item_index", None)
+        if index is not None:
+            index.check(self.model)  # refuses an index of another catalog (items added since it was built)
+            values, indices = index.search(states, k, exclude=exclusions)
+        else:
+            chunk_size = ranking_chunk_size(None, num_items)
+            values, indices = chunked_topk(states, head.weight, head.bias, k, exclusions, chunk_size)
+        return values[0], indices[0]
 
 
 PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=ItemRecommendationPipeline, pt_model=AutoModel)

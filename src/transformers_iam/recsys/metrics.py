@@ -28,7 +28,9 @@ def target_ranks(
     """1-based pessimistic rank of each target among all catalog items.
 
     ``exclude_item_indices`` (per row, -1 pads) are removed from the ranking, except the
-    target itself, which is always ranked.
+    target itself, which is always ranked. For a catalog too large for a ``[users x items]``
+    matrix, ``core.ranking.chunked_target_ranks`` gives the same ranks from the user states
+    and the adapter's rows, a chunk of items at a time.
 
     Example:
         >>> target_ranks(torch.tensor([[0.1, 0.5, 0.5, 0.2]]), torch.tensor([2]))
