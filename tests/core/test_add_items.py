@@ -147,3 +147,19 @@ def test_add_items_on_a_lora_model_grows_every_copy_and_its_saved_adapter_loads_
     reloaded = PeftModel.from_pretrained(base, tmp_path / "lora").eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).logits, logits)
+
+
+def test_a_failed_extension_leaves_no_tokens_behind_for_the_next_one(setup, monkeypatch):
+    model, collator = setup
+    text_features = model._text_features
+
+    def out_of_memory(sequences):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(model, "_text_features", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        model.add_items(["n1"], ["w3_0 w3_1"], collator)
+    assert len(collator.catalog) == 20 and model.config.num_items == 20
+    monkeypatch.setattr(model, "_text_features", text_features)
+    model.add_items(["n2"], ["w5_0"], collator)  # another item at the same index
+    assert collator.item_token_ids(20) == collator.tokenizer("w5_0", add_special_tokens=False)["input_ids"]

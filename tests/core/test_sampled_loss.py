@@ -100,3 +100,11 @@ def test_a_model_trained_with_sampled_negatives_learns_the_task(tmp_path, tokeni
     after = mean_loss(model, collator, held_out)
     print(f"held-out full cross-entropy {before:.3f} -> {after:.3f}")
     assert after < 0.6 * before, (before, after)
+
+
+def test_a_checkpoint_saved_without_frequencies_loads_them_uniform(tmp_path):
+    # fine-tuning a full-loss checkpoint with the sampled loss: the buffer is not in the file and must not be left as
+    # uninitialised memory
+    tiny_model(num_items=20).save_pretrained(tmp_path)
+    sampled = IAMForCausalRecommendation.from_pretrained(tmp_path, num_sampled_negatives=8)
+    assert torch.equal(sampled.item_log_frequency, torch.zeros(20))

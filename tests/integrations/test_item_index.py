@@ -120,6 +120,21 @@ def test_save_and_load_beside_the_checkpoint(model, tmp_path):
 
 
 @requires_faiss
+def test_a_crafted_index_file_name_is_neither_read_nor_deleted(model, tmp_path):
+    outside = tmp_path / "keep.txt"
+    outside.write_text("not an index")
+    folder = tmp_path / "index"
+    path = ItemIndex.from_model(model, kind="exact").save(folder)
+    metadata = json.loads(open(path, encoding="utf-8").read())
+    metadata["index_file"] = "../keep.txt"
+    open(path, "w", encoding="utf-8").write(json.dumps(metadata))
+    with pytest.raises(ValueError, match=r"index_file '../keep.txt' is not a name ItemIndex.save writes"):
+        ItemIndex.load(folder, model)
+    ItemIndex.from_model(model, kind="exact").save(folder)  # would have removed the file the metadata named
+    assert outside.read_text() == "not an index"
+
+
+@requires_faiss
 def test_a_stale_index_is_refused(model, tmp_path, catalog):
     ItemIndex.from_model(model, kind="exact").save(tmp_path)
     other = tiny_model(num_items=len(catalog))

@@ -144,8 +144,8 @@ class CatalogMixin:
         try:
             sequences = item_token_sequences(renderer, extended)
             features = self._text_features(sequences)
-        except Exception:
-            renderer.catalog = rendered_from  # a failed call leaves the collator as it was
+        except BaseException:  # an interrupt too: a failed call leaves the collator as it was
+            renderer.catalog = rendered_from
             raise
         for adapter in module_copies(self.adapter):
             head = adapter.item_embeddings

@@ -162,6 +162,10 @@ class IAMDataCollator:
                 "the new catalog must start with the collator's catalog (same ids and texts, same order): extending "
                 "renders new items after the old ones, it cannot reorder them"
             )
+        # tokens kept for indices past the current catalog belong to an extension that failed (add_items restores the
+        # catalog, not this cache): the new catalog's items there may be others
+        for index in [index for index in self._item_ids_cache if index >= len(self.catalog)]:
+            del self._item_ids_cache[index]
         self.catalog = catalog
 
     def _encode(self, text: str) -> list[int]:

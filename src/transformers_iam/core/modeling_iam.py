@@ -99,6 +99,11 @@ class IAMPreTrainedModel(PreTrainedModel):
             init.zeros_(module.weight)
         else:
             super()._init_weights(module)
+        # the sampled loss's item frequencies start uniform; a checkpoint saved without them (a model trained with
+        # the full loss, fine-tuned with the sampled one) would otherwise leave uninitialised memory there
+        log_frequency = getattr(module, "item_log_frequency", None)
+        if isinstance(log_frequency, torch.Tensor):
+            init.zeros_(log_frequency)
 
 
 class IAMForCausalRecommendation(CatalogMixin, ItemCacheMixin, IAMPreTrainedModel):

@@ -119,8 +119,10 @@ class ItemRecommendationPipeline(Pipeline):
     def _sync_catalog(self) -> None:
         """Follow the model's catalog: items added since this pipeline was made are known by id and by text."""
         catalog = self.model.catalog
-        if self.collator.catalog is not catalog and self.collator.catalog != catalog:
-            self.collator.extend_catalog(catalog)  # refuses a catalog that is not the old one extended
+        if self.collator.catalog is not catalog:  # adopt the model's object: compared once, not on every request
+            if self.collator.catalog != catalog:
+                self.collator.extend_catalog(catalog)  # refuses a catalog that is not the old one extended
+            self.collator.catalog = catalog
         if self._text_to_id_catalog is not catalog:
             self._text_to_id = {}
             for item_id, text in zip(catalog.item_ids, catalog.texts):

@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import uuid
 from collections.abc import Sequence
 
@@ -318,6 +319,11 @@ class ItemIndex:
             metadata = json.load(handle)
         if metadata.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{metadata_path} has format {metadata.get('format_version')!r}, not {FORMAT_VERSION}")
+        if not _is_index_file_name(metadata.get("index_file")):
+            raise ValueError(
+                f"{metadata_path}: index_file {metadata.get('index_file')!r} is not a name ItemIndex.save writes "
+                "(item_index.<12 hex digits>.faiss, in the same folder)"
+            )
         _check_binding(metadata["num_items"], metadata["catalog_fingerprint"], metadata["rows_digest"], model, True)
         index = import_faiss().read_index(os.path.join(folder, metadata["index_file"]))
         head = model.adapter.item_embeddings
@@ -348,14 +354,22 @@ def _check_binding(num_items: int, fingerprint: str | None, digest: str, model, 
         )
 
 
+def _is_index_file_name(name) -> bool:
+    # only a name save() writes: a crafted item_index.json could otherwise name any path, for save() to delete and for
+    # load() to hand to faiss
+    return isinstance(name, str) and re.fullmatch(r"item_index\.[0-9a-f]{12}\.faiss", name) is not None
+
+
 def _index_file(metadata_path: str) -> str | None:
+    """The faiss file an earlier save recorded, when it is one save() could have written (else None: not removed)."""
     if not os.path.isfile(metadata_path):
         return None
     try:
         with open(metadata_path, encoding="utf-8") as handle:
-            return json.load(handle).get("index_file")
-    except (OSError, ValueError):
+            name = json.load(handle).get("index_file")
+    except (OSError, ValueError, AttributeError):
         return None
+    return name if _is_index_file_name(name) else None
 
 
 __all__ = ["ItemIndex", "default_nlist", "import_faiss", "item_vectors", "query_vectors", "rows_digest"]
