@@ -266,11 +266,10 @@ def test_integral_json_ids_are_read_as_their_decimal_text(tmp_path):
     assert data.catalog.item_ids == ["1", "2"] and data.sequences["7"] == ["1", "2", "1"]
 
 
-def test_a_json_key_given_twice_is_refused(tmp_path):
-    inter = (
-        'inter.jsonl\n{"user_id": "u", "item_id": "a", "timestamp": 1}\n'
-        '{"user_id": "u", "item_id": "a", "item_id": "b", "timestamp": 2}\n'
-    )
+@pytest.mark.parametrize("separator", [": ", " : ", "\t:"])  # JSON allows whitespace before the colon
+def test_a_json_key_given_twice_is_refused(tmp_path, separator):
+    twice = '{"user_id": "u", "item_id"SEP"a", "item_id"SEP"b", "timestamp": 2}'.replace("SEP", separator)
+    inter = 'inter.jsonl\n{"user_id": "u", "item_id": "a", "timestamp": 1}\n' + twice + "\n"
     with pytest.raises(DataFormatError, match=r"inter\.jsonl:2: key 'item_id' appears twice in the object"):
         load_tables(tmp_path, "item_id,title\na,Alpha\nb,Beta\n", inter)
 
@@ -351,3 +350,11 @@ def test_bad_reader_arguments_are_named_before_any_file_is_read(tmp_path, kwargs
         load_interactions_table(
             str(tmp_path / "nope.csv"), str(tmp_path / "nope.csv"), **{"text_template": "{t}", **kwargs}
         )
+
+
+def test_a_json_text_over_the_limit_inside_a_nested_object_is_refused(tmp_path):
+    # a template naming the column renders the object whole: its texts count against the limit too
+    nested = json.dumps({"item_id": "a", "title": "Alpha", "meta": {"notes": "x" * (MAX_FIELD_CHARS + 1)}})
+    items = 'items.jsonl\n{"item_id": "b", "title": "Beta"}\n' + nested + "\n"
+    with pytest.raises(DataFormatError, match=r"items\.jsonl:2: column 'meta' holds"):
+        load_tables(tmp_path, items)

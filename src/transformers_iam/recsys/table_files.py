@@ -20,6 +20,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -221,11 +222,17 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
     return record
 
 
+# the end of a key: a closing quote and a colon, whitespace allowed between them (JSON allows it)
+_KEY_END = re.compile(r'"\s*:')
+
+
 def _longest_text(value) -> int:
     if isinstance(value, str):
         return len(value)
     if isinstance(value, list):
         return max(map(_longest_text, value), default=0)
+    if isinstance(value, dict):  # a nested object is rendered whole (json.dumps) when a template names its column
+        return max((_longest_text(item) for pair in value.items() for item in pair), default=0)
     return 0
 
 
@@ -255,7 +262,7 @@ def _read_jsonl(path: str, text: str) -> list[tuple[str, dict]]:
         # json.loads keeps the last of two equal keys without a word; parsing each line with a hook that refuses
         # them doubled the reading time, so only a line with more '":' than keys (a key twice, or nested objects)
         # is parsed again with it
-        if line.count('":') > len(record):
+        if len(_KEY_END.findall(line)) > len(record):
             try:
                 json.loads(line, object_pairs_hook=_unique_keys)
             except _DuplicateKey as error:
