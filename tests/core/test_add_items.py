@@ -163,3 +163,29 @@ def test_a_failed_extension_leaves_no_tokens_behind_for_the_next_one(setup, monk
     monkeypatch.setattr(model, "_text_features", text_features)
     model.add_items(["n2"], ["w5_0"], collator)  # another item at the same index
     assert collator.item_token_ids(20) == collator.tokenizer("w5_0", add_special_tokens=False)["input_ids"]
+
+
+def test_a_failure_partway_leaves_every_copy_as_it_was(setup, monkeypatch):
+    # PEFT keeps two copies of the head: the second copy's fit failing must not leave the first one grown
+    from transformers_iam.core import catalog_lifecycle
+    from transformers_iam.integrations.peft import apply_lora
+
+    model, collator = setup
+    lora = apply_lora(model, rank=4)
+    fit = catalog_lifecycle.rows_from_text
+    calls = []
+
+    def fails_the_second_time(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(catalog_lifecycle, "rows_from_text", fails_the_second_time)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        lora.add_items(NEW_IDS, NEW_TEXTS, collator)
+    wrapper = model.adapter
+    widths = [
+        copy.item_embeddings.out_features for copy in (wrapper.original_module, *wrapper.modules_to_save.values())
+    ]
+    assert widths == [20, 20] and model.config.num_items == 20 and len(collator.catalog) == 20

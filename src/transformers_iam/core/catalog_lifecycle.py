@@ -97,6 +97,17 @@ class CatalogMixin:
         weight = self.adapter.item_embeddings.weight
         weight.copy_((embeddings * scale).to(weight.dtype))
 
+    def _grown_head(self, adapter: nn.Module, features: torch.Tensor, old_size: int) -> nn.Linear:
+        """``adapter``'s scoring head with rows for the items after ``old_size``: the ridge map from text features to
+        the trained rows, fitted on this copy's own rows."""
+        head = adapter.item_embeddings
+        trained_rows = torch.cat([head.weight, head.bias[:, None]], dim=1)
+        rows, ridge = rows_from_text(features[:old_size], trained_rows, features[old_size:])
+        logger.info(
+            f"add_items: {features.shape[0] - old_size} items scored from text (ridge {ridge:g}, cross-validated)"
+        )
+        return _grown_linear(head, rows[:, :-1], rows[:, -1])
+
     def _text_features(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
         return item_text_features(decoder_parts(self.model), sequences, self.num_leading_intra_layers).to(
             self.adapter.dense.weight
@@ -141,29 +152,35 @@ class CatalogMixin:
         extended = ItemCatalog(self.catalog.item_ids + new.item_ids, self.catalog.texts + new.texts)
         rendered_from = renderer.catalog
         renderer.extend_catalog(extended)  # refuses a collator of another catalog before anything changes
-        try:
+        try:  # everything the extension needs is computed before the model changes: a failure changes nothing
             sequences = item_token_sequences(renderer, extended)
             features = self._text_features(sequences)
+            heads = [
+                (adapter, self._grown_head(adapter, features, old_size)) for adapter in module_copies(self.adapter)
+            ]
+            tables = {}
+            if self.item_id_embeddings is not None:
+                for table in module_copies(self.item_id_embeddings):
+                    tables[id(table)] = table.grown(self.config, len(extended))
+            cache = None
+            if self.item_cache is not None:
+                parts = decoder_parts(self.model)
+                states = encode_item_sequences(parts, sequences[old_size:], self.num_leading_intra_layers)
+                cache = self.item_cache.extend(sequences[old_size:], states)
         except BaseException:  # an interrupt too: a failed call leaves the collator as it was
             renderer.catalog = rendered_from
             raise
-        for adapter in module_copies(self.adapter):
-            head = adapter.item_embeddings
-            trained_rows = torch.cat([head.weight, head.bias[:, None]], dim=1)
-            rows, ridge = rows_from_text(features[:old_size], trained_rows, features[old_size:])
-            logger.info(f"add_items: {len(new)} items scored from their text (ridge {ridge:g}, cross-validated)")
-            adapter.item_embeddings = _grown_linear(head, rows[:, :-1], rows[:, -1])
-        if self.item_id_embeddings is not None:
-            replace_module(self, "item_id_embeddings", lambda table: table.grown(self.config, len(extended)))
+        for adapter, head in heads:
+            adapter.item_embeddings = head
+        if tables:
+            replace_module(self, "item_id_embeddings", lambda table: tables[id(table)])
         if self.config.num_sampled_negatives is not None:  # new items: never a training target (count 0, smoothed)
             self.item_log_frequency = torch.cat([self.item_log_frequency, self.item_log_frequency.new_zeros(len(new))])
         self.config.num_items = len(extended)
         self.config.catalog_fingerprint = None  # the binding moves to the extended catalog
         self.set_catalog(extended)
-        if self.item_cache is not None:
-            parts = decoder_parts(self.model)
-            states = encode_item_sequences(parts, sequences[old_size:], self.num_leading_intra_layers)
-            self.item_cache = self.item_cache.extend(sequences[old_size:], states)
+        if cache is not None:
+            self.item_cache = cache
         return extended
 
 
