@@ -8,7 +8,9 @@ layers and the rotary buffers) and checks it before every forward that reads it:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
+from .item_cache_files import RECORD_FILE, read_cache_record, read_cache_tensors, write_cache_files
 from .item_spans import distinct_sequences, token_sequence_keys
 
 logger = logging.get_logger(__name__)
@@ -42,6 +45,18 @@ def _token_table(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
     for row, tokens in enumerate(sequences):
         table[row, : len(tokens)] = torch.as_tensor(list(tokens), dtype=torch.long)
     return table
+
+
+def distinct_items(token_sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(table, first, inverse)``: the sequences as a ``-1`` padded table, the index of one sequence per distinct
+    one (in the order of a cache's entries) and each sequence's entry."""
+    table = _token_table(token_sequences)
+    return (table, *distinct_sequences(table))
+
+
+def rendering_digest(token_sequences: Sequence[Sequence[int]]) -> str:
+    """A sha256 of item token sequences in order: what a cache's states were computed from."""
+    return hashlib.sha256(repr([tuple(int(t) for t in tokens) for tokens in token_sequences]).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -91,32 +106,60 @@ class ItemStateCache:
     ):
         if len(token_sequences) != len(states):
             raise ValueError(f"{len(token_sequences)} token sequences but {len(states)} states")
-        self.num_layers, self.num_item_tokens = num_layers, num_item_tokens
-        self.token_sequences = [tuple(tokens) for tokens in token_sequences]
-        table = _token_table(self.token_sequences)
-        first, inverse = distinct_sequences(table)
-        self.catalog_entries = inverse  # entry of each given sequence (catalog order)
-        self.tokens = table[first]
-        self.lengths = (self.tokens >= 0).sum(-1)
+        first = self._set_items(token_sequences, num_layers, num_item_tokens)
         kept = [states[index].detach() for index in first.tolist()]
         if num_item_tokens is not None:
             kept = [state[-num_item_tokens:] for state in kept]
-        self.stored = torch.tensor([len(state) for state in kept], dtype=torch.long)
-        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.stored.cumsum(0)])
-        self.states = torch.cat(kept)
+        self._set_states(torch.cat(kept), torch.tensor([len(state) for state in kept], dtype=torch.long))
+
+    @classmethod
+    def from_stored(
+        cls,
+        token_sequences: Sequence[Sequence[int]],
+        states: torch.Tensor,
+        num_layers: int,
+        num_item_tokens: int | None = None,
+    ) -> ItemStateCache:
+        """A cache from its stored states as one tensor (what ``cache.states`` holds: each distinct sequence's, in
+        the order of ``distinct_items``, every token's or its last ``num_item_tokens``), without another copy."""
+        cache = cls.__new__(cls)
+        cache._set_items(token_sequences, num_layers, num_item_tokens)
+        stored = cache.lengths if num_item_tokens is None else cache.lengths.clamp(max=num_item_tokens)
+        if states.dim() != 2 or states.shape[0] != int(stored.sum()):
+            raise ValueError(
+                f"states of shape {tuple(states.shape)} for {cache.num_items} distinct items that store "
+                f"{int(stored.sum())} states"
+            )
+        cache._set_states(states.detach(), stored)
+        return cache
+
+    def _set_items(self, token_sequences, num_layers: int, num_item_tokens: int | None) -> torch.Tensor:
+        self.num_layers, self.num_item_tokens = num_layers, num_item_tokens
+        self.token_sequences = [tuple(tokens) for tokens in token_sequences]
+        table, first, inverse = distinct_items(self.token_sequences)
+        self.catalog_entries = inverse  # entry of each given sequence (catalog order)
+        self.tokens = table[first]
+        self.lengths = (self.tokens >= 0).sum(-1)
         keys = token_sequence_keys(self.tokens)
         self.sorted_keys, self.key_entries = keys.sort()
         self.record: CacheRecord | None = None
+        self.saved_record: CacheRecord | None = None  # what a loaded cache's file says it was computed for
         self._modules: list[nn.Module] = []
         self._parameters: list[torch.Tensor] = []
         self._fast_check: list[tuple] = []
         self._samples: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._on_device: dict[tuple, dict[str, torch.Tensor]] = {}
         self._lock = threading.Lock()
+        return first
+
+    def _set_states(self, states: torch.Tensor, stored: torch.Tensor) -> None:
+        self.stored = stored
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.stored.cumsum(0)])
+        self.states = states
 
     @property
     def rendering_digest(self) -> str:
-        return hashlib.sha256(repr(self.token_sequences).encode()).hexdigest()
+        return rendering_digest(self.token_sequences)
 
     @property
     def num_items(self) -> int:
@@ -212,6 +255,56 @@ class ItemStateCache:
         if self.record is None or weights_digest(self._current_tensors()) != self.record.weights_digest:
             raise RuntimeError("the cached item states are stale; call enable_item_cache(collator) again")
 
+    # -- on disk (item_cache_files.py) ----------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike) -> str:
+        """Write the states and what finds them (safetensors) and the record of what they were computed for
+        (``item_cache.json``) into ``folder``, atomically: a crash leaves the old cache or the new one. Returns the
+        json's path. Only a bound cache (one that knows its weights digest) can be saved.
+
+        Example:
+            >>> cache = model.requires_grad_(False).enable_item_cache(collator)
+            >>> _ = cache.save(tmp)
+            >>> loaded = ItemStateCache.load(tmp)
+            >>> torch.equal(loaded.states, cache.states), loaded.saved_record == cache.record
+            (True, True)
+        """
+        if self.record is None:
+            raise RuntimeError("only a bound item-state cache can be saved (build it with model.enable_item_cache)")
+        tensors = {"states": self.states, "tokens": self.tokens, "catalog_entries": self.catalog_entries}
+        return write_cache_files(folder, tensors, {**dataclasses.asdict(self.record), "num_items": self.num_items})
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, device: str | torch.device = "cpu") -> ItemStateCache:
+        """The cache :meth:`save` wrote into ``folder`` (safetensors and json: nothing is unpickled), its states on
+        ``device``, unbound: ``saved_record`` is what it was computed for, and only ``bind`` (which digests the
+        model's weights) and the model's checks let a model use it, as for a built one. A ValueError naming the file
+        when a file is truncated or corrupt, or its tensors do not match its record."""
+        record = read_cache_record(folder)
+        if record is None:
+            raise FileNotFoundError(f"{os.fspath(folder)} has no {RECORD_FILE}: save a cache with ItemStateCache.save")
+        tensors = read_cache_tensors(folder, device)
+        path = os.path.join(os.fspath(folder), record["states_file"])
+        try:
+            saved = CacheRecord(**{field.name: record[field.name] for field in dataclasses.fields(CacheRecord)})
+            tokens, entries = tensors["tokens"].cpu(), tensors["catalog_entries"].cpu()
+            if tokens.dtype != torch.long or entries.dtype != torch.long or tokens.dim() != 2 or entries.dim() != 1:
+                raise ValueError("tokens and catalog_entries must be int64 tables")
+            if entries.numel() and not (0 <= int(entries.min()) and int(entries.max()) < tokens.shape[0]):
+                raise ValueError("catalog_entries out of range")
+            distinct = [tuple(token for token in row if token >= 0) for row in tokens.tolist()]
+            cache = cls.from_stored(
+                [distinct[entry] for entry in entries.tolist()],
+                tensors["states"],
+                saved.num_layers,
+                saved.num_item_tokens,
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path} does not hold the item-state cache its record describes: {error!r}") from error
+        if cache.rendering_digest != saved.rendering_digest:
+            raise ValueError(f"{path}: its item tokens are not the ones its record's rendering digest describes")
+        cache.saved_record = saved
+        return cache
+
     # -- lookups ---------------------------------------------------------------------------------------------
     def on_device(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """The cache's tensors on ``device`` (states in ``dtype``), moved once and kept: safe from several threads."""
@@ -275,4 +368,4 @@ class ItemStateCache:
         return self.states[int(self.offsets[entry]) : int(self.offsets[entry + 1])]
 
 
-__all__ = ["CacheRecord", "ItemStateCache", "weights_digest"]
+__all__ = ["CacheRecord", "ItemStateCache", "distinct_items", "rendering_digest", "weights_digest"]

@@ -7,17 +7,20 @@ itself (what it stores and how it checks it is still current) is ``item_cache.py
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from transformers.utils import logging
+from transformers.utils.logging import tqdm
 
 from .attention import current_attn_implementation
 from .catalog import item_token_sequences
 from .decoder import decoder_parts, eval_mode
 from .forward_plan import ForwardPath
-from .item_cache import ItemStateCache
+from .item_cache import CacheRecord, ItemStateCache, distinct_items, rendering_digest
+from .item_cache_files import read_cache_record
 from .item_states import encode_item_sequences
 
 logger = logging.get_logger(__name__)
@@ -29,7 +32,7 @@ class ItemCacheMixin:
 
     item_cache: ItemStateCache | None
 
-    def enable_item_cache(self, renderer, batch_size: int = 256) -> ItemStateCache:
+    def enable_item_cache(self, renderer, batch_size: int = 256, cache_dir: str | None = None) -> ItemStateCache:
         """Compute every catalog item's states after the leading intra layers once, and use them in every forward.
 
         ``renderer``: what renders the catalog's items as tokens (an [`IAMDataCollator`], or any object with a
@@ -39,7 +42,13 @@ class ItemCacheMixin:
         relative: the forward, `recommend`, evaluation inside the `Trainer` and the pipeline then run only the layers
         above for item tokens. Refused, with the reason, when it could not be exact: no leading intra run, positions
         that are not rotary, or trainable cached layers or token embeddings (freeze them first). The cache checks at
-        each forward that it still describes the model (docs/architecture.md, "Compute once").
+        each forward that it still describes the model (docs/architecture.md, "Compute once"). Built ``batch_size``
+        items at a time, with a progress bar (``transformers.utils.logging.disable_progress_bar()`` hides it).
+
+        ``cache_dir`` (a folder, say beside the checkpoint): a cache saved there for this model (the same weights
+        digest of the cached modules, leading intra layers, ``num_item_tokens``, attention implementation and
+        rendering of the catalog) is loaded instead of rebuilt, and checked as a built one; one saved for another
+        model, or unreadable, is rebuilt (the log says why) and saved over; none is built and saved.
 
         Example:
             >>> _ = model.model.requires_grad_(False)
@@ -48,7 +57,10 @@ class ItemCacheMixin:
             True
         """
         sequences = item_token_sequences(renderer, self.catalog)
-        self.item_cache = build_item_cache(self, sequences, batch_size)
+        if cache_dir is None:
+            self.item_cache = build_item_cache(self, sequences, batch_size)
+        else:
+            self.item_cache = load_or_build_item_cache(self, sequences, cache_dir, batch_size)
         return self.item_cache
 
     def disable_item_cache(self) -> None:
@@ -110,13 +122,83 @@ def build_item_cache(model, token_sequences: Sequence[Sequence[int]], batch_size
     refusal = cache_refusal(model)
     if refusal is not None:
         raise ValueError(refusal)
-    num_layers = model.num_leading_intra_layers
-    with torch.no_grad():
-        states = encode_item_sequences(decoder_parts(model.model), token_sequences, num_layers, batch_size)
-    cache = ItemStateCache(token_sequences, states, num_layers, model.config.num_item_tokens)
+    num_layers, num_item_tokens = model.num_leading_intra_layers, model.config.num_item_tokens
+    states = _encode_stored_states(model, token_sequences, num_layers, num_item_tokens, batch_size)
+    cache = ItemStateCache.from_stored(token_sequences, states, num_layers, num_item_tokens)
     modules, buffers = cached_modules(model)
     cache.bind(modules, buffers, current_attn_implementation(model.config))
     check_cache_exact(model, cache)
+    return cache
+
+
+@torch.no_grad()
+def _encode_stored_states(model, token_sequences, num_layers: int, num_item_tokens: int | None, batch_size: int):
+    """The stored states of each distinct sequence (in the cache's entry order), concatenated, encoded
+    ``batch_size`` items at a time (shortest first) under a progress bar: each batch's padded activations are copied
+    into the preallocated states and dropped, so no more than one batch of them is held beside the stored states."""
+    if not token_sequences or any(len(tokens) == 0 for tokens in token_sequences):
+        empty = next((index for index, tokens in enumerate(token_sequences) if not tokens), None)
+        raise ValueError(f"item sequence {empty} has no tokens" if empty is not None else "no item sequences")
+    distinct = [token_sequences[index] for index in distinct_items(token_sequences)[1].tolist()]
+    stored = [len(tokens) if num_item_tokens is None else min(len(tokens), num_item_tokens) for tokens in distinct]
+    offsets = [0]
+    for count in stored:
+        offsets.append(offsets[-1] + count)
+    order = sorted(range(len(distinct)), key=lambda entry: len(distinct[entry]))
+    parts, states = decoder_parts(model.model), None
+    with tqdm(total=len(distinct), desc="item-state cache", unit="item") as bar:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            encoded = encode_item_sequences(parts, [distinct[entry] for entry in chunk], num_layers, batch_size)
+            kept = torch.cat([state[len(state) - stored[entry] :] for entry, state in zip(chunk, encoded)])
+            if states is None:
+                states = kept.new_empty((offsets[-1], kept.shape[-1]))
+            rows = torch.cat([torch.arange(offsets[entry], offsets[entry + 1]) for entry in chunk])
+            states.index_copy_(0, rows.to(states.device), kept)
+            del encoded, kept
+            bar.update(len(chunk))
+    return states
+
+
+def load_or_build_item_cache(model, token_sequences: Sequence[Sequence[int]], folder, batch_size: int = 256):
+    """The cache saved in ``folder`` when it was computed for ``model`` and these sequences (loaded, bound and
+    checked as a built one); else built and saved there, the log saying why the saved one was not used."""
+    refusal = cache_refusal(model)
+    if refusal is not None:
+        raise ValueError(refusal)
+    modules, buffers = cached_modules(model)
+    attn_implementation = current_attn_implementation(model.config)
+    wanted = (model.num_leading_intra_layers, model.config.num_item_tokens, attn_implementation)
+    reason = None
+    try:
+        saved = read_cache_record(folder)
+        if saved is not None:
+            saved = CacheRecord(**{field.name: saved[field.name] for field in dataclasses.fields(CacheRecord)})
+    except (KeyError, TypeError, ValueError) as error:
+        saved, reason = None, f"unreadable ({error})"
+    if saved is not None:
+        # all but the weights digest from the json alone: the tensors are read only when those match
+        current = CacheRecord(*wanted, rendering_digest(token_sequences), saved.weights_digest)
+        if current == saved:
+            try:
+                cache = ItemStateCache.load(folder, model.get_input_embeddings().weight.device)
+                cache.bind(modules, buffers, attn_implementation)  # the digest of this model's cached weights
+                current = cache.record
+                if current == saved:
+                    check_cache_exact(model, cache)
+                    logger.info(f"item-state cache loaded from {folder}: {cache.num_items} items")
+                    return cache
+            except ValueError as error:
+                reason = f"unreadable or inexact ({error})"
+        if current != saved:
+            names = [
+                f.name for f in dataclasses.fields(CacheRecord) if getattr(saved, f.name) != getattr(current, f.name)
+            ]
+            reason = f"saved for another model, {', '.join(names)} differ: {'; '.join(saved.differences(current))}"
+    if reason is not None:
+        logger.warning(f"item-state cache in {folder} not used, rebuilt and saved over it: {reason}")
+    cache = build_item_cache(model, token_sequences, batch_size)
+    cache.save(folder)
     return cache
 
 
@@ -170,4 +252,5 @@ __all__ = [
     "cache_refusal",
     "cached_modules",
     "check_cache_exact",
+    "load_or_build_item_cache",
 ]
