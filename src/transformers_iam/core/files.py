@@ -9,6 +9,7 @@ reverse).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> str:
@@ -44,4 +45,32 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> str:
     return path
 
 
-__all__ = ["write_text_atomically"]
+def write_file_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> str:
+    """``write(temporary_path)`` (a library's own writer: safetensors, faiss), then flushed to disk and renamed over
+    ``path``, as ``write_text_atomically`` does for text: a failed write leaves ``path`` as it was.
+
+    Example:
+        >>> import tempfile
+        >>> import torch
+        >>> from safetensors.torch import save_file
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "t.safetensors")
+        ...     path = write_file_atomically(path, lambda temporary: save_file({"t": torch.ones(2)}, temporary))
+        ...     print(os.listdir(folder))
+        ['t.safetensors']
+    """
+    path = os.fspath(path)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(temporary)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    return path
+
+
+__all__ = ["write_file_atomically", "write_text_atomically"]

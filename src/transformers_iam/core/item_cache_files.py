@@ -14,7 +14,7 @@ import uuid
 
 import torch
 
-from .files import write_text_atomically
+from .files import write_file_atomically, write_text_atomically
 
 RECORD_FILE = "item_cache.json"
 FORMAT_VERSION = 1
@@ -47,15 +47,8 @@ def write_cache_files(folder: str | os.PathLike, tensors: dict[str, torch.Tensor
         except ValueError:
             previous = None  # an unreadable record: its tensors file, if any, is left where it is
     name = f"item_states.{uuid.uuid4().hex[:12]}.safetensors"
-    temporary = os.path.join(folder, f"{name}.tmp-{os.getpid()}")
-    try:
-        save_file({key: value.detach().contiguous().cpu() for key, value in tensors.items()}, temporary)
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, os.path.join(folder, name))
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    stored = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
+    write_file_atomically(os.path.join(folder, name), lambda temporary: save_file(stored, temporary))
     content = {"format_version": FORMAT_VERSION, "states_file": name, **record}
     write_text_atomically(record_path, json.dumps(content, indent=2) + "\n")
     if _is_states_file_name(previous) and previous != name and os.path.exists(os.path.join(folder, previous)):

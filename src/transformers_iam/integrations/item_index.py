@@ -40,7 +40,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..core.files import write_text_atomically
+from ..core.files import write_file_atomically, write_text_atomically
 from ..core.ranking import check_exclusions, check_items_left
 
 SERVE_EXTRA = "pip install 'transformers-iam[serve]'"
@@ -284,15 +284,7 @@ class ItemIndex:
         metadata_path = os.path.join(folder, METADATA_FILE)
         previous = _index_file(metadata_path)
         name = f"item_index.{uuid.uuid4().hex[:12]}.faiss"
-        temporary = os.path.join(folder, f"{name}.tmp-{os.getpid()}")
-        try:
-            faiss.write_index(self.index, temporary)
-            with open(temporary, "rb+") as handle:
-                os.fsync(handle.fileno())
-            os.replace(temporary, os.path.join(folder, name))
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+        write_file_atomically(os.path.join(folder, name), lambda temporary: faiss.write_index(self.index, temporary))
         metadata = {
             "format_version": FORMAT_VERSION,
             "index_file": name,
