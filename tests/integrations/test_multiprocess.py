@@ -22,34 +22,35 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "ddp_train_script.py")
 pytestmark = pytest.mark.slow  # the real LLM, or several processes
 
 
-def test_two_processes_train_on_different_data_and_save_a_loadable_checkpoint(tmp_path):
+def launch_two_processes(tmp_path, launch_options: list[str], *script_args: str) -> list[dict]:
+    """Run ``ddp_train_script.py`` under ``accelerate launch`` with 2 processes; what each process recorded."""
     # HF_HOME: a developer's own `accelerate config` (HF_HOME/accelerate/default_config.yaml) is not read here
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "HF_HOME": str(tmp_path / "hf-home")}
-    # `--multi_gpu` selects the torchrun launcher; the script asks the Trainer for the CPU (use_cpu, gloo), so the
-    # two processes run DDP on the CPU whether or not the machine has GPUs
     command = [
         # the `accelerate` CLI through this interpreter: its script need not sit beside sys.executable (--user installs)
         sys.executable,
         "-m",
         "accelerate.commands.accelerate_cli",
         "launch",
-        "--multi_gpu",
+        *launch_options,
         "--num_processes",
         "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
         "--main_process_port",
         "0",  # accelerate picks a free port at launch: a fixed one fails while another run holds it
         SCRIPT,
         str(tmp_path),
+        *script_args,
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    seen = [json.loads((tmp_path / f"seen_rank{rank}.json").read_text()) for rank in (0, 1)]
+    return [json.loads((tmp_path / f"seen_rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def test_two_processes_train_on_different_data_and_save_a_loadable_checkpoint(tmp_path):
+    # `--multi_gpu` selects the torchrun launcher; the script asks the Trainer for the CPU (use_cpu, gloo), so the
+    # two processes run DDP on the CPU whether or not the machine has GPUs
+    options = ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    seen = launch_two_processes(tmp_path, options)
     assert [record["world_size"] for record in seen] == [2, 2]
     rank0, rank1 = (set(record["users"]) for record in seen)
     assert rank0 and rank1 and not rank0 & rank1  # each process trained on its own shard
@@ -67,25 +68,8 @@ def test_deepspeed_zero_trains_the_sampled_loss_on_two_processes_and_saves_a_who
     # the shipped accelerate config, on 2 CPU processes: accelerate takes the DeepSpeed path only without `--cpu`
     # (AcceleratorState), and DeepSpeed falls back to its CPU accelerator and gloo on a machine without GPUs
     pytest.importorskip("deepspeed")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "HF_HOME": str(tmp_path / "hf-home")}
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.accelerate_cli",
-        "launch",
-        "--config_file",
-        os.path.join(EXAMPLES, "accelerate", config_name),
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        "0",
-        SCRIPT,
-        str(tmp_path),
-        "deepspeed",
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    seen = [json.loads((tmp_path / f"seen_rank{rank}.json").read_text()) for rank in (0, 1)]
+    options = ["--config_file", os.path.join(EXAMPLES, "accelerate", config_name)]
+    seen = launch_two_processes(tmp_path, options, "deepspeed")
     assert [record["world_size"] for record in seen] == [2, 2]
     assert [record["distributed_type"] for record in seen] == ["DistributedType.DEEPSPEED"] * 2
     rank0, rank1 = (set(record["users"]) for record in seen)

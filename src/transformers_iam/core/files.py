@@ -29,20 +29,12 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> str:
     """
     if not isinstance(text, str):
         raise TypeError(f"write_text_atomically writes a str to {os.fspath(path)}, got {type(text).__name__}")
-    path = os.fspath(path)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    try:
+
+    def write(temporary: str) -> None:
         with open(temporary, "w", encoding="utf-8") as handle:
             handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        # a failed write (disk full, interrupted) leaves the old file as it was, and no temporary file beside it
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    return path
+
+    return write_file_atomically(path, write)
 
 
 def write_file_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> str:
@@ -67,6 +59,7 @@ def write_file_atomically(path: str | os.PathLike, write: Callable[[str], None])
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
+        # a failed write (disk full, interrupted) leaves the old file as it was, and no temporary file beside it
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
