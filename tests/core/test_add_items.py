@@ -13,19 +13,27 @@ NEW_IDS, NEW_TEXTS = ["n1", "n2"], ["w3_0 w3_1", "w5_0"]  # texts made of words 
 HISTORIES = [{"history": ["i1", "i4", "i9"]}, {"history": ["i2"]}]
 
 
-@pytest.fixture(params=[None, 4], ids=["full-width-ids", "narrow-ids"])
+@pytest.fixture(
+    params=[
+        dict(item_id_embedding_size=None),
+        dict(item_id_embedding_size=4),
+        dict(item_rows_from_text=True, new_item_dropout=0.3),
+    ],
+    ids=["full-width-ids", "narrow-ids", "rows-from-text"],
+)
 def setup(request):
     full = ItemCatalog([f"i{k}" for k in range(20)] + NEW_IDS, [f"w{k}_0" for k in range(20)] + NEW_TEXTS)
     warm = ItemCatalog(full.item_ids[:20], full.texts[:20])
     tokenizer = catalog_tokenizer(full)
     collator = IAMDataCollator(tokenizer, warm, max_length=48, **collator_kwargs())
-    model = tiny_model(
-        num_layers=4, num_item_tokens=1, use_item_id_embeddings=True, item_id_embedding_size=request.param
-    )
+    model = tiny_model(num_layers=4, num_item_tokens=1, use_item_id_embeddings=True, **request.param)
     model.set_catalog(warm)
     with torch.no_grad():  # a "trained" model: rows and identities far from their initialisation
         model.adapter.item_embeddings.weight.normal_()
         model.item_id_embeddings.weight.normal_()
+        if model.config.item_rows_from_text:  # and a trained text map, over the items' text features
+            model.init_item_text_features(collator)
+            model.adapter.text_to_rows.weight.normal_(std=0.2)
     return model, collator
 
 
@@ -167,25 +175,25 @@ def test_a_failed_extension_leaves_no_tokens_behind_for_the_next_one(setup, monk
 
 def test_a_failure_partway_leaves_every_copy_as_it_was(setup, monkeypatch):
     # PEFT keeps two copies of the head: the second copy's fit failing must not leave the first one grown
-    from transformers_iam.core import catalog_lifecycle
     from transformers_iam.integrations.peft import apply_lora
 
     model, collator = setup
     lora = apply_lora(model, rank=4)
-    fit = catalog_lifecycle.rows_from_text
+    grow = model._grown_head
     calls = []
 
     def fails_the_second_time(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("out of memory")
-        return fit(*args, **kwargs)
+        return grow(*args, **kwargs)
 
-    monkeypatch.setattr(catalog_lifecycle, "rows_from_text", fails_the_second_time)
+    monkeypatch.setattr(model, "_grown_head", fails_the_second_time)
     with pytest.raises(RuntimeError, match="out of memory"):
         lora.add_items(NEW_IDS, NEW_TEXTS, collator)
     wrapper = model.adapter
-    widths = [
-        copy.item_embeddings.out_features for copy in (wrapper.original_module, *wrapper.modules_to_save.values())
-    ]
-    assert widths == [20, 20] and model.config.num_items == 20 and len(collator.catalog) == 20
+    copies = (wrapper.original_module, *wrapper.modules_to_save.values())
+    assert [copy.item_embeddings.out_features for copy in copies] == [20, 20]
+    assert model.config.num_items == 20 and len(collator.catalog) == 20
+    if model.config.item_rows_from_text:
+        assert [copy.item_text_features.shape[0] for copy in copies] == [20, 20]

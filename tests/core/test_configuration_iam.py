@@ -23,6 +23,8 @@ from ..testing_utils import tiny_text_config
         (dict(iam_layer_types=["intra", "inter"]), "iam_layer_types has 2 entries but the backbone has 4 layers"),
         (dict(iam_layer_types=["intra", "cross", "full", "full"]), r"iam_layer_types\[1\] = 'cross'; allowed values"),
         (dict(iam_layer_types="intra"), "iam_layer_types.*expected a list"),
+        (dict(new_item_dropout=0.3), "new_item_dropout=0.3 drops the items' residuals .* item_rows_from_text=True"),
+        (dict(item_rows_from_text=True, new_item_dropout=1.0), "new_item_dropout"),
     ],
 )
 def test_config_rejects_bad_values_and_names_the_field(kwargs, message):

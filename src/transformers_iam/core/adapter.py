@@ -12,11 +12,26 @@ from .catalog import ItemCatalog
 from .configuration_iam import IAMConfig
 
 
+class TextToItemRows(nn.Linear):
+    """Maps items' text features to their (embedding, bias) rows: a LayerNorm of the features, then this linear map,
+    zero-initialised so that a fresh model's rows are the items' own (``config.item_rows_from_text``)."""
+
+    def __init__(self, num_features: int, adapter_size: int):
+        super().__init__(num_features, adapter_size + 1)
+        self.feature_norm = nn.LayerNorm(num_features)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.feature_norm(features))
+
+
 class IAMRecommendationAdapter(nn.Module):
     """Maps the pooled final hidden state to one score per catalog item.
 
-    A projection (dense, GELU, LayerNorm), then one learned embedding per item, scored by dot product; the bias is a
-    learned per-item prior (popularity).
+    A projection (dense, GELU, LayerNorm), then one embedding per item, scored by dot product, plus a per-item bias
+    (a prior such as popularity). By default both are learned rows of their own (``item_embeddings``). With
+    ``config.item_rows_from_text`` each item's (embedding, bias) is ``text_to_rows`` of its text features
+    (``item_text_features``) plus its own row as a residual; ``item_rows`` gives the rows either way, and every
+    reader of the rows (scoring, ranking in chunks, the item index) goes through it.
     """
 
     def __init__(self, config: IAMConfig):
@@ -26,13 +41,44 @@ class IAMRecommendationAdapter(nn.Module):
         self.activation = nn.GELU()
         self.norm = nn.LayerNorm(adapter_size)
         self.item_embeddings = nn.Linear(adapter_size, config.num_items)
+        self.text_to_rows: TextToItemRows | None = None
+        if config.item_rows_from_text:
+            features = 2 * config.text_config.hidden_size  # mean and last state of the item's text
+            self.register_buffer("item_text_features", torch.zeros(config.num_items, features))
+            self.text_to_rows = TextToItemRows(features, adapter_size)
 
     def project(self, pooled_hidden_state: torch.Tensor) -> torch.Tensor:
         """The user state in the item embeddings' space."""
         return self.norm(self.activation(self.dense(pooled_hidden_state)))
 
-    def forward(self, pooled_hidden_state: torch.Tensor) -> torch.Tensor:
-        return self.item_embeddings(self.project(pooled_hidden_state))
+    def item_rows(
+        self, indices: torch.Tensor | None = None, keep: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embeddings, bias)`` of the items at ``indices`` (all by default), ``(n, adapter_hidden)`` and ``(n,)``.
+
+        ``keep`` (``(num_items,)`` bool, training with ``config.new_item_dropout``): the items that keep their
+        residual; the others are scored from their text alone, as an item added after training is.
+
+        Example:
+            >>> weight, bias = model.adapter.item_rows()
+            >>> torch.equal(weight, model.adapter.item_embeddings.weight)  # no text map: the rows themselves
+            True
+        """
+        weight, bias = self.item_embeddings.weight, self.item_embeddings.bias
+        if indices is not None:
+            weight, bias = weight[indices], bias[indices]
+        if self.text_to_rows is None:
+            return weight, bias
+        if keep is not None:
+            kept = keep if indices is None else keep[indices]
+            weight, bias = weight * kept[:, None].to(weight.dtype), bias * kept.to(bias.dtype)
+        features = self.item_text_features if indices is None else self.item_text_features[indices]
+        from_text = self.text_to_rows(features.to(weight.dtype))
+        return from_text[:, :-1] + weight, from_text[:, -1] + bias
+
+    def forward(self, pooled_hidden_state: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        weight, bias = self.item_rows(keep=keep)
+        return nn.functional.linear(self.project(pooled_hidden_state), weight, bias)
 
 
 def log_popularity_prior(item_counts: torch.Tensor | Sequence[float], num_items: int) -> torch.Tensor:
@@ -152,6 +198,7 @@ def rows_from_text(
 
 __all__ = [
     "IAMRecommendationAdapter",
+    "TextToItemRows",
     "log_popularity_prior",
     "ridge_fit",
     "rows_from_text",

@@ -28,7 +28,7 @@ def _grown_linear(linear: nn.Linear, new_weight: torch.Tensor, new_bias: torch.T
 
 class CatalogMixin:
     """The catalog of an [`IAMForCausalRecommendation`]: ``set_catalog``, the initialisations of its rows from data
-    (``init_item_prior``, ``init_item_embeddings_from_text``) and ``add_items``."""
+    (``init_item_prior``, ``init_item_embeddings_from_text``, ``init_item_text_features``) and ``add_items``."""
 
     catalog: ItemCatalog | None
 
@@ -97,10 +97,40 @@ class CatalogMixin:
         weight = self.adapter.item_embeddings.weight
         weight.copy_((embeddings * scale).to(weight.dtype))
 
+    @torch.no_grad()
+    def init_item_text_features(self, renderer) -> None:
+        """Read every catalog item's text once for ``config.item_rows_from_text``: its states where items enter the
+        layers above the leading intra run (mean and last, each item read alone), kept in the adapter
+        (``item_text_features``, saved with the model). ``renderer``: an [`IAMDataCollator`] of the model's catalog
+        (or the item token sequences in catalog order).
+
+        Example:
+            >>> from transformers_iam import IAMConfig, IAMForCausalRecommendation
+            >>> config = IAMConfig.from_dict({**model.config.to_dict(), "item_rows_from_text": True})
+            >>> text_model = IAMForCausalRecommendation(config)
+            >>> text_model.set_catalog(model.catalog)
+            >>> text_model.init_item_text_features(collator)
+            >>> text_model.adapter.item_text_features.shape
+            torch.Size([20, 64])
+        """
+        if not self.config.item_rows_from_text:
+            raise ValueError("init_item_text_features is for rows read from text: config.item_rows_from_text is False")
+        sequences = item_token_sequences(renderer, self.catalog)
+        if len(sequences) != self.config.num_items:
+            raise ValueError(f"got token ids for {len(sequences)} items, the catalog has {self.config.num_items}")
+        with eval_mode(self):
+            features = self._text_features(sequences)
+        for adapter in module_copies(self.adapter):
+            adapter.item_text_features.copy_(features.to(adapter.item_text_features))
+
     def _grown_head(self, adapter: nn.Module, features: torch.Tensor, old_size: int) -> nn.Linear:
-        """``adapter``'s scoring head with rows for the items after ``old_size``: the ridge map from text features to
-        the trained rows, fitted on this copy's own rows."""
+        """``adapter``'s scoring head with rows for the items after ``old_size``: with rows read from text
+        (``config.item_rows_from_text``), no residual (the trained text map scores them); otherwise the ridge map
+        from text features to the trained rows, fitted on this copy's own rows."""
         head = adapter.item_embeddings
+        if self.config.item_rows_from_text:
+            rows = head.weight.new_zeros(features.shape[0] - old_size, head.weight.shape[1] + 1)
+            return _grown_linear(head, rows[:, :-1], rows[:, -1])
         trained_rows = torch.cat([head.weight, head.bias[:, None]], dim=1)
         rows, ridge = rows_from_text(features[:old_size], trained_rows, features[old_size:])
         logger.info(
@@ -117,11 +147,13 @@ class CatalogMixin:
     def add_items(self, item_ids: Sequence, texts: Sequence[str], renderer) -> ItemCatalog:
         """Add new items to a trained model's catalog, scored from their text, without retraining.
 
-        Items that arrive after training (cold items) have no trained adapter row. Each new item gets the row (item
-        embedding and bias) that a ridge regression fitted on the trained catalog predicts from its text: the text
-        features are the item's states where items enter the layers above the intra run (mean and last), the
-        targets the trained rows, the strength chosen by cross-validation over the trained items. Item id
-        embeddings of new items are zero (they are read from their text alone). The catalog binding
+        Items that arrive after training (cold items) have no trained adapter row. With
+        ``config.item_rows_from_text`` a new item is scored by the trained map of its text features (the item's
+        states where items enter the layers above the intra run, mean and last), with no residual of its own: as
+        the items dropped in training (``config.new_item_dropout``) were. Otherwise it gets the row (item embedding
+        and bias) that a ridge regression fitted on the trained catalog predicts from those features, the strength
+        chosen by cross-validation over the trained items. Item id embeddings of new items are zero (they are read
+        from their text alone). The catalog binding
         (``config.num_items``, ``catalog_fingerprint``) and an attached item-state cache are extended; ``renderer``
         (an [`IAMDataCollator`]) is switched to the extended catalog so it renders the new items.
 
@@ -172,6 +204,10 @@ class CatalogMixin:
             raise
         for adapter, head in heads:
             adapter.item_embeddings = head
+            if self.config.item_rows_from_text:
+                adapter.item_text_features = torch.cat(
+                    [adapter.item_text_features, features[old_size:].to(adapter.item_text_features)]
+                )
         if tables:
             replace_module(self, "item_id_embeddings", lambda table: tables[id(table)])
         if self.config.num_sampled_negatives is not None:  # new items: never a training target (count 0, smoothed)

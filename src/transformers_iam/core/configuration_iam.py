@@ -169,6 +169,16 @@ class IAMConfig(PreTrainedConfig):
             correction (`init_sampling_frequency` gives the training targets' counts). For large catalogs, where a
             `[targets x catalog]` score matrix does not fit; evaluation still ranks the whole catalog. `None` (the
             default): full cross-entropy.
+        item_rows_from_text (`bool`, *optional*, defaults to `False`):
+            Each item's adapter row and bias are a learned map of its text features (its states where items enter
+            the layers above the leading intra run, mean and last, read alone; `init_item_text_features` computes
+            them) plus a learned residual of its own. An item added after training
+            ([`IAMForCausalRecommendation.add_items`]) has no residual: it is scored by the trained map of its text.
+        new_item_dropout (`float`, *optional*, defaults to 0.0):
+            With `item_rows_from_text`, the share of the catalog that plays new items at each training step: whole
+            items lose their residual row, residual bias and id vector, as an item added after training has none
+            (DropoutNet's dropout of ids). The text map then learns to place items on its own, in the distribution of
+            the trained rows.
         catalog_fingerprint (`str`, *optional*):
             sha256 of the catalog's item ids in order (`ItemCatalog.fingerprint`), set by `set_catalog`: loading
             refuses an `item_catalog.json` that does not match it (docs/reliability.md).
@@ -195,6 +205,8 @@ class IAMConfig(PreTrainedConfig):
     use_item_id_embeddings: bool = False
     item_id_embedding_size: int | None = positive_int_field(default=None)
     num_sampled_negatives: int | None = positive_int_field(default=None)
+    item_rows_from_text: bool = False
+    new_item_dropout: int | float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
     catalog_fingerprint: str | None = validated_field(_check_catalog_fingerprint, default=None)
 
     def validate_layer_layout(self):
@@ -211,6 +223,14 @@ class IAMConfig(PreTrainedConfig):
             raise ValueError(
                 f"item_id_embedding_size={self.item_id_embedding_size!r} sets the width of the items' id vectors: "
                 "set use_item_id_embeddings=True"
+            )
+
+    def validate_new_item_dropout(self):
+        """Items play new ones by losing what a new item lacks: the residual of a row that comes from text."""
+        if self.new_item_dropout > 0 and not self.item_rows_from_text:
+            raise ValueError(
+                f"new_item_dropout={self.new_item_dropout!r} drops the items' residuals on top of rows read from "
+                "their text: set item_rows_from_text=True"
             )
 
     def __post_init__(self, **kwargs):

@@ -3,6 +3,8 @@ softmax with the logQ correction), of one target per row or of a target after ev
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -46,7 +48,7 @@ def targeted_states(
 
 
 def catalog_cross_entropy(
-    adapter: nn.Module,
+    score: Callable[[torch.Tensor], torch.Tensor] | None,
     logits: torch.Tensor,
     hidden: torch.Tensor,
     labels: torch.Tensor,
@@ -54,8 +56,8 @@ def catalog_cross_entropy(
     num_items: int,
 ) -> torch.Tensor:
     """Cross-entropy over the whole catalog. Without ``item_ends`` (``supervision="last"``) of ``logits`` against one
-    target per row; with them (``"every_item"``) of the adapter's scores read at each item's end (``hidden`` at
-    ``item_ends``) against the target after that item, averaged over every target of the batch.
+    target per row; with them (``"every_item"``) of the scores ``score`` gives (the adapter's) read at each item's
+    end (``hidden`` at ``item_ends``) against the target after that item, averaged over every target of the batch.
 
     Example:
         >>> logits = torch.tensor([[2.0, 0.0, 0.0]])
@@ -63,7 +65,7 @@ def catalog_cross_entropy(
         0.2395
     """
     states, targets = targeted_states(logits, hidden, labels, item_ends, num_items)
-    scores = logits if item_ends is None else adapter(states)
+    scores = logits if item_ends is None else score(states)
     return nn.functional.cross_entropy(scores.float(), targets)
 
 
@@ -74,6 +76,7 @@ def sampled_softmax_cross_entropy(
     num_negatives: int,
     log_frequency: torch.Tensor,
     generator: torch.Generator | None = None,
+    kept_items: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy over sampled candidates instead of the whole catalog (``config.num_sampled_negatives``).
 
@@ -84,7 +87,8 @@ def sampled_softmax_cross_entropy(
     expected count among the candidates (the logQ correction, Yi et al. 2019, "Sampling-bias-corrected neural
     modeling"), ``targets x p(item) + negatives / catalog``, with ``p`` from ``log_frequency`` (the training
     targets' log counts; uniform when zero). A candidate that is the row's own target elsewhere in the set (another
-    row's equal target, or a sampled copy) is not a negative: it is masked out.
+    row's equal target, or a sampled copy) is not a negative: it is masked out. ``kept_items``: as for the adapter's
+    ``item_rows`` (training with ``config.new_item_dropout``).
 
     Example:
         >>> from transformers_iam.core.adapter import IAMRecommendationAdapter
@@ -95,11 +99,12 @@ def sampled_softmax_cross_entropy(
         (torch.Size([]), True)
     """
     num_items = log_frequency.shape[0]
-    weight, bias = adapter.item_embeddings.weight, adapter.item_embeddings.bias
-    negatives = torch.randint(num_items, (num_negatives,), device=weight.device, generator=generator)
-    candidates = torch.cat([labels.to(weight.device), negatives])
+    device = adapter.item_embeddings.weight.device
+    negatives = torch.randint(num_items, (num_negatives,), device=device, generator=generator)
+    candidates = torch.cat([labels.to(device), negatives])
+    weight, bias = adapter.item_rows(candidates, kept_items)
     projected = adapter.project(states.to(weight.dtype))
-    scores = (projected @ weight[candidates].T + bias[candidates]).float()
+    scores = (projected @ weight.T + bias).float()
     probability = torch.softmax(log_frequency.float(), dim=0)
     expected_count = labels.numel() * probability[candidates] + num_negatives / num_items
     scores = scores - expected_count.log()

@@ -8,6 +8,7 @@ loss. The catalog's lifecycle is ``core/catalog_lifecycle.py``, the item-state c
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
-from .adapter import IAMRecommendationAdapter
+from .adapter import IAMRecommendationAdapter, TextToItemRows
 from .attention import current_attn_implementation, enable_item_aware_attention, item_aware_implementation
 from .catalog import ItemCatalog, checkpoint_catalog, remove_stale_catalog
 from .catalog_lifecycle import CatalogMixin
@@ -97,6 +98,9 @@ class IAMPreTrainedModel(PreTrainedModel):
         # zero: an untrained model is the text-only model, and an item never trained keeps no identity of its own
         if isinstance(module, ItemIdEmbeddings):
             init.zeros_(module.weight)
+        elif isinstance(module, TextToItemRows):  # zero: at first every item's row is its own (its residual)
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
         else:
             super()._init_weights(module)
         # the sampled loss's item frequencies start uniform; a checkpoint saved without them (a model trained with
@@ -273,6 +277,7 @@ class IAMForCausalRecommendation(CatalogMixin, ItemCacheMixin, IAMPreTrainedMode
                 same outputs to float rounding (`core/forward_plan.py`).
             kwargs: passed to the backbone's own forward on the masked path (attention kwargs of transformers).
         """
+        kept_items = self.simulated_new_items()
         backbone = self.backbone_forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -282,6 +287,7 @@ class IAMForCausalRecommendation(CatalogMixin, ItemCacheMixin, IAMPreTrainedMode
             segment_item_indices=segment_item_indices,
             output_hidden_states=bool(output_hidden_states),
             path=path,
+            kept_items=kept_items,
             **kwargs,
         )
         pooled, item_ends = self._read(backbone)
@@ -291,16 +297,31 @@ class IAMForCausalRecommendation(CatalogMixin, ItemCacheMixin, IAMPreTrainedMode
                 pooled, backbone.last_hidden_state, labels, item_ends, self.config.num_items
             )
             loss = sampled_softmax_cross_entropy(
-                self.adapter, states, targets, self.config.num_sampled_negatives, self.item_log_frequency
+                self.adapter,
+                states,
+                targets,
+                self.config.num_sampled_negatives,
+                self.item_log_frequency,
+                kept_items=kept_items,
             )
             return IAMRecommendationOutput(loss=loss, logits=None, hidden_states=backbone.hidden_states)
-        logits = self.adapter(pooled)
+        score = functools.partial(self.adapter, keep=kept_items)
+        logits = score(pooled)
         loss = None
         if labels is not None:
             loss = catalog_cross_entropy(
-                self.adapter, logits, backbone.last_hidden_state, labels, item_ends, self.config.num_items
+                score, logits, backbone.last_hidden_state, labels, item_ends, self.config.num_items
             )
         return IAMRecommendationOutput(loss=loss, logits=logits, hidden_states=backbone.hidden_states)
+
+    def simulated_new_items(self) -> torch.Tensor | None:
+        """In training with ``config.new_item_dropout``: ``(num_items,)`` bool, the items that keep their residual row,
+        bias and id vector this step; the others play items added after training (scored from their text alone).
+        ``None`` otherwise: every item keeps everything."""
+        if not self.training or self.config.new_item_dropout == 0:
+            return None
+        device = self.adapter.item_embeddings.weight.device
+        return torch.rand(self.config.num_items, device=device) >= self.config.new_item_dropout
 
     def _read(self, backbone: IAMBackboneOutput) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The state the adapter reads in each row (``config.supervision``): at the query's last token, or at the last
@@ -316,8 +337,9 @@ class IAMForCausalRecommendation(CatalogMixin, ItemCacheMixin, IAMPreTrainedMode
 
     def user_states(self, **inputs) -> torch.Tensor:
         """``(batch, adapter_hidden)``: each user's state, read as ``forward`` reads it (``inputs``: its own, without
-        ``labels``), so ``forward(...).logits == adapter.item_embeddings(user_states(...))``: what a catalog too large
-        for one ``[users x items]`` matrix is ranked from (``core/ranking.py``, ``integrations/item_index.py``)."""
+        ``labels``), so ``forward(...).logits == F.linear(user_states(...), *adapter.item_rows())``: what a catalog
+        too large for one ``[users x items]`` matrix is ranked from (``core/ranking.py``,
+        ``integrations/item_index.py``)."""
         return self.adapter.project(self._read(self.backbone_forward(**inputs))[0])
 
     def backbone_forward(
@@ -331,11 +353,12 @@ class IAMForCausalRecommendation(CatalogMixin, ItemCacheMixin, IAMPreTrainedMode
         output_hidden_states: bool = False,
         path: ForwardPath | str | None = None,
         cache: ItemStateCache | None = None,
+        kept_items: torch.Tensor | None = None,
         **kwargs,
     ) -> IAMBackboneOutput:
         """The backbone's final states where the adapter reads them, by the plan this call's inputs and ``path`` give
         (``cache``: read this cache instead of the attached one). Every path gives the masked path's states, to float
-        rounding.
+        rounding. ``kept_items``: the items whose id vectors are added (``simulated_new_items``; all by default).
 
         Example:
             >>> out = model.backbone_forward(**collator([{"history": ["i1", "i2"]}]), path="masked")
@@ -352,11 +375,23 @@ class IAMForCausalRecommendation(CatalogMixin, ItemCacheMixin, IAMPreTrainedMode
             raise TypeError(f"unexpected arguments for this model's forward: {sorted(kwargs)}")
         if plan.cache is not None:
             plan.cache.check(plan.num_leading_intra, plan.num_item_tokens, current_attn_implementation(self.config))
-        output = item_aware_forward(decoder_parts(self.model), plan, inputs, self.item_id_embeddings)
+        output = item_aware_forward(decoder_parts(self.model), plan, inputs, self._item_id_vectors(kept_items))
         layout = output.layout
         return IAMBackboneOutput(
             output.last_hidden_state, layout.attention_mask, layout.item_segment_ids, output.hidden_states
         )
+
+    def _item_id_vectors(self, kept_items: torch.Tensor | None):
+        """Catalog indices to id vectors, zero for the items not in ``kept_items`` (when given)."""
+        table = self.item_id_embeddings
+        if table is None or kept_items is None:
+            return table
+
+        def kept_vectors(items: torch.Tensor) -> torch.Tensor:
+            vectors = table(items)
+            return vectors * kept_items[items][..., None].to(vectors.dtype)
+
+        return kept_vectors
 
     def forward_plan(
         self,

@@ -195,15 +195,16 @@ class ItemRecommendationPipeline(Pipeline):
         k = min(top_k, num_items if exclusions is None else int(items_left(exclusions, num_items)[0]))
         if k == 0:
             return torch.empty(0), torch.empty(0, dtype=torch.long)
-        head = self.model.adapter.item_embeddings
-        states = model_outputs["user_states"].to(head.weight.device)  # the pipeline hands outputs back on the CPU
+        with torch.no_grad():
+            weight, bias = self.model.adapter.item_rows()
+        states = model_outputs["user_states"].to(weight.device)  # the pipeline hands outputs back on the CPU
         index = getattr(self, "item_index", None)
         if index is not None:
             index.check(self.model)  # refuses an index of another catalog (items added since it was built)
             values, indices = index.search(states, k, exclude=exclusions)
         else:
             chunk_size = ranking_chunk_size(None, num_items)
-            values, indices = chunked_topk(states, head.weight, head.bias, k, exclusions, chunk_size)
+            values, indices = chunked_topk(states, weight, bias, k, exclusions, chunk_size)
         return values[0], indices[0]
 
 

@@ -209,7 +209,7 @@ def chunked_topk(
     a ``[users x chunk_size]`` matrix is held.
 
     ``user_states`` ``(users, d)``: ``model.user_states(...)`` (the adapter's ``project``); ``weight`` ``(items, d)``
-    and ``bias`` ``(items,)``: ``model.adapter.item_embeddings``. ``exclude``: catalog indices never to return, per
+    and ``bias`` ``(items,)``: ``model.adapter.item_rows()``. ``exclude``: catalog indices never to return, per
     user, as for :func:`exclude_items` (``name`` names it in errors); a ``k`` over what a user has left is refused.
     ``chunk_size=None``: as :func:`ranking_chunk_size` chooses (one chunk below ``CHUNKED_RANKING_THRESHOLD``).
     Returns ``(scores, indices)``, ``(users, k)``, best first: the scores and the items of ``torch.topk`` over the
@@ -257,8 +257,8 @@ def model_top_k(
         if exclusions is not None:
             logits = exclude_items(logits, exclusions, "exclude_item_ids")
         return logits.topk(k, dim=-1)
-    head = model.adapter.item_embeddings
-    return chunked_topk(model.user_states(**inputs), head.weight, head.bias, k, exclusions, chunk_size)
+    weight, bias = model.adapter.item_rows()
+    return chunked_topk(model.user_states(**inputs), weight, bias, k, exclusions, chunk_size)
 
 
 @torch.no_grad()

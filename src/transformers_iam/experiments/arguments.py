@@ -45,6 +45,8 @@ IAM_FIELDS = (
     "item_id_embedding_size",
     "adapter_hidden_size",
     "num_sampled_negatives",
+    "item_rows_from_text",
+    "new_item_dropout",
 )
 
 

@@ -111,6 +111,8 @@ def build_model(run: RunArguments, data: LeaveOneOutData, collator: IAMDataColla
     )
     if args.init_item_embeddings_from_text:
         model.init_item_embeddings_from_text(collator)
+    if args.item_rows_from_text:
+        model.init_item_text_features(collator)
     if args.init_item_prior or args.num_sampled_negatives is not None:
         counts = popularity_scores(data.visible_sequences("train"), catalog)
         if args.init_item_prior:

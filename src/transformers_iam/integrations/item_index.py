@@ -205,8 +205,9 @@ class ItemIndex:
     def from_model(cls, model, kind: str = "ivf", **options) -> ItemIndex:
         """An index over ``model``'s adapter rows, bound to its catalog (``config.catalog_fingerprint``); ``options``
         as for :meth:`build`."""
-        head = model.adapter.item_embeddings
-        return cls.build(head.weight, head.bias, kind, fingerprint=model.config.catalog_fingerprint, **options)
+        with torch.no_grad():
+            weight, bias = model.adapter.item_rows()
+        return cls.build(weight, bias, kind, fingerprint=model.config.catalog_fingerprint, **options)
 
     def check(self, model, rows: bool = False) -> None:
         """Refuse a ``model`` this index was not built for: another catalog (or a catalog grown by ``add_items``),
@@ -318,8 +319,9 @@ class ItemIndex:
             )
         _check_binding(metadata["num_items"], metadata["catalog_fingerprint"], metadata["rows_digest"], model, True)
         index = import_faiss().read_index(os.path.join(folder, metadata["index_file"]))
-        head = model.adapter.item_embeddings
-        loaded = cls(index, metadata["kind"], head.weight, head.bias, metadata["catalog_fingerprint"])
+        with torch.no_grad():
+            weight, bias = model.adapter.item_rows()
+        loaded = cls(index, metadata["kind"], weight, bias, metadata["catalog_fingerprint"])
         if loaded.kind == "ivf":
             loaded.nprobe = int(metadata["nprobe"])
         return loaded
@@ -338,12 +340,16 @@ def _check_binding(num_items: int, fingerprint: str | None, digest: str, model, 
             f"than the model's ({model_items} items, fingerprint {str(model_fingerprint)[:12]}): rebuild it with "
             "ItemIndex.from_model(model)"
         )
-    head = model.adapter.item_embeddings
-    if rows and rows_digest(head.weight, head.bias) != digest:
+    if rows and _model_rows_digest(model) != digest:
         raise ValueError(
             "this item index was built from other adapter rows than the model's (a retrained model?): rebuild it with "
             "ItemIndex.from_model(model)"
         )
+
+
+@torch.no_grad()
+def _model_rows_digest(model) -> str:
+    return rows_digest(*model.adapter.item_rows())
 
 
 def _is_index_file_name(name) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def run_name(config: dict) -> str:
     """How a run is named in reports, from its model arguments (``experiment.json``'s ``"model"``): the layout, or the
-    ablation, in words; item-level and item id embeddings said.
+    ablation, in words; item-level, item id embeddings and rows read from text said.
 
     Example:
         >>> run_name({"iam_layout": "stacked", "num_item_tokens": 1, "use_item_id_embeddings": True})
@@ -24,6 +24,9 @@ def run_name(config: dict) -> str:
     if config.get("use_item_id_embeddings"):
         width = config.get("item_id_embedding_size")
         name += " + item ids" + (f" ({width}-wide)" if width else "")
+    if config.get("item_rows_from_text"):
+        dropout = config.get("new_item_dropout") or 0
+        name += " + rows from text" + (f" (new-item dropout {dropout:g})" if dropout else "")
     return name
 
 
