@@ -250,6 +250,100 @@ def test_item_popularity_ties_keep_catalog_order():
     assert popularity.top(5, exclude={3}) == [(1, 3), (0, 1), (2, 1), (4, 0)]
 
 
+# -- a new item a visitor adds ------------------------------------------------------------------------------------
+def favourite_history(recommender) -> list[str]:
+    """i2 and the model's own favourites for it: history items that outscore most others, so a rank that counted
+    them would be off."""
+    favourites = [row["item_id"] for row in recommender.pipeline({"history": ["i2"]}, top_k=3, exclude_history=False)]
+    return list(dict.fromkeys(["i2", *favourites]))
+
+
+def test_a_new_item_joins_the_catalog_and_its_rank_is_its_place_in_the_list(checkpoint):
+    recommender = load_recommender(checkpoint)
+    history = favourite_history(recommender)
+    item_id = recommender.add_new_item(" The  Matrix (1999) ", " Action |Sci-Fi, ")
+    assert item_id == "new:The Matrix (1999)" and recommender.added == [item_id]
+    catalog = recommender.catalog
+    assert catalog.item_ids == [f"i{n}" for n in range(20)] + [item_id]
+    assert catalog.text_of(item_id) == "The Matrix (1999) | Action, Sci-Fi"
+    # one catalog for the model, the collator and the pipeline (which renders and scores the new item)
+    assert recommender.model.catalog is catalog and recommender.collator.catalog is catalog
+    assert recommender.model.config.num_items == 21 and recommender.model.item_cache is not None
+    with torch.inference_mode():
+        logits = recommender.model(**recommender.collator([{"history": history, "target": None}])).logits
+    assert logits.shape == (1, 21)
+
+    # rank_of is the item's place in the pipeline's whole list for the history (history items neither listed nor
+    # counted), for the new item and for every other
+    full = [row.item_id for row in recommender.recommend(history, k=len(catalog)).model]
+    assert len(full) == 21 - len(history) and item_id in full and not set(history) & set(full)
+    for shown in full:
+        assert recommender.rank_of(history, shown) == (full.index(shown) + 1, len(full)), shown
+    with pytest.raises(DemoInputError, match="The history is empty"):
+        recommender.rank_of([], item_id)
+    with pytest.raises(DemoInputError, match=r"'w2_0 w2_1 w2_2' is in the history: it is not ranked"):
+        recommender.rank_of(history, "i2")
+
+    # the same item added to a server without the item-state cache gets the same list
+    live = load_recommender(checkpoint, item_cache=False)
+    assert live.add_new_item("The Matrix (1999)", "Action, Sci-Fi") == item_id
+    assert [row.item_id for row in live.recommend(history, k=21).model] == full
+
+    # search, typed titles and histories find it
+    assert recommender.search("matrix") == [item_id] and recommender.search("SCI-FI action") == [item_id]
+    assert recommender.resolve("the matrix (1999)") == item_id
+    in_history = [row.item_id for row in recommender.recommend(["i1", item_id], k=21).model]
+    assert len(in_history) == 19 and item_id not in in_history
+    assert recommender.rank_of([item_id], "i1")[1] == 20
+
+
+def test_a_new_item_is_never_more_popular_than_a_counted_one(checkpoint):
+    recommender = load_recommender(checkpoint)
+    item_id = recommender.add_new_item("Heat (1995)", "Action")
+    assert recommender.popularity.counts.tolist() == [float(dict(EXPECTED_POPULARITY)[f"i{n}"]) for n in range(20)] + [
+        0.0
+    ]
+    expected = [(catalog_id, count) for catalog_id, count in EXPECTED_POPULARITY if catalog_id != "i2"]
+    popular = recommender.recommend(["i2"], k=20).popularity
+    assert [(row.item_id, row.value) for row in popular] == expected + [(item_id, 0)]  # last: count 0, last index
+    assert recommender.popularity.top(21, exclude=set())[-1] == (20, 0)
+    top = recommender.recommend([item_id], k=10).popularity  # a history of the new item: the same top-10
+    assert [(row.item_id, row.value) for row in top] == EXPECTED_POPULARITY[:10]
+
+
+def test_new_items_are_refused_by_name_and_change_nothing(checkpoint, monkeypatch):
+    from transformers_iam.integrations import demo_recommender
+
+    recommender = load_recommender(checkpoint)
+    first = recommender.add_new_item("Heat (1995)", "Action")
+
+    def refused(title: str, genres: str, message: str) -> None:
+        catalog, popularity, size = recommender.catalog, recommender.popularity, len(recommender.model.catalog)
+        added = list(recommender.added)
+        with pytest.raises(DemoInputError, match=message):
+            recommender.add_new_item(title, genres)
+        assert recommender.catalog is catalog and recommender.popularity is popularity
+        assert len(recommender.model.catalog) == recommender.model.config.num_items == size
+        assert len(recommender.collator.catalog) == len(recommender._lowered) == len(recommender._titles) == size
+        assert recommender.added == added
+
+    refused("", "Drama", r"Type the new item's title \(with its year")
+    refused(" \n\t ", "Drama", r"Type the new item's title")
+    refused("w1_0 w1_1", "", r"'w1_0 w1_1' is already in the catalog")  # i1's text
+    refused("HEAT  (1995)", "action|", r"'Heat \(1995\) \| Action' is already in the catalog")  # the one just added
+    refused("A | B (2001)", "Drama", r"The title 'A \| B \(2001\)' holds '\|'")
+    refused("x" * 190, "Drama, Comedy", r"are 206 characters long: at most 200 are taken")
+    refused("x" * 201, "", r"are 201 characters long")
+    # the same title with other genres is another item, with an id of its own
+    second = recommender.add_new_item("Heat (1995)", "Crime")
+    assert second == "new:Heat (1995) #2" and recommender.catalog.text_of(second) == "Heat (1995) | Crime"
+    assert recommender.added == [first, second]
+    # the cap (50 in a server; 2 here, so that the test adds few items)
+    monkeypatch.setattr(demo_recommender, "MAX_NEW_ITEMS", 2)
+    refused("Ronin (1998)", "Action", r"This demo already has 2 new items, as many as one server takes")
+    assert len(recommender.catalog) == recommender.model.config.num_items == 22
+
+
 # -- the page in a real browser -----------------------------------------------------------------------------------
 def require(module: str):
     """Import what the browser tests need; skip without it locally, fail under CI (which installs it all)."""
@@ -422,6 +516,29 @@ def test_the_page_in_a_real_browser(browser_page, served, outside_connections, c
     )
     assert [row[0] for row in read_list(page, "model-list")] != [row[0] for row in model_rows]
 
+    # a new item typed as markup: added, ranked for the history as the model's whole list places it, shown as text,
+    # then found by the search box and added to the history
+    dialogs = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    title, item_id = "<img src=x onerror=alert(1)>", "new:<img src=x onerror=alert(1)>"
+    page.locator("#new-title textarea, #new-title input").first.fill(title)
+    page.locator("#new-genres textarea, #new-genres input").first.fill("Drama|<b>Comedy</b>")
+    page.locator("#add-new").click()
+    text = f"{title} | Drama, <b>Comedy</b>"
+    fresh = load_recommender(checkpoint, item_cache=False)  # the same item added to a fresh load: its whole list
+    assert fresh.add_new_item(title, "Drama|<b>Comedy</b>") == item_id
+    full = [row.item_id for row in fresh.recommend(["i1", "i13"], k=21).model]
+    rank = full.index(item_id) + 1
+    wait_for_message(page, f"Added new item {text!r}: for this history it ranks {rank} of 19.")
+    if rank <= 10:  # among the model's top-10 now, its text shown literally
+        wait_for_text(page, "#model-list", text)
+    type_and_pick(page, "onerror", text)
+    wait_for_history(page, [catalog.text_of("i1"), catalog.text_of("i13"), text])
+    wait_for_message(page, f"Added {text!r}.")
+    page.wait_for_timeout(300)  # time for an image that were to load (and fail) to run its onerror
+    assert dialogs == [] and page.locator("#message img, #history img, #matches img, #model-list img").count() == 0
+    assert not [url for url in requests if urlparse(url).path.endswith("/x")], "the typed <img> was loaded"
+
     # clearing leaves an empty history, which says so instead of showing lists
     page.locator("#clear").click()
     wait_for_history(page, [])
@@ -574,6 +691,51 @@ def test_checkpoint_and_typed_text_reaches_the_page_as_text(hostile):
     problem = f"There is no checkpoint at <img src={origin}/error.png> ![e]({origin}/error.png)"
     error_page = {c["props"].get("elem_id"): c for c in build_demo(problem).config["components"]}
     assert problem in shown_text(error_page["message"])
+
+
+def test_the_page_adds_a_new_item_and_shows_its_rank_as_text(checkpoint):
+    """Without a browser: the new-item control's handler, as the page wires it: its message (rank included) is text
+    in the message's ``gr.HTML``, bad input gets its message, and the item is searchable and can join the history."""
+    gr = require("gradio")
+    from transformers_iam.integrations.demo import _Page, build_demo
+
+    recommender = load_recommender(checkpoint)
+    components = {c["props"].get("elem_id"): c for c in build_demo(recommender).config["components"]}
+    assert components["new-title"]["type"] == components["new-genres"]["type"] == "textbox"
+    page = _Page(recommender)
+    page.gr = gr
+    add_new = page.guarded(page.add_new_item)
+
+    title = "<img src=x onerror=alert(1)>"
+    *_, message = add_new([], title, "![g](http://example.com/g.png)")
+    text = f"{title} | ![g](http://example.com/g.png)"
+    assert shown_text(components["message"], message) == (
+        f"Added new item {text!r}; add history items to see where it ranks."
+    )
+    assert "<img" not in message
+    history = ["i1", "i13"]
+    ids, box, _, model_html, _, message = add_new(history, "Heat (1995)", "Action, Crime")
+    rank, ranked = recommender.rank_of(history, "new:Heat (1995)")
+    assert ranked == 20 and ids == history and box.choices == [(recommender.catalog.text_of(i), i) for i in history]
+    assert shown_text(components["message"], message).startswith(
+        f"Added new item 'Heat (1995) | Action, Crime': for this history it ranks {rank} of 20. Recommended in"
+    )
+    assert shown_text(components["model-list"], model_html)  # the lists are shown again, over the grown catalog
+    # bad input: the message, nothing else changes (the other five outputs are skipped)
+    for typed_title, typed_genres, expected in (
+        ("", "Drama", "Type the new item's title"),
+        ("heat (1995)", "action, crime", "'Heat (1995) | Action, Crime' is already in the catalog"),
+    ):
+        *others, message = add_new(history, typed_title, typed_genres)
+        assert all(other == gr.skip() for other in others)
+        assert shown_text(components["message"], message).startswith(expected)
+    assert len(recommender.catalog) == 22
+
+    # the search box finds the new items, shown as text labels; one of them joins the history
+    assert page.search("onerror").choices == [(text, f"new:{title}")]
+    ids, box, *_, message = page.guarded(page.add_match)(history, f"new:{title}")
+    assert ids == [*history, f"new:{title}"] and box.choices[-1] == (text, f"new:{title}")
+    assert shown_text(components["message"], message).startswith(f"Added {text!r}.")
 
 
 # the elements of the page with an attribute that would load ``origin`` (or run script), and style sheets naming it

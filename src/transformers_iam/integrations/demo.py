@@ -2,13 +2,15 @@
 
 The page is a thin layer over ``pipeline("item-recommendation")``: the pipeline renders the history as in training,
 scores the whole catalog and leaves the history out; the demo only finds items by title, keeps the history, ranks
-popularity and draws the two lists. This module is the page: its layout, its handlers and serving it. Loading the
-checkpoint, search and the two lists are ``demo_recommender.py`` (no Gradio); what the page shows, as HTML, is
-``demo_html.py``, where whatever a checkpoint or a person gives (item texts and ids, descriptions, typed titles) is
-escaped (:func:`as_text`); the page loads nothing from any host but its own. Every public name of those two modules is
-importable from here too. Gradio is an optional extra (``pip install -e ".[demo]"``) and is imported only when the
-page is built, so the rest of the demo (and the library) works without it. ``make demo`` (which runs
-``examples/demo.py``) serves ``runs/cpu-quick-stacked/checkpoint``; docs/demo.md says what the page shows.
+popularity and draws the two lists. A visitor may also add a new item by its title and genres (``model.add_items``,
+kept in this process only) and see where the model ranks it for the history. This module is the page: its layout,
+its handlers and serving it. Loading the checkpoint, search, the two lists and new items are ``demo_recommender.py``
+(no Gradio); what the page shows, as HTML, is ``demo_html.py``, where whatever a checkpoint or a person gives (item
+texts and ids, descriptions, typed titles) is escaped (:func:`as_text`); the page loads nothing from any host but its
+own. Every public name of those two modules is importable from here too. Gradio is an optional extra
+(``pip install -e ".[demo]"``) and is imported only when the page is built, so the rest of the demo (and the library)
+works without it. ``make demo`` (which runs ``examples/demo.py``) serves ``runs/cpu-quick-stacked/checkpoint``;
+docs/demo.md says what the page shows.
 
 Example:
     >>> recommender = load_recommender(checkpoint)  # a run's folder, e.g. runs/cpu-quick-stacked/checkpoint
@@ -39,12 +41,15 @@ from .demo_recommender import (
     DEFAULT_CHECKPOINT,
     HOW_TO_MAKE_A_CHECKPOINT,
     MAX_MATCHES,
+    MAX_NEW_ITEM_CHARS,
+    MAX_NEW_ITEMS,
     TOP_K,
     DemoInputError,
     DemoRecommender,
     ShownItem,
     ShownLists,
     load_recommender,
+    new_item_text,
     title_of,
 )
 
@@ -90,6 +95,9 @@ class _Components:
     shown: gr.CheckboxGroup  # the history as the person sees it, with boxes to tick for removal
     remove: gr.Button
     clear: gr.Button
+    new_title: gr.Textbox
+    new_genres: gr.Textbox
+    add_new: gr.Button
     message: gr.HTML
     model_list: gr.HTML
     popularity_list: gr.HTML
@@ -105,8 +113,12 @@ class _Page:
 
     def __init__(self, recommender: DemoRecommender):
         self.recommender = recommender
-        self.catalog = recommender.catalog
         self.gr = None  # the gradio module, given to build(): imported only when a page is built
+
+    @property
+    def catalog(self):
+        """The recommender's catalog, read on each use: a visitor's new item extends it (a new object)."""
+        return self.recommender.catalog
 
     def describe(self) -> str:
         """The page's description of the checkpoint and of popularity, as HTML (:func:`render_description`)."""
@@ -122,9 +134,12 @@ class _Page:
         page.matches.input(self.guarded(self.add_match), [page.history, page.matches], page.outputs)
         page.remove.click(self.guarded(self.remove_items), [page.history, page.shown], page.outputs)
         page.clear.click(self.guarded(self.clear_history), [page.history], page.outputs)
+        new_item = [page.history, page.new_title, page.new_genres]
+        page.add_new.click(self.guarded(self.add_new_item), new_item, page.outputs)
 
     def layout(self) -> _Components:
-        """The description, the search beside the history, the message, and the two lists side by side."""
+        """The description, the search beside the history, the new item's title and genres, the message, and the two
+        lists side by side."""
         gr = self.gr
         gr.HTML(self.describe(), elem_id="about")
         history = gr.State([])
@@ -142,6 +157,11 @@ class _Page:
                 with gr.Row():
                     remove = gr.Button("Remove ticked items", elem_id="remove")
                     clear = gr.Button("Clear the history", elem_id="clear")
+        with gr.Accordion("Add a new item", open=True):
+            with gr.Row():
+                new_title = gr.Textbox(label="Title", placeholder="e.g. The Matrix (1999)", elem_id="new-title")
+                new_genres = gr.Textbox(label="Genres", placeholder="e.g. Action, Sci-Fi", elem_id="new-genres")
+                add_new = gr.Button("Add it to the catalog", elem_id="add-new")
         message = gr.HTML(render_message("Add items to your history to see recommendations."), elem_id="message")
         with gr.Row():
             with gr.Column():
@@ -150,7 +170,21 @@ class _Page:
             with gr.Column():
                 gr.Markdown("### Popularity's top-10")
                 popularity_list = gr.HTML(elem_id="popularity-list")
-        return _Components(history, query, add, matches, shown, remove, clear, message, model_list, popularity_list)
+        return _Components(
+            history,
+            query,
+            add,
+            matches,
+            shown,
+            remove,
+            clear,
+            new_title,
+            new_genres,
+            add_new,
+            message,
+            model_list,
+            popularity_list,
+        )
 
     def choices(self, ids: list[str]) -> list[tuple[str, str]]:
         """Items as ``(text shown, item id)`` choices of a radio or checkbox group."""
@@ -212,6 +246,17 @@ class _Page:
         """An empty history."""
         return self.show([], "History cleared.")
 
+    def add_new_item(self, ids: list[str], title: str, genres: str) -> tuple:
+        """Add a new item to the catalog (:meth:`DemoRecommender.add_new_item`) and say where the model ranks it for
+        the history; the history and its lists are shown again (the new item may now be among them)."""
+        item_id = self.recommender.add_new_item(title or "", genres or "")
+        added = f"Added new item {self.catalog.text_of(item_id)!r}"
+        if not ids:
+            *shown, _ = self.show(ids)
+            return (*shown, render_message(f"{added}; add history items to see where it ranks."))
+        rank, ranked = self.recommender.rank_of(ids, item_id)
+        return self.show(ids, f"{added}: for this history it ranks {rank:,} of {ranked:,}.")
+
     def search(self, typed: str):
         """The match list for what is typed so far, its label naming the query (it changes nothing else)."""
         typed = (typed or "").strip()
@@ -256,6 +301,8 @@ __all__ = [  # the page's own names, and those of the back end and the HTML it i
     "DEFAULT_CHECKPOINT",
     "HOW_TO_MAKE_A_CHECKPOINT",
     "MAX_MATCHES",
+    "MAX_NEW_ITEMS",
+    "MAX_NEW_ITEM_CHARS",
     "TOP_K",
     "DemoInputError",
     "DemoRecommender",
@@ -265,6 +312,7 @@ __all__ = [  # the page's own names, and those of the back end and the HTML it i
     "build_demo",
     "launch_demo",
     "load_recommender",
+    "new_item_text",
     "render_description",
     "render_list",
     "render_message",

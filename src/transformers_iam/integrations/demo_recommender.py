@@ -3,7 +3,8 @@
 :func:`load_recommender` loads a checkpoint (a folder or a Hub id) with its catalog, prompt settings and popularity,
 and says what is missing when it cannot; :class:`DemoRecommender` finds items by typed text, resolves what a person
 typed to one item, and answers a history with the model's top-k (from ``pipeline("item-recommendation")``) beside
-popularity's. What the page makes of these lists is ``demo_html.py``; the page itself is ``demo.py``.
+popularity's; a visitor may add a new item (``model.add_items``, scored from its text) and see where it ranks. What
+the page makes of these lists is ``demo_html.py``; the page itself is ``demo.py``.
 
 Example:
     >>> recommender = load_recommender(checkpoint)  # a run's folder, e.g. runs/cpu-quick-stacked/checkpoint
@@ -13,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import threading
@@ -31,6 +33,10 @@ from ..recsys.baselines import ItemPopularity, load_item_popularity
 DEFAULT_CHECKPOINT = "runs/cpu-quick-stacked/checkpoint"
 TOP_K = 10
 MAX_MATCHES = 20
+# the page's catalog is shared by every visitor of one server, and each new item grows the model: both bounded
+MAX_NEW_ITEMS = 50
+MAX_NEW_ITEM_CHARS = 200
+NEW_ITEM_PREFIX = "new:"
 HOW_TO_MAKE_A_CHECKPOINT = (
     "`make run` trains the cpu-quick model on MovieLens-100k (about 4 minutes on 2 CPU cores) and writes "
     f"`{DEFAULT_CHECKPOINT}`; then `make demo`. Any other checkpoint: `make demo ARGS=path/or/hub-id`."
@@ -89,6 +95,7 @@ class DemoRecommender:
         self._lock = threading.Lock()
         self._lowered = [text.lower() for text in self.catalog.texts]
         self._titles = [title_of(text).lower() for text in self.catalog.texts]
+        self.added: list[str] = []  # the ids of the items visitors added, oldest first
 
     @property
     def item_cache_note(self) -> str:
@@ -128,7 +135,8 @@ class DemoRecommender:
         if not typed:
             raise DemoInputError("Type a title to search the catalog, then click a match to add it.")
         lowered = typed.lower()
-        exact = [index for index in range(len(self.catalog)) if lowered in (self._lowered[index], self._titles[index])]
+        # zip, not range(len(catalog)): an item being added is in the catalog before it is in these lists
+        exact = [index for index, texts in enumerate(zip(self._lowered, self._titles)) if lowered in texts]
         if len(exact) == 1:
             return self.catalog.item_ids[exact[0]]
         if typed in self.catalog and not exact:
@@ -166,6 +174,78 @@ class DemoRecommender:
                 row.in_both = row.index in both
         return ShownLists(model, popular, seconds)
 
+    def add_new_item(self, title: str, genres: str = "") -> str:
+        """Add an item a visitor describes to the catalog, scored from its text (``model.add_items``); its id.
+
+        The text is rendered as the catalog's are, ``"Title (Year) | Genre, Genre"`` (genres typed with commas or
+        ``|``); its id is ``"new:" + title`` (numbered when that title was added before). Refused with a
+        :class:`DemoInputError` that names the problem: an empty title, a ``|`` in the title, a text over
+        ``MAX_NEW_ITEM_CHARS`` characters or already in the catalog, and more than ``MAX_NEW_ITEMS`` added items
+        (the catalog is the server's, shared by every visitor). Popularity counts the new item 0 times.
+
+        Example:
+            >>> recommender = DemoRecommender(model, collator, popularity=None)
+            >>> item_id = recommender.add_new_item("  The Matrix  (1999) ", "Action|Sci-Fi")
+            >>> item_id, recommender.catalog.text_of(item_id), len(recommender.catalog)
+            ('new:The Matrix (1999)', 'The Matrix (1999) | Action, Sci-Fi', 21)
+            >>> recommender.search("matrix")
+            ['new:The Matrix (1999)']
+        """
+        text = new_item_text(title, genres)
+        with self._lock:
+            if len(self.added) >= MAX_NEW_ITEMS:
+                raise DemoInputError(
+                    f"This demo already has {MAX_NEW_ITEMS} new items, as many as one server takes: restart it to "
+                    "start again from the checkpoint's catalog."
+                )
+            if text.lower() in self._lowered:  # as the catalog spells it: the same letters in another case
+                known = self.catalog.texts[self._lowered.index(text.lower())]
+                raise DemoInputError(f"{known!r} is already in the catalog: search for it to add it to the history.")
+            item_id, number = NEW_ITEM_PREFIX + title_of(text), 1
+            while item_id in self.catalog:
+                number += 1
+                item_id = f"{NEW_ITEM_PREFIX}{title_of(text)} #{number}"
+            catalog = self.model.add_items([item_id], [text], self.collator)  # the collator renders it from now on
+            popularity = self.popularity
+            if popularity is not None:  # never counted: ties go to the lower index, so it follows every counted item
+                grown = torch.cat(
+                    [popularity.counts, popularity.counts.new_zeros(len(catalog) - len(popularity.counts))]
+                )
+                popularity = dataclasses.replace(popularity, counts=grown)
+            # search and resolve read these without the lock: each is replaced whole, and in this order (an index
+            # from _lowered, assigned last, is valid in the others)
+            self.catalog = catalog
+            self.popularity = popularity
+            self._titles = [*self._titles, title_of(text).lower()]
+            self._lowered = [*self._lowered, text.lower()]
+            self.added.append(item_id)
+        return item_id
+
+    def rank_of(self, history: Sequence[str], item_id: str) -> tuple[int, int]:
+        """Where the model ranks ``item_id`` for ``history``: its 1-based rank among the items not in the history,
+        and how many those are. Ties count against it (every other item scoring at least as high is above it).
+
+        Example:
+            >>> recommender = DemoRecommender(model, collator, popularity=None)
+            >>> top = [row.item_id for row in recommender.recommend(["i3"], k=19).model]
+            >>> recommender.rank_of(["i3"], top[4]), recommender.rank_of(["i3"], top[-1])
+            ((5, 19), (19, 19))
+        """
+        if not history:
+            raise DemoInputError("The history is empty: add at least one item to see where an item ranks.")
+        if item_id in history:
+            raise DemoInputError(f"{self.catalog.text_of(item_id)!r} is in the history: it is not ranked.")
+        with self._lock, torch.inference_mode():
+            catalog = self.model.catalog
+            batch = self.collator([{"history": list(history), "target": None}])
+            # the whole catalog's scores, as the pipeline's list is made from them (one user: one row)
+            scores = self.model(**batch).logits[0].float()
+        excluded = torch.zeros(len(catalog), dtype=torch.bool)
+        excluded[catalog.indices_of(set(history))] = True
+        candidates = scores[~excluded]
+        rank = int((candidates >= scores[catalog.index_of(item_id)]).sum())
+        return rank, int(candidates.numel())
+
 
 def title_of(text: str) -> str:
     """The title part of an item text rendered as ``"Title (Year) | Genres"`` (the whole text otherwise).
@@ -175,6 +255,29 @@ def title_of(text: str) -> str:
         'Toy Story (1995)'
     """
     return text.split(" | ", 1)[0].strip()
+
+
+def new_item_text(title: str, genres: str = "") -> str:
+    """The catalog text of a new item a visitor types, ``"Title | Genre, Genre"``, whitespace collapsed; refused
+    (:class:`DemoInputError`) when the title is empty or holds ``|``, or the text is over ``MAX_NEW_ITEM_CHARS``.
+
+    Example:
+        >>> new_item_text(" Heat (1995) ", "Action |Crime, Thriller"), new_item_text("Heat (1995)")
+        ('Heat (1995) | Action, Crime, Thriller', 'Heat (1995)')
+    """
+    title = " ".join(title.split())
+    if not title:
+        raise DemoInputError("Type the new item's title (with its year, e.g. 'The Matrix (1999)') to add it.")
+    if "|" in title:
+        raise DemoInputError(f"The title {title!r} holds '|', which separates a title from its genres: leave it out.")
+    names = [" ".join(name.split()) for name in re.split(r"[,|]", genres)]
+    text = " | ".join([title, ", ".join(name for name in names if name)]) if any(names) else title
+    if len(text) > MAX_NEW_ITEM_CHARS:
+        raise DemoInputError(
+            f"The new item's title and genres are {len(text):,} characters long: at most {MAX_NEW_ITEM_CHARS} are "
+            "taken."
+        )
+    return text
 
 
 def load_recommender(
