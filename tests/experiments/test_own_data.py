@@ -166,6 +166,8 @@ def test_what_a_new_user_first_tries_is_told_how_to_fix_it(tmp_path, capsys):
         (["--dataset", "ml-1m", "--dataset-dir", "x"], "choose one data source: dataset and dataset_dir"),
         (["--list-separator", "|"], r"list_fields and list_separator describe your own catalog"),
         (["--cold_items", "1.5"], r"cold_items must be a share in \(0, 1\)"),
+        (["--cold_item_pattern", "(2000"], r"cold_item_pattern '\(2000': not a regular expression"),
+        (["--cold_item_pattern", "2000", "--cold_items", "0.2"], "choose one"),
         (["--dataset", "ml-20m"], "invalid choice: 'ml-20m'"),
     ],
 )
@@ -182,3 +184,5 @@ def test_runs_on_another_data_set_get_their_own_folder_and_sasrec_reference():
     assert config.training.output_dir == "runs/cpu-quick-stacked-ml-1m-cold0.2"
     assert sasrec_metrics_path(config).endswith(os.path.join("runs", "sasrec-ml-1m-cold0.2", "sasrec_metrics.json"))
     assert finetune.parse_args([]).training.output_dir == "runs/cpu-quick-stacked"
+    new_arrivals = finetune.parse_args(["--dataset", "ml-1m", "--cold_item_pattern", r"\(2000\) \|"])
+    assert new_arrivals.training.output_dir == "runs/cpu-quick-stacked-ml-1m-new-arrivals"

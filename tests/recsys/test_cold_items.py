@@ -140,3 +140,33 @@ def test_bad_shares_are_named(share, message):
     rows = [Interaction("u", item, t, f"row {t}") for t, item in enumerate("abcd")]
     with pytest.raises(ValueError, match=message):
         leave_one_out(rows, catalog, cold_items=share)
+
+
+def test_new_arrivals_are_the_items_whose_text_matches_and_never_reach_training(interactions):
+    rows, catalog = interactions
+    pattern = r"\(1998\) \|"  # ml-100k's newest releases
+    data = leave_one_out(rows, catalog, cold_item_pattern=pattern, max_history=10, train_windows=True)
+    present = {item for items in data.sequences.values() for item in items}
+    expected = [item for item, text in zip(catalog.item_ids, catalog.texts) if "(1998) |" in text and item in present]
+    assert list(data.cold_items) == expected and len(expected) > 10
+    stats = data.statistics["cold_items"]
+    assert stats["pattern"] == pattern and stats["items"] == len(expected) and stats["share"] is None
+    cold_set = set(expected)
+    for row in data.train:
+        assert row["target"] not in cold_set and not cold_set.intersection(row["history"])
+    assert stats["test_users_with_cold_target"] == sum(row["target"] in cold_set for row in data.test)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(cold_item_pattern="(1998"), "is not a regular expression"),
+        (dict(cold_item_pattern=r"\(2077\)"), "matches the texts of 0 of the 1682 items"),
+        (dict(cold_item_pattern="."), "matches the texts of 1682 of the 1682 items"),
+        (dict(cold_item_pattern=r"\(1998\)", cold_items=0.2), "choose one"),
+    ],
+)
+def test_a_pattern_that_cannot_make_new_arrivals_is_refused(interactions, kwargs, message):
+    rows, catalog = interactions
+    with pytest.raises(ValueError, match=message):
+        leave_one_out(rows, catalog, max_history=10, **kwargs)

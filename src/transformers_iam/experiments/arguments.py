@@ -216,6 +216,13 @@ class DataArguments:
             "help": "The cold-item protocol: this share of the items (drawn with --seed) never seen in training."
         },
     )
+    cold_item_pattern: str | None = field(
+        default=None,
+        metadata={
+            "help": "The new-arrivals protocol: the items whose text matches this regular expression (e.g. "
+            "'\\(2000\\) \\|' on ml-1m: the films of 2000) never seen in training."
+        },
+    )
     max_history: int = field(default=20, metadata={"help": "History length in items."})
     train_examples_per_user: int | None = field(
         default=None, metadata={"help": "Training prefixes sampled per user (default: all of them)."}
@@ -269,6 +276,14 @@ class DataArguments:
             or not 0 < self.cold_items < 1
         ):
             raise ValueError(f"cold_items must be a share in (0, 1) or None, got {self.cold_items!r}")
+        if self.cold_item_pattern is not None:
+            if self.cold_items is not None:
+                raise ValueError("cold_items (a random share) and cold_item_pattern (items by their text): choose one")
+            try:
+                re.compile(self.cold_item_pattern)
+            except (re.error, TypeError) as error:
+                message = f"cold_item_pattern {self.cold_item_pattern!r}: not a regular expression: {error}"
+                raise ValueError(message) from None
         for name in ("max_history", "train_examples_per_user", "max_eval_users"):
             _check_int(self, name, 1, optional=True)
         for name in ("max_item_tokens", "max_length"):

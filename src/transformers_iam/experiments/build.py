@@ -30,7 +30,8 @@ def smollm2_directory() -> str:
 def load_data(run: RunArguments) -> LeaveOneOutData:
     """The run's data, read and split: a plain table (CSV, JSONL or Parquet, under its own column names), a folder
     of RecBole atomic files, or a built-in data set (``dataset``, ml-100k when nothing is given), with the cold-item
-    protocol when ``cold_items`` asks for it (seeded by the run's ``seed``).
+    protocol when ``cold_items`` asks for it (seeded by the run's ``seed``) or the new-arrivals protocol when
+    ``cold_item_pattern`` does.
 
     Example:
         >>> data = load_data(RunArguments.from_preset(None, dataset="ml-100k", cold_items=0.2, max_history=5))
@@ -44,6 +45,7 @@ def load_data(run: RunArguments) -> LeaveOneOutData:
         seed=run.training.seed,
         train_windows=run.model.supervision == "every_item",
         cold_items=args.cold_items,
+        cold_item_pattern=args.cold_item_pattern,
     )
     list_kwargs = {
         key: value

@@ -18,14 +18,18 @@ __all__ = ["data_tag", "find_sasrec_reference", "plot_validation", "render_repor
 SASREC_METRICS = "sasrec_metrics.json"
 
 
-def data_tag(dataset: str | None = None, cold_items: float | None = None) -> str:
-    """What tells a run's folder (and SASRec's) on another data set or protocol from the ml-100k default's.
+def data_tag(dataset: str | None = None, cold_items: float | None = None, cold_item_pattern: str | None = None) -> str:
+    r"""What tells a run's folder (and SASRec's) on another data set or protocol from the ml-100k default's.
 
     Example:
         >>> data_tag(), data_tag("ml-1m"), data_tag("ml-1m", 0.2), data_tag(None, 0.2)
         ('', '-ml-1m', '-ml-1m-cold0.2', '-cold0.2')
+        >>> data_tag("ml-1m", cold_item_pattern=r"\(2000\) \|")
+        '-ml-1m-new-arrivals'
     """
     tag = "" if dataset in (None, "ml-100k") else f"-{dataset}"
+    if cold_item_pattern is not None:
+        return tag + "-new-arrivals"
     return tag + ("" if cold_items is None else f"-cold{cold_items:g}")
 
 
@@ -36,7 +40,8 @@ def sasrec_metrics_path(run: RunArguments) -> str:
     if run.data.sasrec_metrics:
         return run.data.sasrec_metrics
     parent = os.path.dirname(os.path.abspath(run.training.output_dir))
-    return os.path.join(parent, "sasrec" + data_tag(run.data.dataset, run.data.cold_items), SASREC_METRICS)
+    tag = data_tag(run.data.dataset, run.data.cold_items, run.data.cold_item_pattern)
+    return os.path.join(parent, "sasrec" + tag, SASREC_METRICS)
 
 
 def find_sasrec_reference(

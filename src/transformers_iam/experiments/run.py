@@ -186,12 +186,16 @@ def build_run(run: RunArguments) -> BuiltRun:
         run.notes.append(f"smoke run: only the first {run.data.max_eval_users} users are evaluated")
     if data.cold_items:
         cold = data.statistics["cold_items"]
+        drawn = (
+            f"the items whose text matches {run.data.cold_item_pattern!r}"
+            if run.data.cold_item_pattern is not None
+            else f"{run.data.cold_items:.0%} of the items with interactions, seed {run.training.seed}"
+        )
         run.notes.append(
-            f"cold-item protocol: {len(data.cold_items)} cold items ({run.data.cold_items:.0%} of the items with "
-            f"interactions, seed {run.training.seed}) kept out of training and of the catalog while training, added "
-            f"after it with model.add_items; checkpoints selected on the {len(data.warm_valid)} validation users "
-            f"with a warm target (of {len(data.valid)}); {cold.get('training_interactions_removed', '?')} training "
-            "interactions removed"
+            f"cold-item protocol: {len(data.cold_items)} cold items ({drawn}) kept out of training and of the "
+            "catalog while training, added after it with model.add_items; checkpoints selected on the "
+            f"{len(data.warm_valid)} validation users with a warm target (of {len(data.valid)}); "
+            f"{cold.get('training_interactions_removed', '?')} training interactions removed"
         )
     valid, test, selection = (eval_subset(split, run.data) for split in (data.valid, data.test, data.warm_valid))
     return BuiltRun(run, data, collator, model, valid, test, selection)

@@ -50,14 +50,14 @@ def preset_values(preset: str | None, given: dict) -> dict:
 
 
 def default_output_dir(preset: str | None, values: dict) -> str:
-    """``runs/<preset>-<layout or ablation>[-lora][-<dataset>][-cold<share>]``."""
+    """``runs/<preset>-<layout or ablation>[-lora][-<dataset>][-cold<share> or -new-arrivals]``."""
     from .report import data_tag
 
     name = values.get("ablation") or values.get("iam_layout") or "stacked"
     return (
         f"runs/{preset or 'custom'}-{name}"
         + ("-lora" if values.get("lora") else "")
-        + data_tag(values.get("dataset"), values.get("cold_items"))
+        + data_tag(values.get("dataset"), values.get("cold_items"), values.get("cold_item_pattern"))
     )
 
 

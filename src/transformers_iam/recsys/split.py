@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import random
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,30 @@ def choose_cold_items(
     return tuple(item_id for item_id in candidates if item_id in chosen)
 
 
+def cold_items_matching(sequences: dict[str, list[str]], catalog: ItemCatalog, pattern: str) -> tuple[str, ...]:
+    r"""The items with interactions whose text matches the regular expression ``pattern`` (``re.search``), in catalog
+    order: the new-arrivals protocol, where the newest releases are the items no model trained on.
+
+    Example:
+        >>> catalog = ItemCatalog(["a", "b", "c"], ["A (1999) | Drama", "B (2000) | Comedy", "C (2000) | Drama"])
+        >>> cold_items_matching({"u": ["a", "b"]}, catalog, r"\(2000\) \|")  # c has no interaction
+        ('b',)
+    """
+    try:
+        compiled = re.compile(pattern)
+    except (re.error, TypeError) as error:
+        raise ValueError(f"cold_item_pattern {pattern!r} is not a regular expression: {error}") from None
+    present = {item for items in sequences.values() for item in items}
+    candidates = [item_id for item_id in catalog.item_ids if item_id in present]
+    chosen = tuple(item_id for item_id in candidates if compiled.search(catalog.text_of(item_id)))
+    if not 0 < len(chosen) < len(candidates):
+        raise ValueError(
+            f"cold_item_pattern {pattern!r} matches the texts of {len(chosen)} of the {len(candidates)} items with "
+            "interactions: the protocol needs at least one cold and one warm item"
+        )
+    return chosen
+
+
 def leave_one_out(
     interactions: Sequence[Interaction],
     catalog: ItemCatalog,
@@ -65,8 +90,9 @@ def leave_one_out(
     seed: int = 0,
     train_windows: bool = False,
     cold_items: float | None = None,
+    cold_item_pattern: str | None = None,
 ) -> LeaveOneOutData:
-    """Split interactions leave-one-out (docs/architecture.md, "Evaluation protocol").
+    r"""Split interactions leave-one-out (docs/architecture.md, "Evaluation protocol").
 
     Training examples are prefixes of each user's training sequence (all but the last two
     items): every prefix with at least one history item, or, with ``train_examples_per_user``,
@@ -81,8 +107,12 @@ def leave_one_out(
 
     With ``cold_items`` (a share in (0, 1)), :func:`choose_cold_items` draws that share of the items with
     interactions (seeded by ``seed``) and the training sequences lose every interaction with them before the
-    examples above are cut; which items are each user's validation and test targets does not change.
+    examples above are cut; which items are each user's validation and test targets does not change. With
+    ``cold_item_pattern`` instead, the cold items are those whose text matches it (:func:`cold_items_matching`:
+    the new-arrivals protocol, e.g. ``r"\(2000\) \|"`` for ML-1M's films of 2000).
     """
+    if cold_items is not None and cold_item_pattern is not None:
+        raise ValueError("cold_items (a random share) and cold_item_pattern (items by their text): choose one")
     _check_limits(max_history=max_history, train_examples_per_user=train_examples_per_user)
     if not interactions:
         raise ValueError(f"{name}: no interactions")
@@ -91,7 +121,10 @@ def leave_one_out(
         sequences, ties, dropped = _time_ordered(by_user)
         if not sequences:
             raise ValueError(f"{name}: no user has the 3 interactions a leave-one-out split needs")
-        cold = () if cold_items is None else choose_cold_items(sequences, catalog, cold_items, seed)
+        if cold_item_pattern is not None:
+            cold = cold_items_matching(sequences, catalog, cold_item_pattern)
+        else:
+            cold = () if cold_items is None else choose_cold_items(sequences, catalog, cold_items, seed)
         rows = _split_rows(sequences, set(cold), max_history, train_examples_per_user, seed, train_windows)
         statistics = {
             **_sequence_statistics(name, catalog, sequences),
@@ -103,7 +136,7 @@ def leave_one_out(
             "train_examples_per_user": train_examples_per_user,
             "train_windows": train_windows,
             # what makes two runs' cold items the same (a SASRec reference is matched on it); None: no cold items
-            "cold_items": _cold_statistics(cold, cold_items, seed, rows) if cold else None,
+            "cold_items": _cold_statistics(cold, cold_items, cold_item_pattern, seed, rows) if cold else None,
         }
         settings = {
             "max_history": max_history,
@@ -267,10 +300,13 @@ def _sequence_statistics(name: str, catalog: ItemCatalog, sequences: dict[str, l
     }
 
 
-def _cold_statistics(cold: tuple[str, ...], share: float, seed: int, rows: _SplitRows) -> dict:
+def _cold_statistics(
+    cold: tuple[str, ...], share: float | None, pattern: str | None, seed: int, rows: _SplitRows
+) -> dict:
     """``statistics["cold_items"]``: how the cold items were drawn, their fingerprint and what they left out."""
     return {
         "share": share,
+        **({"pattern": pattern} if pattern is not None else {}),
         "seed": seed,
         "items": len(cold),
         "fingerprint": catalog_fingerprint(cold),
