@@ -1,5 +1,6 @@
 """The run side of the cold-item protocol that exists so far: the breakdowns run.py writes for a run with cold
-items, the report's section for them, and the main job training on the warm catalog, then adding the cold items."""
+items, the report's section for them, and the main job training on the warm catalog, then adding the cold items;
+and a run's item-state cache, saved in its folder and read back when the checkpoint is evaluated again."""
 
 from __future__ import annotations
 
@@ -69,3 +70,22 @@ def test_the_main_job_trains_on_warm_items_then_adds_the_cold_ones(tmp_path):
     # the saved checkpoint evaluates again to the run's own numbers, cold items included
     again = evaluate_checkpoint(str(tmp_path / "run" / "checkpoint"), "test")
     assert again["ndcg@10"] == pytest.approx(results["test"]["ndcg@10"]) and again["users"] == 10
+
+
+def test_a_run_saves_its_item_state_cache_and_a_re_evaluation_loads_it(tmp_path, monkeypatch):
+    from transformers_iam.core import item_cache_lifecycle
+
+    files = tiny_run_files(tmp_path)
+    config = RunArguments.from_preset(
+        None, **{**files, "freeze_bottom_layers": 1}, freeze_embeddings=True, output_dir=str(tmp_path / "run")
+    )
+    results = run_experiment(config)
+    assert results["model"]["item_cache"]
+    assert (tmp_path / "run" / "item_cache" / "item_cache.json").is_file()
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the saved item-state cache fits this checkpoint: it must be loaded, not rebuilt")
+
+    monkeypatch.setattr(item_cache_lifecycle, "build_item_cache", no_rebuild)
+    again = evaluate_checkpoint(str(tmp_path / "run" / "checkpoint"), "test")
+    assert again["ndcg@10"] == pytest.approx(results["test"]["ndcg@10"])

@@ -133,6 +133,13 @@ class ModelArguments(_IAMConfigArguments):
         default=True,
         metadata={"help": "Serve the frozen leading intra layers from the exact item-state cache, where it applies."},
     )
+    item_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the item-state cache is saved and read back (default: item_cache/ in the run's folder): a "
+            "rerun or a re-evaluation loads it instead of computing every item's states again."
+        },
+    )
     lora: bool = field(default=False, metadata={"help": "LoRA on attention and MLP (PEFT), the adapter in full."})
     lora_rank: int = field(default=16, metadata={"help": "The LoRA rank."})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import torch
 from transformers import AutoConfig, AutoTokenizer, Trainer
@@ -123,8 +124,14 @@ def build_model(run: RunArguments, data: LeaveOneOutData, collator: IAMDataColla
             model.init_sampling_frequency(counts)
     freeze(model, args)
     if uses_item_cache(args, model):
-        model.enable_item_cache(collator)
+        model.enable_item_cache(collator, cache_dir=item_cache_dir(run, run.training.output_dir))
     return model
+
+
+def item_cache_dir(run: RunArguments, run_dir: str) -> str:
+    """Where a run's item-state cache is saved and read back: ``item_cache_dir``, or ``item_cache/`` in the run's
+    folder (``run_dir``)."""
+    return run.model.item_cache_dir or os.path.join(run_dir, "item_cache")
 
 
 def freeze(model: IAMForCausalRecommendation, args: ModelArguments) -> None:

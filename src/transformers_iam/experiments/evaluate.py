@@ -11,7 +11,7 @@ from transformers.utils import logging
 from ..core.collator import IAMDataCollator
 from ..recsys.evaluation import ranking_evaluation
 from ..recsys.metrics import format_metrics_table, protocol_line
-from .build import eval_subset, load_data
+from .build import eval_subset, item_cache_dir, load_data
 from .run import evaluate_split
 from .run_arguments import EXPERIMENT_FILE, RunArguments
 
@@ -42,7 +42,8 @@ def load_checkpoint_run(checkpoint_dir: str, exclude_history: bool | None = None
     collator = IAMDataCollator.from_pretrained(checkpoint_dir, catalog=catalog)
     model.requires_grad_(False)  # inference only: the item-state cache can then serve the frozen intra layers
     if run.model.item_cache and model.num_leading_intra_layers > 0:
-        model.enable_item_cache(collator)
+        run_dir = os.path.dirname(os.path.abspath(checkpoint_dir))  # the checkpoint is <run>/checkpoint
+        model.enable_item_cache(collator, cache_dir=item_cache_dir(run, run_dir))
     return run, data, model, collator
 
 
