@@ -155,6 +155,7 @@ def test_new_arrivals_are_the_items_whose_text_matches_and_never_reach_training(
     for row in data.train:
         assert row["target"] not in cold_set and not cold_set.intersection(row["history"])
     assert stats["test_users_with_cold_target"] == sum(row["target"] in cold_set for row in data.test)
+    assert f"cold items: {len(expected)} (the items whose text matches {pattern!r})" in data.describe()
 
 
 @pytest.mark.parametrize(

@@ -153,9 +153,14 @@ class LeaveOneOutData:
         )
         cold = stats.get("cold_items")
         if cold:
+            drawn = (
+                f"the items whose text matches {cold['pattern']!r}"
+                if cold.get("pattern") is not None
+                else f"{cold['share']:g} of the {stats['items_with_interactions']} items with interactions, seed "
+                f"{cold['seed']}"
+            )
             text += (
-                f"; cold items: {cold['items']} ({cold['share']:g} of the {stats['items_with_interactions']} items "
-                f"with interactions, seed {cold['seed']}), {cold['training_interactions_removed']} training "
+                f"; cold items: {cold['items']} ({drawn}), {cold['training_interactions_removed']} training "
                 f"interactions removed; validation during training on {cold['warm_valid_users']} users "
                 f"({cold['valid_users_with_cold_target']} with a cold target and "
                 f"{cold['valid_users_with_only_cold_history']} with only cold items in their history left out); "
