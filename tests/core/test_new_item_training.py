@@ -90,6 +90,11 @@ def test_a_fresh_text_map_leaves_the_rows_the_items_own():
     torch.testing.assert_close(bias, model.adapter.item_embeddings.bias)
 
 
-def test_text_features_are_for_rows_read_from_text():
+def test_text_features_are_for_rows_read_from_text_and_read_before_items_are_added():
     with pytest.raises(ValueError, match="config.item_rows_from_text is False"):
         tiny_model(num_layers=4).init_item_text_features([[1]] * 20)
+    model, collator = text_rows_model()
+    model.adapter.item_text_features.zero_()  # as a model whose features were never read
+    with pytest.raises(ValueError, match=r"never read: call model.init_item_text_features\(collator\)"):
+        model.add_items(["n1"], ["w1_0"], collator)
+    assert model.config.num_items == 20 and len(collator.catalog) == 20

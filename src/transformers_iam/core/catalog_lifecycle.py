@@ -180,6 +180,12 @@ class CatalogMixin:
             raise TypeError(
                 f"add_items renders the new items with renderer=, an IAMDataCollator, got {type(renderer).__name__}"
             )
+        if self.config.item_rows_from_text and not bool(self.adapter.item_text_features.any()):
+            # new items would be read from text while the trained ones were not: their rows would not compare
+            raise ValueError(
+                "this model reads item rows from text (config.item_rows_from_text) but its items' text features were "
+                "never read: call model.init_item_text_features(collator) before training, then add items"
+            )
         old_size = len(self.catalog)
         extended = ItemCatalog(self.catalog.item_ids + new.item_ids, self.catalog.texts + new.texts)
         rendered_from = renderer.catalog
