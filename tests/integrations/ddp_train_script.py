@@ -90,6 +90,11 @@ def main(output_dir: str, engine: str = "ddp") -> None:
         bias = bias.detach().clone()
     if trainer.args.should_save:
         torch.save(bias, os.path.join(output_dir, "bias.pt"))
+    # leave together and close the group: a process that exits with its gloo group alive can abort in the group's
+    # threads ("terminate called without an active exception"), which a loaded machine made happen in CI
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def gathered(parameter: torch.nn.Parameter):
