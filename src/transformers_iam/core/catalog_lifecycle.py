@@ -123,19 +123,18 @@ class CatalogMixin:
         for adapter in module_copies(self.adapter):
             adapter.item_text_features.copy_(features.to(adapter.item_text_features))
 
-    def _grown_head(self, adapter: nn.Module, features: torch.Tensor, old_size: int) -> nn.Linear:
-        """``adapter``'s scoring head with rows for the items after ``old_size``: with rows read from text
-        (``config.item_rows_from_text``), no residual (the trained text map scores them); otherwise the ridge map
-        from text features to the trained rows, fitted on this copy's own rows."""
+    def _grown_head(self, adapter: nn.Module, known_features: torch.Tensor, new_features: torch.Tensor) -> nn.Linear:
+        """``adapter``'s scoring head with rows for the new items (their text features ``new_features``): with rows
+        read from text (``config.item_rows_from_text``), no residual (the trained text map scores them); otherwise
+        the ridge map from the trained items' text features (``known_features``) to their rows, fitted on this copy's
+        own rows."""
         head = adapter.item_embeddings
         if self.config.item_rows_from_text:
-            rows = head.weight.new_zeros(features.shape[0] - old_size, head.weight.shape[1] + 1)
+            rows = head.weight.new_zeros(new_features.shape[0], head.weight.shape[1] + 1)
             return _grown_linear(head, rows[:, :-1], rows[:, -1])
         trained_rows = torch.cat([head.weight, head.bias[:, None]], dim=1)
-        rows, ridge = rows_from_text(features[:old_size], trained_rows, features[old_size:])
-        logger.info(
-            f"add_items: {features.shape[0] - old_size} items scored from text (ridge {ridge:g}, cross-validated)"
-        )
+        rows, ridge = rows_from_text(known_features, trained_rows, new_features)
+        logger.info(f"add_items: {new_features.shape[0]} items scored from text (ridge {ridge:g}, cross-validated)")
         return _grown_linear(head, rows[:, :-1], rows[:, -1])
 
     def _text_features(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -192,9 +191,14 @@ class CatalogMixin:
         renderer.extend_catalog(extended)  # refuses a collator of another catalog before anything changes
         try:  # everything the extension needs is computed before the model changes: a failure changes nothing
             sequences = item_token_sequences(renderer, extended)
-            features = self._text_features(sequences)
+            # rows read from text keep the trained items' features: only the new items are read; the ridge map needs
+            # the trained items' features too
+            read_from = old_size if self.config.item_rows_from_text else 0
+            features = self._text_features(sequences[read_from:])
+            known_features, new_features = features[: old_size - read_from], features[old_size - read_from :]
             heads = [
-                (adapter, self._grown_head(adapter, features, old_size)) for adapter in module_copies(self.adapter)
+                (adapter, self._grown_head(adapter, known_features, new_features))
+                for adapter in module_copies(self.adapter)
             ]
             tables = {}
             if self.item_id_embeddings is not None:
@@ -212,7 +216,7 @@ class CatalogMixin:
             adapter.item_embeddings = head
             if self.config.item_rows_from_text:
                 adapter.item_text_features = torch.cat(
-                    [adapter.item_text_features, features[old_size:].to(adapter.item_text_features)]
+                    [adapter.item_text_features, new_features.to(adapter.item_text_features)]
                 )
         if tables:
             replace_module(self, "item_id_embeddings", lambda table: tables[id(table)])
