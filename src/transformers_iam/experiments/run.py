@@ -186,14 +186,9 @@ def build_run(run: RunArguments) -> BuiltRun:
         run.notes.append(f"smoke run: only the first {run.data.max_eval_users} users are evaluated")
     if data.cold_items:
         cold = data.statistics["cold_items"]
-        drawn = (
-            f"the items whose text matches {run.data.cold_item_pattern!r}"
-            if run.data.cold_item_pattern is not None
-            else f"{run.data.cold_items:.0%} of the items with interactions, seed {run.training.seed}"
-        )
         run.notes.append(
-            f"cold-item protocol: {len(data.cold_items)} cold items ({drawn}) kept out of training and of the "
-            "catalog while training, added after it with model.add_items; checkpoints selected on the "
+            f"cold-item protocol: {len(data.cold_items)} cold items ({data.cold_items_drawn}) kept out of training "
+            "and of the catalog while training, added after it with model.add_items; checkpoints selected on the "
             f"{len(data.warm_valid)} validation users with a warm target (of {len(data.valid)}); "
             f"{cold.get('training_interactions_removed', '?')} training interactions removed"
         )

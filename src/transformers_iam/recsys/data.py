@@ -140,6 +140,19 @@ class LeaveOneOutData:
     def split(self, name: str) -> Dataset:
         return {"train": self.train, "valid": self.valid, "test": self.test}[name]
 
+    @property
+    def cold_items_drawn(self) -> str:
+        """How the cold items were chosen, in words (``""`` without cold items): a seeded share, or a text pattern."""
+        cold = self.statistics.get("cold_items")
+        if not cold:
+            return ""
+        if cold.get("pattern") is not None:
+            return f"the items whose text matches {cold['pattern']!r}"
+        return (
+            f"{cold['share']:g} of the {self.statistics['items_with_interactions']} items with interactions, "
+            f"seed {cold['seed']}"
+        )
+
     def describe(self) -> str:
         stats = self.statistics
         text = (
@@ -153,15 +166,10 @@ class LeaveOneOutData:
         )
         cold = stats.get("cold_items")
         if cold:
-            drawn = (
-                f"the items whose text matches {cold['pattern']!r}"
-                if cold.get("pattern") is not None
-                else f"{cold['share']:g} of the {stats['items_with_interactions']} items with interactions, seed "
-                f"{cold['seed']}"
-            )
             text += (
-                f"; cold items: {cold['items']} ({drawn}), {cold['training_interactions_removed']} training "
-                f"interactions removed; validation during training on {cold['warm_valid_users']} users "
+                f"; cold items: {cold['items']} ({self.cold_items_drawn}), "
+                f"{cold['training_interactions_removed']} training interactions removed; validation during training "
+                f"on {cold['warm_valid_users']} users "
                 f"({cold['valid_users_with_cold_target']} with a cold target and "
                 f"{cold['valid_users_with_only_cold_history']} with only cold items in their history left out); "
                 f"{cold['test_users_with_cold_target']} test users have a cold target"
