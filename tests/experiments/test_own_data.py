@@ -166,7 +166,7 @@ def test_what_a_new_user_first_tries_is_told_how_to_fix_it(tmp_path, capsys):
         (["--dataset", "ml-1m", "--dataset-dir", "x"], "choose one data source: dataset and dataset_dir"),
         (["--list-separator", "|"], r"list_fields and list_separator describe your own catalog"),
         (["--cold_items", "1.5"], r"cold_items must be a share in \(0, 1\)"),
-        (["--cold_item_pattern", "(2000"], r"cold_item_pattern '\(2000': not a regular expression"),
+        (["--cold_item_pattern", "(2000"], r"cold_item_pattern '\(2000' is not a regular expression"),
         (["--cold_item_pattern", "2000", "--cold_items", "0.2"], "choose one"),
         (["--dataset", "ml-20m"], "invalid choice: 'ml-20m'"),
     ],

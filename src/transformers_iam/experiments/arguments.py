@@ -32,6 +32,7 @@ from transformers import LlamaConfig, TrainingArguments
 from ..core.configuration_iam import IAMConfig, layer_types_for_layout
 from ..recsys.evaluation import EVAL_LABEL_NAMES
 from ..recsys.readers import DATASETS
+from ..recsys.split import compile_cold_item_pattern
 
 # the IAMConfig fields a run sets (the others are set by the library: the backbone's config, the catalog's size and
 # fingerprint, the initialisation's scale)
@@ -286,11 +287,7 @@ class DataArguments:
         if self.cold_item_pattern is not None:
             if self.cold_items is not None:
                 raise ValueError("cold_items (a random share) and cold_item_pattern (items by their text): choose one")
-            try:
-                re.compile(self.cold_item_pattern)
-            except (re.error, TypeError) as error:
-                message = f"cold_item_pattern {self.cold_item_pattern!r}: not a regular expression: {error}"
-                raise ValueError(message) from None
+            compile_cold_item_pattern(self.cold_item_pattern)
         for name in ("max_history", "train_examples_per_user", "max_eval_users"):
             _check_int(self, name, 1, optional=True)
         for name in ("max_item_tokens", "max_length"):

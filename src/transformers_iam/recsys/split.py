@@ -57,6 +57,14 @@ def choose_cold_items(
     return tuple(item_id for item_id in candidates if item_id in chosen)
 
 
+def compile_cold_item_pattern(pattern: str) -> re.Pattern:
+    """``cold_item_pattern`` compiled, or a ValueError naming it (checked where a run's arguments are read, too)."""
+    try:
+        return re.compile(pattern)
+    except (re.error, TypeError) as error:
+        raise ValueError(f"cold_item_pattern {pattern!r} is not a regular expression: {error}") from None
+
+
 def cold_items_matching(sequences: dict[str, list[str]], catalog: ItemCatalog, pattern: str) -> tuple[str, ...]:
     r"""The items with interactions whose text matches the regular expression ``pattern`` (``re.search``), in catalog
     order: the new-arrivals protocol, where the newest releases are the items no model trained on.
@@ -66,10 +74,7 @@ def cold_items_matching(sequences: dict[str, list[str]], catalog: ItemCatalog, p
         >>> cold_items_matching({"u": ["a", "b"]}, catalog, r"\(2000\) \|")  # c has no interaction
         ('b',)
     """
-    try:
-        compiled = re.compile(pattern)
-    except (re.error, TypeError) as error:
-        raise ValueError(f"cold_item_pattern {pattern!r} is not a regular expression: {error}") from None
+    compiled = compile_cold_item_pattern(pattern)
     present = {item for items in sequences.values() for item in items}
     candidates = [item_id for item_id in catalog.item_ids if item_id in present]
     chosen = tuple(item_id for item_id in candidates if compiled.search(catalog.text_of(item_id)))
