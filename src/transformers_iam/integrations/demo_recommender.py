@@ -29,6 +29,7 @@ from ..core.catalog import ItemCatalog
 from ..core.collator import IAMDataCollator
 from ..core.pipeline_item_recommendation import TASK
 from ..recsys.baselines import ItemPopularity, load_item_popularity
+from ..recsys.metrics import target_ranks
 
 DEFAULT_CHECKPOINT = "runs/cpu-quick-stacked/checkpoint"
 TOP_K = 10
@@ -239,12 +240,10 @@ class DemoRecommender:
             catalog = self.model.catalog
             batch = self.collator([{"history": list(history), "target": None}])
             # the whole catalog's scores, as the pipeline's list is made from them (one user: one row)
-            scores = self.model(**batch).logits[0].float()
-        excluded = torch.zeros(len(catalog), dtype=torch.bool)
-        excluded[catalog.indices_of(set(history))] = True
-        candidates = scores[~excluded]
-        rank = int((candidates >= scores[catalog.index_of(item_id)]).sum())
-        return rank, int(candidates.numel())
+            scores = self.model(**batch).logits
+        excluded = sorted(set(catalog.indices_of(history)))
+        rank = target_ranks(scores, torch.tensor([catalog.index_of(item_id)]), [excluded])
+        return int(rank[0]), len(catalog) - len(excluded)
 
 
 def title_of(text: str) -> str:
