@@ -25,6 +25,7 @@ from .core.modeling_iam import (
     IAMRecommendationOutput,
     IAMRecommendations,
 )
+from .core.optimization import LazyAdamW
 from .core.pipeline_item_recommendation import ItemRecommendationPipeline
 
 __version__ = "0.1.0"
@@ -42,5 +43,6 @@ __all__ = [
     "IAMRecommendations",
     "ItemCatalog",
     "ItemRecommendationPipeline",
+    "LazyAdamW",
     "enable_item_aware_attention",
 ]

@@ -25,6 +25,7 @@ from ..testing_utils import tiny_text_config
         (dict(iam_layer_types="intra"), "iam_layer_types.*expected a list"),
         (dict(new_item_dropout=0.3), "new_item_dropout=0.3 drops the items' residuals .* item_rows_from_text=True"),
         (dict(item_rows_from_text=True, new_item_dropout=1.0), "new_item_dropout"),
+        (dict(sparse_item_gradients=True), "sparse_item_gradients=True .* set num_sampled_negatives"),
     ],
 )
 def test_config_rejects_bad_values_and_names_the_field(kwargs, message):

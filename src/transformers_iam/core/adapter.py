@@ -10,6 +10,7 @@ from torch import nn
 
 from .catalog import ItemCatalog
 from .configuration_iam import IAMConfig
+from .sparse_rows import gather_rows
 
 
 class TextToItemRows(nn.Linear):
@@ -41,6 +42,7 @@ class IAMRecommendationAdapter(nn.Module):
         self.activation = nn.GELU()
         self.norm = nn.LayerNorm(adapter_size)
         self.item_embeddings = nn.Linear(adapter_size, config.num_items)
+        self.sparse_gradient = config.sparse_item_gradients
         self.text_to_rows: TextToItemRows | None = None
         if config.item_rows_from_text:
             features = 2 * config.text_config.hidden_size  # mean and last state of the item's text
@@ -66,7 +68,8 @@ class IAMRecommendationAdapter(nn.Module):
         """
         weight, bias = self.item_embeddings.weight, self.item_embeddings.bias
         if indices is not None:
-            weight, bias = weight[indices], bias[indices]
+            weight = gather_rows(weight, indices, self.sparse_gradient)
+            bias = gather_rows(bias, indices, self.sparse_gradient)
         if self.text_to_rows is None:
             return weight, bias
         if keep is not None:

@@ -169,6 +169,13 @@ class IAMConfig(PreTrainedConfig):
             correction (`init_sampling_frequency` gives the training targets' counts). For large catalogs, where a
             `[targets x catalog]` score matrix does not fit; evaluation still ranks the whole catalog. `None` (the
             default): full cross-entropy.
+        sparse_item_gradients (`bool`, *optional*, defaults to `False`):
+            With `num_sampled_negatives`, the per-item tables (the adapter's item rows and bias, the item id vectors)
+            get sparse gradients in training: the rows a step read, not a zero row for every other item. With
+            [`LazyAdamW`], which updates those rows only, a training step's time and memory no longer grow with the
+            catalog (a dense AdamW step over 1M rows of 576 floats takes seconds on a CPU). Optimizers that take
+            dense gradients only (the Trainer's AdamW, its gradient clipping) refuse sparse ones: use `LazyAdamW`
+            with its `max_grad_norm`, as `examples/finetune.py` does.
         item_rows_from_text (`bool`, *optional*, defaults to `False`):
             Each item's adapter row and bias are a learned map of its text features (its states where items enter
             the layers above the leading intra run, mean and last, read alone; `init_item_text_features` computes
@@ -205,6 +212,7 @@ class IAMConfig(PreTrainedConfig):
     use_item_id_embeddings: bool = False
     item_id_embedding_size: int | None = positive_int_field(default=None)
     num_sampled_negatives: int | None = positive_int_field(default=None)
+    sparse_item_gradients: bool = False
     item_rows_from_text: bool = False
     new_item_dropout: int | float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
     catalog_fingerprint: str | None = validated_field(_check_catalog_fingerprint, default=None)
@@ -223,6 +231,14 @@ class IAMConfig(PreTrainedConfig):
             raise ValueError(
                 f"item_id_embedding_size={self.item_id_embedding_size!r} sets the width of the items' id vectors: "
                 "set use_item_id_embeddings=True"
+            )
+
+    def validate_sparse_item_gradients(self):
+        """Only the sampled loss reads a few rows per step: the full loss reads every item's row."""
+        if self.sparse_item_gradients and self.num_sampled_negatives is None:
+            raise ValueError(
+                "sparse_item_gradients=True keeps the gradients of the rows a training step reads, which with the "
+                "full cross-entropy is every item's: set num_sampled_negatives (the sampled loss) as well"
             )
 
     def validate_new_item_dropout(self):

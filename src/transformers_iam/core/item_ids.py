@@ -20,14 +20,18 @@ class ItemIdEmbeddings(nn.Embedding):
         torch.Size([1, 2, 8])
     """
 
-    def __init__(self, num_items: int, hidden_size: int, embedding_size: int | None = None):
-        super().__init__(num_items, embedding_size or hidden_size)
+    def __init__(
+        self, num_items: int, hidden_size: int, embedding_size: int | None = None, sparse_gradient: bool = False
+    ):
+        super().__init__(num_items, embedding_size or hidden_size, sparse=sparse_gradient)
         self.projection = None if embedding_size is None else nn.Linear(embedding_size, hidden_size, bias=False)
 
     @classmethod
     def from_config(cls, config: IAMConfig, num_items: int) -> ItemIdEmbeddings:
         """The table ``config`` asks for, with ``num_items`` rows (the catalog's, or a grown catalog's)."""
-        return cls(num_items, config.text_config.hidden_size, config.item_id_embedding_size)
+        return cls(
+            num_items, config.text_config.hidden_size, config.item_id_embedding_size, config.sparse_item_gradients
+        )
 
     def forward(self, item_indices: torch.Tensor) -> torch.Tensor:
         vectors = super().forward(item_indices)

@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoTokenizer, Trainer
 from ..core.attention import find_decoder_layers
 from ..core.collator import IAMDataCollator
 from ..core.modeling_iam import IAMForCausalRecommendation
+from ..core.optimization import LazyAdamW
 from ..recsys.baselines import popularity_scores
 from ..recsys.data import LeaveOneOutData
 from ..recsys.readers import load_dataset, load_interactions_table, load_recbole_atomic
@@ -176,7 +177,8 @@ def make_optimizer(model: torch.nn.Module, args: RecommendationTrainingArguments
     adapter's item embeddings and the item id embeddings when the arguments set them. Weight decay
     (``args.weight_decay``) applies to matrices only: not to biases, norms, nor the item id embeddings (an item never
     trained must keep its zero vector, which decay would also keep, but a trained one should not be pulled back to
-    "no identity" by its absence from a batch)."""
+    "no identity" by its absence from a batch). With ``config.sparse_item_gradients`` it is ``LazyAdamW``, which
+    clips the gradients itself (``args.max_grad_norm``): the Trainer then gets ``max_grad_norm=0``."""
     groups: dict[tuple[str, bool], list] = {}
     rates = {
         "backbone": args.learning_rate,
@@ -199,6 +201,14 @@ def make_optimizer(model: torch.nn.Module, args: RecommendationTrainingArguments
         decays = parameter.dim() >= 2 and part != "item_id_embeddings"
         groups.setdefault((part, decays), []).append(parameter)
     optimizer_class, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    if model.config.sparse_item_gradients:  # sparse item gradients: AdamW's update, lazily, and its own clipping
+        if optimizer_class is not torch.optim.AdamW:
+            raise ValueError(
+                f"optim={getattr(args.optim, 'value', args.optim)!r} with sparse_item_gradients: the item tables' "
+                "sparse gradients need transformers_iam.LazyAdamW (optim='adamw_torch')"
+            )
+        optimizer_class = LazyAdamW
+        kwargs = {**kwargs, "max_grad_norm": args.max_grad_norm if args.max_grad_norm > 0 else None}
     return optimizer_class(
         [
             {"params": params, "lr": rates[part], "weight_decay": args.weight_decay if decays else 0.0}

@@ -26,6 +26,7 @@ from transformers.utils import logging
 
 from ..core.collator import IAMDataCollator
 from ..core.files import write_text_atomically
+from ..core.optimization import LazyAdamW
 from ..recsys.baselines import evaluate_popularity, save_training_popularity
 from ..recsys.breakdown import cold_breakdown, long_tail_breakdown
 from ..recsys.data import LeaveOneOutData
@@ -135,13 +136,15 @@ def run_experiment(run_args: RunArguments, callbacks: list[TrainerCallback] | No
     started = time.time()
     resume_from = start_run_folder(run_args)
     run = build_run(run_args)
+    optimizer = make_optimizer(run.model, run_args.training)
+    clipped_by_optimizer = {"max_grad_norm": 0.0} if isinstance(optimizer, LazyAdamW) else {}
     trainer = Trainer(
         model=run.model,
-        args=run_args.training.for_run(len(run.data.train)),
+        args=run_args.training.for_run(len(run.data.train), **clipped_by_optimizer),
         train_dataset=run.data.train,
         eval_dataset=run.selection,
         data_collator=run.collator,
-        optimizers=(make_optimizer(run.model, run_args.training), None),
+        optimizers=(optimizer, None),
         callbacks=[*(callbacks or []), validation_ranks := ValidationRanks()],
         **ranking_evaluation(run_args.data.exclude_history, ranks=validation_ranks),
     )
