@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from transformers_iam import IAMDataCollator
+from transformers_iam.core import losses
 from transformers_iam.core.readout import item_end_positions
 from transformers_iam.recsys.evaluation import final_targets
 
@@ -67,6 +68,17 @@ def test_loss_is_the_mean_cross_entropy_over_every_target(tokenizer, catalog):
     torch.testing.assert_close(output.loss, torch.stack(losses).mean())
     # the logits returned are those read after the last item: what evaluation ranks
     torch.testing.assert_close(output.logits[1], model.adapter(last[1, ends[1, 1]]))
+
+
+def test_evaluation_scores_the_every_item_loss_a_chunk_of_targets_at_a_time(tokenizer, catalog, monkeypatch):
+    # the Trainer's evaluation computes this loss: over a million items one [targets x catalog] matrix does not fit
+    collator = make_collator(tokenizer, catalog)
+    model = same_weights_with(tiny_model(num_layers=4), supervision="every_item")
+    batch = collator([{"history": HISTORY, "target": "i2"}, {"history": ["i4", "i7"], "target": "i6"}])
+    whole = model(**batch).loss  # with a gradient: one matrix
+    monkeypatch.setattr(losses, "EVALUATION_LOSS_SCORES", 2 * len(catalog))  # 2 of the 7 targets a chunk
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).loss, whole.detach())
 
 
 def test_every_item_labels_need_the_item_readout(tokenizer, catalog):

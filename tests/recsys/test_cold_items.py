@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from transformers_iam import ItemCatalog
+from transformers_iam.recsys import baselines
 from transformers_iam.recsys.baselines import evaluate_popularity, popularity_ranks, popularity_scores
 from transformers_iam.recsys.data import Interaction
 from transformers_iam.recsys.readers import load_recbole_atomic, movielens_100k_directory
@@ -129,6 +130,14 @@ def test_popularity_counts_only_what_the_models_trained_on_under_cold_items(plai
     metrics = evaluate_popularity(cold, "valid", True, dataset=cold.warm_valid)
     assert metrics["users"] == len(cold.warm_valid) and metrics["ndcg@10"] > 0
     assert torch.equal(popularity_ranks(plain, "test", True), popularity_ranks(plain, "test", True, dataset=plain.test))
+
+
+def test_popularity_ranks_a_chunk_of_users_at_a_time(plain_and_cold, monkeypatch):
+    # no [users x items] matrix: a million items would make 500 users 2 GB of scores and as much for the exclusions
+    plain, _ = plain_and_cold
+    whole = popularity_ranks(plain, "test", exclude_history=True)
+    monkeypatch.setattr(baselines, "POPULARITY_RANKING_SCORES", 7 * len(plain.catalog))  # 7 users a chunk
+    assert torch.equal(popularity_ranks(plain, "test", exclude_history=True), whole)
 
 
 @pytest.mark.parametrize(

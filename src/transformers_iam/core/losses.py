@@ -8,6 +8,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+# the most scores the every-item loss holds at once in evaluation (rows of targets x catalog items)
+EVALUATION_LOSS_SCORES = 1 << 24
+
 
 def check_catalog_indices(labels: torch.Tensor, num_items: int) -> None:
     """Refuse targets outside the catalog (they would index past the adapter's rows, or silently wrap)."""
@@ -57,7 +60,8 @@ def catalog_cross_entropy(
 ) -> torch.Tensor:
     """Cross-entropy over the whole catalog. Without ``item_ends`` (``supervision="last"``) of ``logits`` against one
     target per row; with them (``"every_item"``) of the scores ``score`` gives (the adapter's) read at each item's
-    end (``hidden`` at ``item_ends``) against the target after that item, averaged over every target of the batch.
+    end (``hidden`` at ``item_ends``) against the target after that item, averaged over every target of the batch;
+    without a gradient (evaluation) scored ``EVALUATION_LOSS_SCORES // num_items`` targets at a time.
 
     Example:
         >>> logits = torch.tensor([[2.0, 0.0, 0.0]])
@@ -65,8 +69,20 @@ def catalog_cross_entropy(
         0.2395
     """
     states, targets = targeted_states(logits, hidden, labels, item_ends, num_items)
-    scores = logits if item_ends is None else score(states)
-    return nn.functional.cross_entropy(scores.float(), targets)
+    if item_ends is None:
+        return nn.functional.cross_entropy(logits.float(), targets)
+    if torch.is_grad_enabled():
+        return nn.functional.cross_entropy(score(states).float(), targets)
+    # evaluation: a chunk of targets at a time, never the [targets x catalog] matrix (a million items would make
+    # the Trainer's evaluation batch of 64 users and their 3,000 targets 12 GB of scores)
+    rows = max(1, EVALUATION_LOSS_SCORES // num_items)
+    total = sum(
+        nn.functional.cross_entropy(
+            score(states[start : start + rows]).float(), targets[start : start + rows], reduction="sum"
+        )
+        for start in range(0, targets.numel(), rows)
+    )
+    return total / max(1, targets.numel())
 
 
 def sampled_softmax_cross_entropy(

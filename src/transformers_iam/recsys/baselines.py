@@ -15,6 +15,9 @@ from ..core.loading import optional_checkpoint_file
 from .data import LeaveOneOutData
 from .metrics import DEFAULT_KS, metrics_from_ranks, target_ranks
 
+# the most scores popularity ranks at once (users x catalog items)
+POPULARITY_RANKING_SCORES = 1 << 24
+
 
 def popularity_scores(sequences: dict[str, list[str]], catalog: ItemCatalog) -> torch.Tensor:
     """Interaction count of every catalog item in the given sequences."""
@@ -29,13 +32,24 @@ def popularity_ranks(data: LeaveOneOutData, split: str, exclude_history: bool, d
     Popularity counts :meth:`LeaveOneOutData.popularity_sequences`: for ``valid`` every training sequence, for
     ``test`` the training sequences plus the validation items; under the cold-item protocol only what the models
     trained on (the training sequences without cold items) for both, so every cold item counts 0. With
-    ``exclude_history`` each row's own history (what a model excludes for that row) leaves the ranking.
+    ``exclude_history`` each row's own history (what a model excludes for that row) leaves the ranking. Ranked
+    ``POPULARITY_RANKING_SCORES // items`` users at a time.
     """
     scores = popularity_scores(data.popularity_sequences(split), data.catalog)
     dataset = data.split(split) if dataset is None else dataset
     targets = torch.tensor(data.catalog.indices_of(dataset["target"]))
     histories = [data.catalog.indices_of(history) for history in dataset["history"]] if exclude_history else None
-    return target_ranks(scores.expand(len(dataset), -1), targets, histories)
+    users = max(1, POPULARITY_RANKING_SCORES // len(data.catalog))  # a chunk of users: no [users x items] matrix
+    return torch.cat(
+        [
+            target_ranks(
+                scores.expand(len(targets[start : start + users]), -1),
+                targets[start : start + users],
+                None if histories is None else histories[start : start + users],
+            )
+            for start in range(0, len(targets), users)
+        ]
+    )
 
 
 def evaluate_popularity(
