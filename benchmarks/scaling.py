@@ -14,8 +14,8 @@ by part) and a size that would not fit the memory available now is refused, sayi
 then a child process runs what ``examples/finetune.py`` runs, with these flags:
 
     --preset cpu-quick --interactions_file interactions.csv --catalog_file items.csv \\
-    --text_template "{title} | {category}" --num_sampled_negatives 256 --item_id_embedding_size 64 \\
-    --max_steps STEPS --max_eval_users EVAL_USERS --evaluations 1 --output_dir RUN_DIR
+    --text_template "{title} | {category}" --num_sampled_negatives 256 --sparse_item_gradients true \\
+    --item_id_embedding_size 64 --max_steps STEPS --max_eval_users EVAL_USERS --evaluations 1 --output_dir RUN_DIR
 
 (flags after ``--`` are added to them), through ``run_experiment`` itself, timed from outside: the library's
 functions are wrapped, not changed. The child then serves the trained model: ``recommend`` (exact top-10, items
@@ -33,12 +33,11 @@ user's history excluded. Measured per size:
 - what broke: the phase and the exception (or the signal: -9 is most likely the kernel's OOM killer), where a size
   does not run through. The row says so instead of numbers.
 
-The estimate knows three costs of the library that grow with the catalog beyond the tables themselves: with
-every-item supervision the Trainer's evaluation computes a loss over ``[eval batch x history items, items]`` scores
-(core/losses.py ``catalog_cross_entropy``: the ranking needs only the ``[eval batch, items]`` logits), so a smaller
-``-- --per_device_eval_batch_size`` is what makes a million items fit; the popularity baseline ranks a ``[eval users
-x items]`` matrix (recsys/baselines.py ``popularity_ranks``), so ``--eval-users`` stays small; and every training
-step updates every item's row (their gradients are dense: a step's time grows with the catalog, sampled loss or not).
+The estimate knows what grows with the catalog beyond the tables themselves: evaluation's ``[eval batch, items]``
+logits (the every-item loss and popularity's ranks are computed in chunks: core/losses.py, recsys/baselines.py), and
+the per-item tables' gradients and moments. With ``--sparse_item_gradients`` (on by default here; ``--dense`` turns it
+off) a training step reads and updates only the rows of its targets and sampled negatives (``LazyAdamW``), so its
+time does not grow with the catalog; the optimizer's moments still hold two floats per table entry.
 
 Prints a markdown table (and one of each phase's seconds) and writes every number to ``--out`` (JSON). A run's
 folder (checkpoints, the item-state cache: gigabytes at 1M items) is removed after its size unless ``--keep-runs``.
@@ -103,6 +102,7 @@ def finetune_flags(args, catalog_dir: str, run_dir: str) -> list[str]:
         "--catalog_file", os.path.join(catalog_dir, "items.csv"),
         "--text_template", TEXT_TEMPLATE,
         "--num_sampled_negatives", str(args.negatives),
+        *([] if args.dense else ["--sparse_item_gradients", "true"]),
         "--item_id_embedding_size", str(args.item_id_size),
         "--max_steps", str(args.steps),
         "--max_eval_users", str(args.eval_users),
@@ -128,9 +128,8 @@ def model_shape(flags: list[str]) -> dict:
         "id_size": (run.model.item_id_embedding_size or hidden) if run.model.use_item_id_embeddings else 0,
         "num_item_tokens": run.model.num_item_tokens or run.data.max_item_tokens,  # token-level: every token's state
         "eval_batch": run.training.per_device_eval_batch_size,
-        "every_item": run.model.supervision == "every_item",
-        "max_history": run.data.max_history,
         "train_item_rows": run.model.train_item_embeddings,
+        "sparse_gradients": run.model.sparse_item_gradients,
     }
 
 
@@ -142,17 +141,19 @@ def estimate_memory(items: int, users: int, interactions: int, eval_users: int, 
     datasets. Reading holds each interaction's record and objects for a while (before any model). Once the model is
     built: the item-state cache, and the per-item tables (the adapter's rows and bias, the item id vectors) held
     3 times while the rows are read from text (the encoded batches, their concatenation), 6 times in a training step
-    (the weights, their dense gradient, Adam's two moments, the accumulated gradient and the foreach optimizer's
-    temporaries; ``benchmarks/sampled_loss.py`` measures 3x the rows for the head alone), and 3 times (weights and
-    moments) beside evaluation. Evaluation: the Trainer's loss scores every item end of a batch against the whole
-    catalog with every-item supervision (``[eval batch x history items, items]`` float32, and its log-softmax:
-    core/losses.py ``catalog_cross_entropy``), and the popularity baseline ranks a ``[eval users x items]`` float32
-    matrix and its comparison, 5 bytes a cell (recsys/baselines.py ``popularity_ranks``), while the Trainer, its
-    optimizer's moments included, is still alive."""
+    with dense gradients (the weights, their dense gradient, Adam's two moments, the accumulated gradient and the
+    foreach optimizer's temporaries; ``benchmarks/sampled_loss.py`` measures 3x the rows for the head alone), 3 times
+    with sparse ones (weights and moments), and 3 times beside evaluation. Evaluation: the ``[eval batch, items]``
+    logits and their ranking (3 copies), and the chunks of the every-item loss (core/losses.py
+    ``EVALUATION_LOSS_SCORES``) and of popularity's ranks (recsys/baselines.py ``POPULARITY_RANKING_SCORES``), while
+    the Trainer, its optimizer's moments included, is still alive."""
+    from transformers_iam.core.losses import EVALUATION_LOSS_SCORES
+    from transformers_iam.recsys.baselines import POPULARITY_RANKING_SCORES
+
     tables = items * ((shape["adapter_hidden"] + 1) + shape["id_size"]) * 4
-    history = min(shape["max_history"], max(1.0, interactions / max(users, 1) - 1)) if shape["every_item"] else 1
-    loss_scores = (2 * shape["eval_batch"] * history + 2 * shape["eval_batch"]) * items * 4
-    popularity = eval_users * items * 5
+    loss_scores = 3 * shape["eval_batch"] * items * 4 + 2 * EVALUATION_LOSS_SCORES * 4
+    popularity = min(eval_users * items, POPULARITY_RANKING_SCORES) * 5
+    step_copies = 6 if shape["train_item_rows"] and not shape["sparse_gradients"] else 3
     always = {
         "python, torch and the backbone": BASE_BYTES,
         "catalog (ids, texts, token lists)": items * CATALOG_BYTES_PER_ITEM,
@@ -160,15 +161,12 @@ def estimate_memory(items: int, users: int, interactions: int, eval_users: int, 
     phases = {
         "reading the interactions": {"reading the interactions (transient)": interactions * READ_BYTES},
         "item rows from text": {"item tables x 3": 3 * tables},
-        "a training step": {
-            "item tables x 6" if shape["train_item_rows"] else "item tables x 3": (6 if shape["train_item_rows"] else 3)
-            * tables
-        },
+        "a training step": {f"item tables x {step_copies}": step_copies * tables},
         "evaluation": {
             "item tables x 3": 3 * tables,
-            "evaluation: loss over [eval batch x history items, items]"
+            "evaluation: logits [eval batch, items] and loss chunks"
             if loss_scores >= popularity
-            else "evaluation: popularity over [eval users x items]": max(loss_scores, popularity),
+            else "evaluation: popularity's chunks": max(loss_scores, popularity),
         },
     }
     model = {
@@ -334,6 +332,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--latency-users", type=int, default=100, help="users served one at a time")
     parser.add_argument("--negatives", type=int, default=256, help="--num_sampled_negatives")
     parser.add_argument("--item-id-size", type=int, default=64, help="--item_id_embedding_size")
+    parser.add_argument("--dense", action="store_true", help="dense item gradients (no --sparse_item_gradients)")
     parser.add_argument("--nprobe", type=int, default=32, help="the ivf index's groups scanned per query")
     parser.add_argument("--preset", default="cpu-quick")
     parser.add_argument("--catalog-dir", default=os.path.join("runs", "scaling", "catalogs"))

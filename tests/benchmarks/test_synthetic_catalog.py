@@ -106,11 +106,14 @@ def test_the_reasons_a_size_stops():
         "killed by signal 9 (the kernel's OOM killer?) in training"
     )
     assert scaling.broke_line({"done": True}, 0, "") is None
-    shape = dict(hidden=576, adapter_hidden=576, id_size=64, num_item_tokens=1, eval_batch=64, every_item=True,
-                 max_history=50, train_item_rows=True)  # fmt: skip
+    shape = dict(hidden=576, adapter_hidden=576, id_size=64, num_item_tokens=1, eval_batch=64, train_item_rows=True,
+                 sparse_gradients=False)  # fmt: skip
     small, large = (scaling.estimate_memory(n, n // 5, 4 * n, 500, shape) for n in (10_000, 1_000_000))
     assert small["total"] < large["total"] and large["total"] > 10e9  # a million items: gigabytes of tables
     assert sum(large["parts"].values()) == large["total"]
+    sparse = scaling.estimate_memory(1_000_000, 200_000, 4_000_000, 500, {**shape, "sparse_gradients": True})
+    tables = 1_000_000 * (577 + 64) * 4
+    assert sparse["parts"]["item tables x 3"] == 3 * tables and large["parts"]["item tables x 6"] == 6 * tables
 
 
 @pytest.mark.slow

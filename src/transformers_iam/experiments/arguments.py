@@ -46,6 +46,7 @@ IAM_FIELDS = (
     "item_id_embedding_size",
     "adapter_hidden_size",
     "num_sampled_negatives",
+    "sparse_item_gradients",
     "item_rows_from_text",
     "new_item_dropout",
 )
