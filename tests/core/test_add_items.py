@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -58,6 +60,21 @@ def test_new_items_are_scored_and_read_from_their_text(path, setup):
     torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-4)  # the extended cache serves the new items
     top = model.recommend(**batch, k=19, exclude_item_ids=batch["history_item_indices"]).item_ids
     assert "n2" in top[0] and "n1" not in top[0]
+
+
+def test_a_score_offset_moves_every_new_item_by_it_for_every_user_and_nothing_else(setup):
+    model, collator = setup
+    shifted = copy.deepcopy(model)
+    shifted_collator = copy.deepcopy(collator)
+    model.add_items(NEW_IDS, NEW_TEXTS, collator)
+    shifted.add_items(NEW_IDS, NEW_TEXTS, shifted_collator, score_offset=-1.5)
+    batch = collator(HISTORIES)
+    with torch.no_grad():
+        plain, moved = model(**batch).logits, shifted(**batch).logits
+    torch.testing.assert_close(moved[:, :20], plain[:, :20])
+    torch.testing.assert_close(moved[:, 20:], plain[:, 20:] - 1.5)
+    with pytest.raises(ValueError, match="score_offset must be a finite number, got nan"):
+        copy.deepcopy(model).add_items(["n3"], ["w3_0"], copy.deepcopy(collator), score_offset=float("nan"))
 
 
 def test_text_rows_follow_the_text_when_the_trained_rows_do():
