@@ -56,3 +56,13 @@ def test_item_states_scaling_quick(tmp_path):
     assert "| history items | catalog | tokens | serve s/user | train s/user |" in stdout
     assert "(measured) |" in stdout and "(extrapolated) |" in stdout
     assert len(results["growth"]) == 3
+
+
+def test_sampled_loss_compares_dense_and_sparse_item_updates():
+    script = os.path.join(ROOT, "benchmarks", "sampled_loss.py")
+    environment = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")}
+    command = [sys.executable, script, "--sparse", "--num-items", "3000", "--targets", "40", "--steps", "2"]
+    child = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert "| items | dense + AdamW step | sparse + LazyAdamW step | time ratio |" in child.stdout
+    assert re.search(r"\| 3,000 \| \d+\.\d+ s \| \d+\.\d+ s \| \d+\.\d+ \|", child.stdout)
