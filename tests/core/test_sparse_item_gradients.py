@@ -81,7 +81,8 @@ def test_lazy_adamw_updates_rows_read_at_every_step_as_adamw_does(weight_decay, 
 
 def test_lazy_adamw_leaves_the_rows_not_read_and_their_moments_as_they_were():
     lazy_table, lazy_bias = adamw_pair(0.1, 1.0)[0][2:]
-    lazy = LazyAdamW([lazy_table, lazy_bias], lr=0.05, weight_decay=0.1, max_grad_norm=1.0)
+    frozen = torch.nn.Parameter(torch.ones(3), requires_grad=False)  # given as model.parameters() gives it
+    lazy = LazyAdamW([lazy_table, lazy_bias, frozen], lr=0.05, weight_decay=0.1, max_grad_norm=1.0)
     squared_loss(lazy_table, lazy_bias, torch.arange(30), torch.randn(30, 6), sparse=True).backward()
     lazy.step()  # every row read once: every row has moments
     lazy.zero_grad(set_to_none=True)

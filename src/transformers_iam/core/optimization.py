@@ -46,6 +46,8 @@ class LazyAdamW(torch.optim.AdamW):
         self._sparse_gradients: dict[torch.Tensor, torch.Tensor] = {}
         for group in self.param_groups:
             for parameter in group["params"]:
+                if not parameter.requires_grad:  # frozen: no gradient to keep (and torch refuses the hook)
+                    continue
                 if not hasattr(parameter, "_lazy_adamw"):  # one hook per parameter: the newest optimizer is served
                     parameter.register_post_accumulate_grad_hook(_keep_sparse_gradient)
                 parameter._lazy_adamw = weakref.ref(self)
