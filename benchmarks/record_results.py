@@ -4,6 +4,8 @@
         --sasrec runs/sasrec/sasrec_metrics.json --headline       # a run's valid and test numbers, all and per group
     python benchmarks/record_results.py add runs/sasrec/sasrec_metrics.json --dataset ml-100k --model SASRec \
         --command "bash benchmarks/sasrec/run.sh ml-100k" --headline  # SASRec (its epochs and whether it converged)
+    python benchmarks/record_results.py add runs/bx --dataset book-crossing --model popularity --ranker popularity
+                                                     # the popularity ranks a run computed beside the model
     python benchmarks/record_results.py update README.md docs/results.md   # rewrite every results-table block
     python benchmarks/record_results.py check README.md docs/results.md    # exit 1 when a table differs
 
@@ -46,8 +48,11 @@ def _paired(ranks: dict[str, int], sasrec: dict | None, split: str, users: list[
     }
 
 
-def run_entries(path: str, dataset: str, model: str, sasrec: dict | None, command: str | None) -> list[dict]:
-    """The entries of a main-job run (its metrics.json): both splits, all users and each breakdown group."""
+def run_entries(
+    path: str, dataset: str, model: str, sasrec: dict | None, command: str | None, ranker: str = "model"
+) -> list[dict]:
+    """The entries of a main-job run (its metrics.json): both splits, all users and each breakdown group, of the
+    model or of another ranker the run ranked the same users with (``popularity``)."""
     with open(path, encoding="utf-8") as handle:
         results = json.load(handle)
     base = {
@@ -60,7 +65,9 @@ def run_entries(path: str, dataset: str, model: str, sasrec: dict | None, comman
     }
     entries = []
     for split in ("test", "valid"):
-        ranks = results["ranks"][split]["model"]
+        if ranker not in results["ranks"][split]:
+            raise SystemExit(f"{path}: no {ranker!r} ranks for {split} (has {sorted(results['ranks'][split])})")
+        ranks = results["ranks"][split][ranker]
         entries.append(_entry(base, split, "all", ranks, list(ranks), sasrec))
         for kind in ("long_tail", "cold"):
             groups = results.get("breakdown", {}).get(kind, {}).get(split, {}).get("groups", {})
@@ -123,7 +130,7 @@ def add(args: argparse.Namespace) -> None:
         entries = sasrec_entries(args.run, args.dataset, args.model, args.command)
     else:
         path = args.run if args.run.endswith(".json") else os.path.join(args.run, "metrics.json")
-        entries = run_entries(path, args.dataset, args.model, sasrec, args.command)
+        entries = run_entries(path, args.dataset, args.model, sasrec, args.command, args.ranker)
     for entry in entries:
         if args.headline and entry["targets"] == "all":
             entry["headline"] = True
@@ -146,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     adding.add_argument("--sasrec", help="sasrec_metrics.json on the same split: pair each row with SASRec")
     adding.add_argument("--command", help="the command that reproduces it (default: the run's own)")
     adding.add_argument("--headline", action="store_true", help="a row of README's table for this data set")
+    adding.add_argument("--ranker", default="model", help="whose ranks in the run's metrics.json: model, popularity")
     for verb in ("update", "check"):
         commands.add_parser(verb).add_argument("files", nargs="+")
     args = parser.parse_args(argv)

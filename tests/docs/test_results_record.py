@@ -3,8 +3,10 @@ generated from it and must still match it."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import sys
 
 import pytest
 
@@ -13,6 +15,9 @@ from transformers_iam.recsys.record import REQUIRED, load_record, render_table, 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECORD = os.path.join(ROOT, "docs", "results.json")
 PAGES = ("README.md", os.path.join("docs", "results.md"))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import record_results  # noqa: E402
 
 
 def read(name: str) -> str:
@@ -63,3 +68,20 @@ def test_the_readme_table_shows_each_rows_number_from_the_record():
     for entry in select(record, "dataset=ml-100k headline=true"):
         row = next(line for line in table.splitlines() if line.startswith(f"| {entry['model']}"))
         assert re.search(rf"\| {entry['ndcg@10']:.4f} \|", row)
+
+
+def test_a_run_s_popularity_ranks_are_recorded_as_their_own_rows(tmp_path):
+    ranks = {"model": {"u1": 1, "u2": 30}, "popularity": {"u1": 12, "u2": 3}}
+    run = {"config": {"command": "python examples/finetune.py"}, "ranks": {"test": ranks, "valid": ranks}}
+    (tmp_path / "metrics.json").write_text(json.dumps(run))
+    record = tmp_path / "results.json"
+    record.write_text("[]")
+    for model, ranker in (("IAM", "model"), ("popularity", "popularity")):
+        arguments = ["--record", str(record), "add", str(tmp_path), "--dataset", "d", "--model", model]
+        assert record_results.main([*arguments, "--ranker", ranker]) == 0
+    rows = {(entry["model"], entry["split"]): entry for entry in json.loads(record.read_text())}
+    assert rows["IAM", "test"]["hr@10"] == 0.5 and rows["popularity", "test"]["hr@10"] == 0.5
+    assert rows["IAM", "test"]["ndcg@10"] == 0.5 and rows["popularity", "test"]["ndcg@10"] == 0.25
+    with pytest.raises(SystemExit, match="no 'sasrec' ranks for test"):
+        record_results.main(["--record", str(record), "add", str(tmp_path), "--dataset", "d", "--model", "x",
+                             "--ranker", "sasrec"])  # fmt: skip
