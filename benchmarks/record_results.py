@@ -6,6 +6,8 @@
         --command "bash benchmarks/sasrec/run.sh ml-100k" --headline  # SASRec (its epochs and whether it converged)
     python benchmarks/record_results.py add runs/bx --dataset book-crossing --model popularity --ranker popularity
                                                      # the popularity ranks a run computed beside the model
+    python benchmarks/record_results.py add runs/scaling/scaling.json --model "IAM cpu-quick, 20 steps" \
+        --command "python benchmarks/scaling.py --items 10000 100000"    # one entry per size: synthetic-10k, ...
     python benchmarks/record_results.py update README.md docs/results.md   # rewrite every results-table block
     python benchmarks/record_results.py check README.md docs/results.md    # exit 1 when a table differs
 
@@ -118,12 +120,81 @@ def sasrec_entries(path: str, dataset: str, model: str, command: str) -> list[di
     return entries
 
 
+def synthetic_name(items: int) -> str:
+    """``synthetic-10k``, ``synthetic-100k``, ``synthetic-1m``: the data set name of a synthetic catalog's size."""
+    for size, suffix in ((1_000_000, "m"), (1_000, "k")):
+        if items >= size and items % size == 0:
+            return f"synthetic-{items // size}{suffix}"
+    return f"synthetic-{items}"
+
+
+SCALING_FIELDS = (
+    "peak_rss_gb",
+    "text_init_items_per_s",
+    "cache_items_per_s",
+    "train_targets_per_s",
+    "eval_users_per_s",
+)
+
+
+def scaling_entries(path: str, model: str, command: str) -> list[dict]:
+    """The entries of ``benchmarks/scaling.py --out`` (one synthetic catalog per size that ran through): the quality
+    of its short run on each split, and the costs measured (``scaling``)."""
+    with open(path, encoding="utf-8") as handle:
+        results = json.load(handle)
+    entries = []
+    for row in results["rows"]:
+        if row["status"] != "ran through":
+            continue
+        costs = {field: round(row[field], 3) for field in SCALING_FIELDS}
+        for kind in ("exact", "ivf"):
+            costs[f"{kind}_p50_ms"], costs[f"{kind}_p99_ms"] = (
+                round(row[kind]["p50_ms"], 1),
+                round(row[kind]["p99_ms"], 1),
+            )
+        costs["ivf_recall@10"] = round(row["ivf"]["recall@10"], 4)
+        costs["phase_seconds"] = row["phase_seconds"]
+        base = {
+            "dataset": synthetic_name(row["items"]),
+            "model": model,
+            "command": command,
+            "date": datetime.date.fromtimestamp(os.path.getmtime(path)).isoformat(),
+            "machine": _machine(),
+            "catalog": {key: row[key] for key in ("items", "users", "interactions")},
+            "scaling": costs,
+        }
+        for split in ("test", "valid"):
+            metrics = row["details"]["metrics"][split]
+            entries.append(
+                {
+                    **base,
+                    "split": split,
+                    "targets": "all",
+                    "users": metrics["users"],
+                    "ndcg@10": round(metrics["ndcg@10"], 4),
+                    "hr@10": round(metrics["hr@10"], 4),
+                }
+            )
+    return entries
+
+
 def add(args: argparse.Namespace) -> None:
     record = load_record(args.record) if os.path.isfile(args.record) else []
     sasrec = None
     if args.sasrec:
         with open(args.sasrec, encoding="utf-8") as handle:
             sasrec = json.load(handle)
+    if os.path.basename(args.run).startswith("scaling"):
+        if not args.command:
+            raise SystemExit("scaling entries need --command (the benchmarks/scaling.py command)")
+        entries = scaling_entries(args.run, args.model, args.command)
+        replaced = {(entry["dataset"], entry["model"]) for entry in entries}
+        kept = [entry for entry in record if (entry["dataset"], entry["model"]) not in replaced]
+        _write(args.record, kept + entries)
+        print(f"{args.record}: {len(entries)} entries for {args.model!r} on {sorted({e['dataset'] for e in entries})}")
+        return
+    if args.dataset is None:
+        raise SystemExit("add needs --dataset")
     if os.path.basename(args.run).startswith("sasrec_metrics"):
         if not args.command:
             raise SystemExit("a SASRec entry needs --command (the export, train and rank commands)")
@@ -134,12 +205,17 @@ def add(args: argparse.Namespace) -> None:
     for entry in entries:
         if args.headline and entry["targets"] == "all":
             entry["headline"] = True
-        check_entry(entry)
     kept = [entry for entry in record if (entry["dataset"], entry["model"]) != (args.dataset, args.model)]
-    with open(args.record, "w", encoding="utf-8") as handle:
-        json.dump(kept + entries, handle, indent=1, ensure_ascii=False)
-        handle.write("\n")
+    _write(args.record, kept + entries)
     print(f"{args.record}: {len(entries)} entries for {args.model!r} on {args.dataset}")
+
+
+def _write(path: str, record: list[dict]) -> None:
+    for entry in record:
+        check_entry(entry)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=1, ensure_ascii=False)
+        handle.write("\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", default=RECORD)
     commands = parser.add_subparsers(dest="verb", required=True)
     adding = commands.add_parser("add")
-    adding.add_argument("run", help="a run folder (its metrics.json), or a sasrec_metrics.json")
-    adding.add_argument("--dataset", required=True)
+    adding.add_argument("run", help="a run folder (its metrics.json), a sasrec_metrics.json or a scaling*.json")
+    adding.add_argument("--dataset", help="the data set (not for scaling*.json: synthetic-<size>)")
     adding.add_argument("--model", required=True, help="the row's name in the tables")
     adding.add_argument("--sasrec", help="sasrec_metrics.json on the same split: pair each row with SASRec")
     adding.add_argument("--command", help="the command that reproduces it (default: the run's own)")

@@ -85,3 +85,22 @@ def test_a_run_s_popularity_ranks_are_recorded_as_their_own_rows(tmp_path):
     with pytest.raises(SystemExit, match="no 'sasrec' ranks for test"):
         record_results.main(["--record", str(record), "add", str(tmp_path), "--dataset", "d", "--model", "x",
                              "--ranker", "sasrec"])  # fmt: skip
+
+
+def test_a_scaling_run_becomes_one_synthetic_data_set_per_size(tmp_path):
+    costs = dict(peak_rss_gb=2.0, text_init_items_per_s=300.0, cache_items_per_s=500.0, train_targets_per_s=1600.0,
+                 eval_users_per_s=40.0, phase_seconds={"training": 16.5})  # fmt: skip
+    latency = {"p50_ms": 25.0, "p99_ms": 28.0}
+    row = dict(items=100_000, users=20_000, interactions=400_000, status="ran through", exact=latency,
+               ivf={**latency, "recall@10": 0.88}, details={"metrics": {split: {"ndcg@10": 0.02, "hr@10": 0.04,
+               "users": 500} for split in ("valid", "test")}}, **costs)  # fmt: skip
+    broken = {**row, "items": 1_000_000, "status": "broke in training: MemoryError"}
+    (tmp_path / "scaling.json").write_text(json.dumps({"rows": [row, broken]}))
+    record = tmp_path / "results.json"
+    record.write_text("[]")
+    arguments = ["--record", str(record), "add", str(tmp_path / "scaling.json"), "--model", "IAM", "--command", "c"]
+    assert record_results.main(arguments) == 0
+    entries = json.loads(record.read_text())
+    assert {(entry["dataset"], entry["split"]) for entry in entries} == {("synthetic-100k", "test"),
+                                                                       ("synthetic-100k", "valid")}  # fmt: skip
+    assert entries[0]["scaling"]["train_targets_per_s"] == 1600.0 and entries[0]["scaling"]["ivf_recall@10"] == 0.88
