@@ -121,3 +121,13 @@ def test_the_run_trains_sparse_item_tables_with_lazy_adamw(tmp_path):
     with pytest.raises(ValueError, match="optim='sgd' with sparse_item_gradients"):
         make_optimizer(model, RecommendationTrainingArguments(output_dir=str(tmp_path), optim="sgd"))
     assert type(make_optimizer(tiny_model(num_items=20), args)) is torch.optim.AdamW
+
+
+def test_lazy_adamw_refuses_sparse_gradients_on_more_than_one_process(monkeypatch):
+    # DDP reduces .grad; the sparse gradients kept outside it would train each process's rows apart
+    table = torch.nn.Parameter(torch.ones(10, 2))
+    optimizer = LazyAdamW([table], lr=0.1)  # noqa: F841 (alive: the hook serves the newest live optimizer)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    with pytest.raises(RuntimeError, match="train with sparse_item_gradients=False on more than one process"):
+        gather_rows(table, torch.tensor([1]), sparse_gradient=True).sum().backward()
