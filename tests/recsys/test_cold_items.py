@@ -138,6 +138,7 @@ def test_popularity_ranks_a_chunk_of_users_at_a_time(plain_and_cold, monkeypatch
     whole = popularity_ranks(plain, "test", exclude_history=True)
     monkeypatch.setattr(baselines, "POPULARITY_RANKING_SCORES", 7 * len(plain.catalog))  # 7 users a chunk
     assert torch.equal(popularity_ranks(plain, "test", exclude_history=True), whole)
+    assert popularity_ranks(plain, "test", True, dataset=plain.test.select([])).shape == (0,)  # no users, no ranks
 
 
 @pytest.mark.parametrize(

@@ -40,16 +40,15 @@ def popularity_ranks(data: LeaveOneOutData, split: str, exclude_history: bool, d
     targets = torch.tensor(data.catalog.indices_of(dataset["target"]))
     histories = [data.catalog.indices_of(history) for history in dataset["history"]] if exclude_history else None
     users = max(1, POPULARITY_RANKING_SCORES // len(data.catalog))  # a chunk of users: no [users x items] matrix
-    return torch.cat(
-        [
-            target_ranks(
-                scores.expand(len(targets[start : start + users]), -1),
-                targets[start : start + users],
-                None if histories is None else histories[start : start + users],
-            )
-            for start in range(0, len(targets), users)
-        ]
-    )
+    chunks = [
+        target_ranks(
+            scores.expand(len(targets[start : start + users]), -1),
+            targets[start : start + users],
+            None if histories is None else histories[start : start + users],
+        )
+        for start in range(0, len(targets), users)
+    ]
+    return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.long)
 
 
 def evaluate_popularity(
