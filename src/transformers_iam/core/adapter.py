@@ -129,7 +129,6 @@ def text_item_embeddings(
     embeddings = []
     bar = tqdm(total=len(item_token_ids), desc="item rows from text", unit="item")
     for start in range(0, len(item_token_ids), batch_size):
-        bar.update(min(batch_size, len(item_token_ids) - start))
         chunk = item_token_ids[start : start + batch_size]
         width = max(len(ids) for ids in chunk)
         input_ids = torch.zeros(len(chunk), width, dtype=torch.long, device=device)
@@ -143,6 +142,7 @@ def text_item_embeddings(
         ).last_hidden_state
         pooled = (states * attention_mask[..., None]).sum(1) / attention_mask.sum(1, keepdim=True)
         embeddings.append(adapter.project(pooled))
+        bar.update(len(chunk))
     bar.close()
     embeddings = torch.cat(embeddings)
     embeddings = embeddings - embeddings.mean(0, keepdim=True)
