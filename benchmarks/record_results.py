@@ -143,16 +143,31 @@ def scaling_entries(path: str, model: str, command: str) -> list[dict]:
     with open(path, encoding="utf-8") as handle:
         results = json.load(handle)
     entries = []
+    # ml-100k's default run cut to the same steps (``--ml-100k``): not an entry of its own (20 steps are no result on
+    # ml-100k), the training rate each size's is compared with
+    references = [row for row in results["rows"] if row.get("dataset") and row["status"] == "ran through"]
     for row in results["rows"]:
-        if row["status"] != "ran through":
+        if row["status"] != "ran through" or row.get("dataset"):
             continue
-        costs = {field: round(row[field], 3) for field in SCALING_FIELDS}
+        costs = {field: None if row[field] is None else round(row[field], 3) for field in SCALING_FIELDS}
+        for reference in references:
+            costs[f"{reference['dataset']}_train_targets_per_s"] = round(reference["train_targets_per_s"], 3)
         for kind in ("exact", "ivf"):
             costs[f"{kind}_p50_ms"], costs[f"{kind}_p99_ms"] = (
                 round(row[kind]["p50_ms"], 1),
                 round(row[kind]["p99_ms"], 1),
             )
         costs["ivf_recall@10"] = round(row["ivf"]["recall@10"], 4)
+        costs["ivf_nprobe"] = row["ivf"].get("nprobe")
+        for other in row["details"].get("ivf_sweep", [])[1:]:
+            costs[f"ivf_nprobe{other['nprobe']}"] = {
+                "p50_ms": round(other["p50_ms"], 1),
+                "p99_ms": round(other["p99_ms"], 1),
+                "recall@10": round(other["recall@10"], 4),
+            }
+        if row.get("cache_load"):
+            costs["item_state_load_seconds"] = row["cache_load"]["seconds"]
+            costs["item_state_loaded"] = row["cache_load"]["loaded"]
         costs["phase_seconds"] = row["phase_seconds"]
         base = {
             "dataset": synthetic_name(row["items"]),

@@ -6,6 +6,8 @@ and 1M items through the bring-your-own-data path of examples/finetune.py, one p
     python benchmarks/scaling.py --items 1000000 --users 200000 --steps 50 --eval-users 500
     python benchmarks/scaling.py --items 300 --users 100 --steps 2 --eval-users 20 --latency-users 10   # smoke
     python benchmarks/scaling.py --items 10000 -- --preset cpu-full      # flags after -- go to finetune.py
+    python benchmarks/scaling.py --ml-100k --items 1000000 --nprobe 32 128 -- --adapter_hidden_size 128 \
+        --init_item_embeddings_from_text false        # what docs/results.md's million-item row ran
 
 For each size: the catalog is generated (``items.csv``, ``interactions.csv``; ``--users`` users, ``--items // 5`` by
 default, about 20 interactions each) or reused from ``--catalog-dir``; the memory the run needs is estimated (item
@@ -28,8 +30,10 @@ user's history excluded. Measured per size:
   time between two steps' ends (collation included; the first step, and an interval with a validation pass or a
   checkpoint, left out), and the Trainer's own wall (``train_seconds``, validation and checkpoint included);
 - evaluation users/s: the test pass (``Trainer.predict`` on ``--eval-users`` users, full-catalog ranks);
-- ``recommend`` latency per user, p50 and p99 (the user's forward included, the collation not), exact and indexed,
-  and the index's recall@10 against the exact top-10;
+- ``recommend`` latency per user, p50 and p99 (the user's forward included, the collation not), exact and indexed
+  (at each ``--nprobe``), and the index's recall@10 against the exact top-10;
+- the item-state cache read back from the run's folder, as a process serving the checkpoint reads it (seconds, and
+  whether it was loaded rather than rebuilt);
 - what broke: the phase and the exception (or the signal: -9 is most likely the kernel's OOM killer), where a size
   does not run through. The row says so instead of numbers.
 
@@ -38,6 +42,9 @@ logits (the every-item loss and popularity's ranks are computed in chunks: core/
 the per-item tables' gradients and moments. With ``--sparse_item_gradients`` (on by default here; ``--dense`` turns it
 off) a training step reads and updates only the rows of its targets and sampled negatives (``LazyAdamW``), so its
 time does not grow with the catalog; the optimizer's moments still hold two floats per table entry.
+
+``--ml-100k`` first runs ml-100k's default (full cross-entropy, dense gradients; the flags after ``--`` are not given
+to it) for the same steps and users, measured the same way: the training rate a large catalog's is compared with.
 
 Prints a markdown table (and one of each phase's seconds) and writes every number to ``--out`` (JSON). A run's
 folder (checkpoints, the item-state cache: gigabytes at 1M items) is removed after its size unless ``--keep-runs``.
@@ -240,6 +247,11 @@ def fmt(value, spec: str = ",.1f", missing: str = "-") -> str:
     return missing if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def label(row: dict) -> str:
+    """A row's first cell: its items, and the data set's name when it is not a synthetic catalog."""
+    return f"{row['dataset']}: {row['items']:,}" if row.get("dataset") else f"{row['items']:,}"
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| items | users | interactions | peak RSS GB (estimate) | item rows from text items/s "
@@ -250,7 +262,7 @@ def table(rows: list[dict]) -> str:
     for row in rows:
         exact, ivf = row.get("exact") or {}, row.get("ivf") or {}
         lines.append(
-            f"| {row['items']:,} | {row['users']:,} | {fmt(row.get('interactions'), ',')} "
+            f"| {label(row)} | {row['users']:,} | {fmt(row.get('interactions'), ',')} "
             f"| {fmt(row.get('peak_rss_gb'), '.2f')} ({fmt(row['estimate_gb'], '.1f')}) "
             f"| {fmt(row.get('text_init_items_per_s'), ',.0f')} | {fmt(row.get('cache_items_per_s'), ',.0f')} "
             f"| {fmt(row.get('train_targets_per_s'), ',.1f')} | {fmt(row.get('eval_users_per_s'), ',.1f')} "
@@ -272,6 +284,7 @@ PHASE_COLUMNS = (
     "results",
     "write run",
     "index build",
+    "item-state load",
 )
 
 
@@ -283,11 +296,46 @@ def phase_table(rows: list[dict]) -> str:
     for row in rows:
         seconds = row.get("phase_seconds") or {}
         cells = " | ".join(fmt(seconds.get(name)) for name in PHASE_COLUMNS)
-        lines.append(f"| {row['items']:,} | {cells} | {row.get('peak_phase') or '-'} |")
+        lines.append(f"| {label(row)} | {cells} | {row.get('peak_phase') or '-'} |")
     return "\n".join(lines)
 
 
-def make_row(items: int, users: int, summary: dict, estimate: dict, result: dict, status: str) -> dict:
+def run_reference(args) -> dict:
+    """ml-100k's default run (``examples/finetune.py`` with no data flags) cut to ``--steps`` steps and
+    ``--eval-users`` users, measured as a size is: the training rate the issue compares a large catalog's with."""
+    run_dir = os.path.abspath(os.path.join(args.work_dir, "run-ml-100k"))
+    if os.path.exists(run_dir):
+        shutil.rmtree(run_dir)
+    os.makedirs(run_dir)
+    flags = [
+        "--preset", args.preset,
+        "--max_steps", str(args.steps),
+        "--max_eval_users", str(args.eval_users),
+        "--evaluations", "1",
+        "--output_dir", run_dir,
+    ]  # fmt: skip
+    spec = {
+        "flags": flags,
+        "result": os.path.join(run_dir, "scaling_result.json"),
+        "latency_users": args.latency_users,
+        "nprobes": args.nprobe,
+    }
+    print("\nml-100k, the default run: " + shlex.join(["python", "examples/finetune.py", *flags]))
+    started = time.perf_counter()
+    result, status, tail = run_child(spec, os.path.join(run_dir, "child.log"), None)
+    data = result.get("data") or {}
+    broke = broke_line(result, status, tail)
+    row = make_row(data.get("items") or 0, data.get("users") or 0, data, None, result, broke or "ran through")
+    row.update(dataset="ml-100k", wall_seconds=time.perf_counter() - started)
+    if broke:
+        print(f"{broke}\nlog tail:\n{tail[-1500:]}")
+    print(table([row]), flush=True)
+    if not args.keep_runs:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return row
+
+
+def make_row(items: int, users: int, summary: dict, estimate: dict | None, result: dict, status: str) -> dict:
     """One size's row of the table (and of the JSON) from its child's result."""
     training = result.get("training") or {}
     test = result.get("test_evaluation") or {}
@@ -295,12 +343,13 @@ def make_row(items: int, users: int, summary: dict, estimate: dict, result: dict
         "items": items,
         "users": users,
         "interactions": summary.get("interactions"),
-        "estimate_gb": estimate["total"] / GB,
+        "estimate_gb": estimate["total"] / GB if estimate else None,
         "estimate": estimate,
         "peak_rss_gb": result.get("peak_rss_kib", 0) * 1024 / GB if result.get("peak_rss_kib") else None,
         "peak_phase": result.get("peak_phase"),
         "text_init_items_per_s": (result.get("item_rows_from_text") or {}).get("items_per_s"),
         "cache_items_per_s": (result.get("item_state_cache") or {}).get("items_per_s"),
+        "cache_load": result.get("item_state_load"),
         "train_targets_per_s": training.get("targets_per_s"),
         "eval_users_per_s": test.get("users_per_s"),
         "exact": result.get("exact"),
@@ -333,7 +382,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--negatives", type=int, default=256, help="--num_sampled_negatives")
     parser.add_argument("--item-id-size", type=int, default=64, help="--item_id_embedding_size")
     parser.add_argument("--dense", action="store_true", help="dense item gradients (no --sparse_item_gradients)")
-    parser.add_argument("--nprobe", type=int, default=32, help="the ivf index's groups scanned per query")
+    parser.add_argument(
+        "--nprobe",
+        type=int,
+        nargs="+",
+        default=[32],
+        help="the ivf index's groups scanned per query; several: each is measured (the first is the table's)",
+    )
     parser.add_argument("--preset", default="cpu-quick")
     parser.add_argument("--catalog-dir", default=os.path.join("runs", "scaling", "catalogs"))
     parser.add_argument("--work-dir", default=os.path.join("runs", "scaling"))
@@ -342,6 +397,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--estimate-only", action="store_true", help="generate the catalogs and estimate, no run")
     parser.add_argument("--keep-runs", action="store_true", help="keep each run's folder (checkpoints, cache)")
     parser.add_argument("--timeout-minutes", type=float, default=None, help="stop a size's child after this long")
+    parser.add_argument(
+        "--ml-100k",
+        action="store_true",
+        help="first, ml-100k's default run (full cross-entropy, dense gradients) for the same steps and users, as "
+        "the reference of the training rate (flags after -- are not given to it)",
+    )
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._child:
@@ -362,6 +423,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"users served one at a time"
     )
     rows, shape = [], None
+    if args.ml_100k:
+        rows.append(run_reference(args))
     for items, num_users in zip(args.items, users):
         name = f"items{items}-users{num_users}-ipu{args.interactions_per_user:g}-seed{args.seed}"
         catalog_dir = os.path.abspath(os.path.join(args.catalog_dir, name))
@@ -400,7 +463,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "flags": flags,
             "result": os.path.join(run_dir, "scaling_result.json"),
             "latency_users": args.latency_users,
-            "nprobe": args.nprobe,
+            "nprobes": args.nprobe,
         }
         print(shlex.join(["python", "examples/finetune.py", *flags]))
         started = time.perf_counter()
@@ -534,8 +597,9 @@ def percentiles(times: list[float]) -> dict:
     }
 
 
-def serve(recorder: Recorder, built, latency_users: int, nprobe: int) -> None:
-    """Top-10 for single users from the trained model: exact ``recommend`` in chunks, and an ivf ``ItemIndex``."""
+def serve(recorder: Recorder, built, latency_users: int, nprobes: list[int]) -> None:
+    """Top-10 for single users from the trained model: exact ``recommend`` in chunks, and an ivf ``ItemIndex``
+    scanning each of ``nprobes`` groups in turn (the first is the table's)."""
     import torch
 
     from transformers_iam.core.ranking import DEFAULT_CHUNK_SIZE
@@ -571,28 +635,68 @@ def serve(recorder: Recorder, built, latency_users: int, nprobe: int) -> None:
 
         recorder.enter("index build")
         started = time.perf_counter()
-        index = ItemIndex.from_model(model, kind="ivf", nprobe=nprobe)
+        index = ItemIndex.from_model(model, kind="ivf", nprobe=nprobes[0])
         build_seconds = time.perf_counter() - started
         recorder.leave("index build", build_seconds)
         recorder.enter("indexed search")
         started = time.perf_counter()
-        times, found = [], []
-        for step, (batch, excluded) in enumerate([(inputs[0], exclusions[0]), *zip(inputs, exclusions)]):
-            start = time.perf_counter()
-            states = model.user_states(**{key: value for key, value in batch.items() if key != "labels"})
-            _, indices = index.search(states, K, exclude=excluded)
-            if step:  # the first is a warm-up
-                times.append(time.perf_counter() - start)
-                found.append(set(indices[0].tolist()) - {-1})
-        hits = sum(len(a & b) for a, b in zip(found, exact))
-        recorder.result["ivf"] = {
-            **percentiles(times),
-            "recall@10": hits / (K * len(exact)),
-            "nprobe": index.nprobe,
-            "nlist": int(index.index.nlist),
-            "build_seconds": build_seconds,
-        }
+        sweep = []
+        for nprobe in nprobes:
+            index.nprobe = nprobe
+            times, found = [], []
+            for step, (batch, excluded) in enumerate([(inputs[0], exclusions[0]), *zip(inputs, exclusions)]):
+                start = time.perf_counter()
+                states = model.user_states(**{key: value for key, value in batch.items() if key != "labels"})
+                _, indices = index.search(states, K, exclude=excluded)
+                if step:  # the first is a warm-up
+                    times.append(time.perf_counter() - start)
+                    found.append(set(indices[0].tolist()) - {-1})
+            hits = sum(len(a & b) for a, b in zip(found, exact))
+            sweep.append(
+                {
+                    **percentiles(times),
+                    "recall@10": hits / (K * len(exact)),
+                    "nprobe": index.nprobe,
+                    "nlist": int(index.index.nlist),
+                    "build_seconds": build_seconds,
+                }
+            )
+        recorder.result["ivf"] = sweep[0]
+        recorder.result["ivf_sweep"] = sweep
         recorder.leave("indexed search", time.perf_counter() - started)
+
+
+def load_item_cache(recorder: Recorder, run, built) -> None:
+    """The item-state cache the run saved beside its checkpoint, read back (its records compared, its tensors loaded,
+    bound to the cached layers' digest and checked exact) as a process serving the checkpoint would: timed, and
+    whether it was loaded or rebuilt (a rebuild writes the files again)."""
+    from transformers_iam.core.catalog import item_token_sequences
+    from transformers_iam.core.item_cache_lifecycle import load_or_build_item_cache
+    from transformers_iam.experiments.build import item_cache_dir
+
+    model = built.model
+    if getattr(model, "item_cache", None) is None:
+        return
+    folder = item_cache_dir(run, run.training.output_dir)
+    sequences = item_token_sequences(built.collator, model.catalog)
+
+    def written() -> dict:
+        return {name: os.stat(os.path.join(folder, name)).st_mtime_ns for name in sorted(os.listdir(folder))}
+
+    before = written()
+    model.item_cache = None
+    gc.collect()
+    recorder.enter("item-state load")
+    started = time.perf_counter()
+    model.item_cache = load_or_build_item_cache(model, sequences, folder)
+    seconds = time.perf_counter() - started
+    recorder.result["item_state_load"] = {
+        "items": model.item_cache.num_items,
+        "seconds": round(seconds, 3),
+        "loaded": written() == before,
+        "bytes": sum(os.path.getsize(os.path.join(folder, name)) for name in before),
+    }
+    recorder.leave("item-state load", seconds)
 
 
 def child_main(spec_path: str) -> None:
@@ -693,7 +797,8 @@ def child_main(spec_path: str) -> None:
         }
         recorder.result["trainer_peak_rss_mib"] = results.get("peak_rss_mib")
         del results
-        serve(recorder, built, spec["latency_users"], spec["nprobe"])
+        serve(recorder, built, spec["latency_users"], spec["nprobes"])
+        load_item_cache(recorder, run, built)
         recorder.result["done"] = True
         recorder.save()
     except BaseException as error:  # noqa: B036  (a KeyboardInterrupt is recorded too, then raised)

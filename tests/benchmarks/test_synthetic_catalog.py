@@ -122,11 +122,16 @@ def test_scaling_runs_a_tiny_catalog_end_to_end(tmp_path, capsys):
     out = tmp_path / "scaling.json"
     rows = scaling.main(
         ["--items", "300", "--users", "60", "--steps", "2", "--eval-users", "12", "--latency-users", "5",
-         "--catalog-dir", str(tmp_path / "catalogs"), "--work-dir", str(tmp_path / "work"), "--out", str(out)]
+         "--nprobe", "1", "4", "--ml-100k", "--catalog-dir", str(tmp_path / "catalogs"),
+         "--work-dir", str(tmp_path / "work"), "--out", str(out)]
     )  # fmt: skip
     printed = capsys.readouterr().out
     assert "| items | users | interactions | peak RSS GB (estimate) |" in printed
-    (row,) = rows
+    reference, row = rows
+    # ml-100k's default run, measured the same way: the training rate a large catalog's is compared with
+    assert reference["status"] == "ran through" and reference["dataset"] == "ml-100k"
+    assert reference["items"] == 1682 and reference["train_targets_per_s"] > 0
+    assert "| ml-100k: 1,682 |" in printed
     assert row["status"] == "ran through", row["details"].get("broke")
     for field in ("peak_rss_gb", "text_init_items_per_s", "cache_items_per_s", "train_targets_per_s",
                   "eval_users_per_s"):  # fmt: skip
@@ -134,6 +139,9 @@ def test_scaling_runs_a_tiny_catalog_end_to_end(tmp_path, capsys):
     for method in ("exact", "ivf"):
         assert 0 < row[method]["p50_ms"] <= row[method]["p99_ms"] and row[method]["users"] == 5
     assert 0 <= row["ivf"]["recall@10"] <= 1
+    assert [entry["nprobe"] for entry in row["details"]["ivf_sweep"]] == [1, 4] and row["ivf"]["nprobe"] == 1
+    # the saved item-state cache is read back, not rebuilt (a rebuild would write its files again)
+    assert row["cache_load"]["loaded"] is True and row["cache_load"]["items"] == 300
     assert row["details"]["data"]["items"] == 300 and row["details"]["test_evaluation"]["users"] == 12
-    assert json.loads(out.read_text())["rows"][0]["items"] == 300
+    assert json.loads(out.read_text())["rows"][1]["items"] == 300
     assert not os.path.exists(tmp_path / "work" / "run-300")  # the run's folder is removed after its size

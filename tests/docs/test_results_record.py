@@ -95,7 +95,8 @@ def test_a_scaling_run_becomes_one_synthetic_data_set_per_size(tmp_path):
                ivf={**latency, "recall@10": 0.88}, details={"metrics": {split: {"ndcg@10": 0.02, "hr@10": 0.04,
                "users": 500} for split in ("valid", "test")}}, **costs)  # fmt: skip
     broken = {**row, "items": 1_000_000, "status": "broke in training: MemoryError"}
-    (tmp_path / "scaling.json").write_text(json.dumps({"rows": [row, broken]}))
+    reference = {**row, "items": 1682, "dataset": "ml-100k", "train_targets_per_s": 3400.0}  # not an entry
+    (tmp_path / "scaling.json").write_text(json.dumps({"rows": [reference, row, broken]}))
     record = tmp_path / "results.json"
     record.write_text("[]")
     arguments = ["--record", str(record), "add", str(tmp_path / "scaling.json"), "--model", "IAM", "--command", "c"]
@@ -104,3 +105,4 @@ def test_a_scaling_run_becomes_one_synthetic_data_set_per_size(tmp_path):
     assert {(entry["dataset"], entry["split"]) for entry in entries} == {("synthetic-100k", "test"),
                                                                        ("synthetic-100k", "valid")}  # fmt: skip
     assert entries[0]["scaling"]["train_targets_per_s"] == 1600.0 and entries[0]["scaling"]["ivf_recall@10"] == 0.88
+    assert entries[0]["scaling"]["ml-100k_train_targets_per_s"] == 3400.0
