@@ -376,3 +376,17 @@ def test_an_item_with_no_tokens_is_named_instead_of_making_every_embedding_nan(c
     with pytest.raises(ValueError, match=r"catalog indices \[4\], items \['i4'\]"):
         model.init_item_embeddings_from_text(token_ids)
     torch.testing.assert_close(model.adapter.item_embeddings.weight, before)
+
+
+def test_rows_read_from_text_are_each_items_own_whatever_the_batches(catalog):
+    # read shortest first in batches: an item's row must not depend on the items batched with it or their order
+    generator = torch.Generator().manual_seed(0)
+    token_ids = [torch.randint(3, 150, (1 + index % 7,), generator=generator).tolist() for index in range(20)]
+    model = tiny_model()
+    model.set_catalog(catalog)
+    model.init_item_embeddings_from_text(token_ids, batch_size=1)
+    alone = model.adapter.item_embeddings.weight.clone()
+    order = torch.randperm(20, generator=generator).tolist()
+    model.init_item_embeddings_from_text([token_ids[index] for index in order], batch_size=6)
+    torch.testing.assert_close(model.adapter.item_embeddings.weight, alone[order])
+    assert not torch.allclose(alone[0], alone[7])  # same length, other tokens: rows that say something

@@ -117,6 +117,8 @@ def text_item_embeddings(
     adapter's LayerNorm output of norm ``sqrt(hidden)``, initial scores are ``scale * sqrt(hidden) * cosine`` (about
     +-2.4 for hidden 576 and scale 0.1), the spread of a log-popularity prior.
     """
+    if not item_token_ids:
+        raise ValueError("no items to read: item_token_ids is empty")
     # an item with no tokens would be a 0/0 mean, and the centring below would spread its NaN to every item
     empty = [index for index, ids in enumerate(item_token_ids) if len(ids) == 0]
     if empty:
@@ -126,10 +128,14 @@ def text_item_embeddings(
             "needs at least one token; give them a non-empty text"
         )
     device = adapter.item_embeddings.weight.device
-    embeddings = []
+    # shortest first, as the item-state cache is built: a batch pads to its longest item, and a catalog in its own
+    # order pads every batch to a long title
+    order = sorted(range(len(item_token_ids)), key=lambda index: len(item_token_ids[index]))
+    embeddings = None
     bar = tqdm(total=len(item_token_ids), desc="item rows from text", unit="item")
-    for start in range(0, len(item_token_ids), batch_size):
-        chunk = item_token_ids[start : start + batch_size]
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        chunk = [item_token_ids[index] for index in rows]
         width = max(len(ids) for ids in chunk)
         input_ids = torch.zeros(len(chunk), width, dtype=torch.long, device=device)
         attention_mask = torch.zeros_like(input_ids)
@@ -141,10 +147,12 @@ def text_item_embeddings(
             input_ids=input_ids, attention_mask=attention_mask, item_segment_ids=torch.zeros_like(input_ids)
         ).last_hidden_state
         pooled = (states * attention_mask[..., None]).sum(1) / attention_mask.sum(1, keepdim=True)
-        embeddings.append(adapter.project(pooled))
+        projected = adapter.project(pooled)
+        if embeddings is None:
+            embeddings = projected.new_empty((len(item_token_ids), projected.shape[-1]))
+        embeddings[torch.tensor(rows, device=projected.device)] = projected
         bar.update(len(chunk))
     bar.close()
-    embeddings = torch.cat(embeddings)
     embeddings = embeddings - embeddings.mean(0, keepdim=True)
     return embeddings / embeddings.norm(dim=-1, keepdim=True).clamp(min=1e-6)
 
