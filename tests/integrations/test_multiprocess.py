@@ -18,6 +18,7 @@ import transformers_iam  # noqa: F401
 from ..testing_utils import synthetic_catalog, tiny_model
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "ddp_train_script.py")
+TEARDOWN_ABORT = "terminate called without an active exception"
 
 pytestmark = pytest.mark.slow  # the real LLM, or several processes
 
@@ -42,6 +43,11 @@ def launch_two_processes(tmp_path, launch_options: list[str], *script_args: str)
         *script_args,
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    if result.returncode != 0 and TEARDOWN_ABORT in result.stderr:
+        # a process that aborts in the gloo group's threads as it exits though the script closes the group (ZeRO-3,
+        # once in a full run of the suite on the 2-core machine, 2026-12-07; not reproduced alone): the files are
+        # written again by one more launch, never more
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return [json.loads((tmp_path / f"seen_rank{rank}.json").read_text()) for rank in (0, 1)]
 
