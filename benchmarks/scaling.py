@@ -26,6 +26,8 @@ user's history excluded. Measured per size:
 
 - peak RSS: the child's high-water mark (``ru_maxrss``), and after which phase it was reached;
 - item rows from text and the item-state build (``init_item_embeddings_from_text``, ``enable_item_cache``), items/s;
+  a run that uses the cache reads the rows in the cache's pass (``enable_item_cache(...,
+  init_item_embeddings_from_text=True)``): its rows column is then empty and the build's items/s counts both;
 - training targets/s: the targets of a step (the run's ``train_targets`` over its steps per epoch) over the median
   time between two steps' ends (collation included; the first step, and an interval with a validation pass or a
   checkpoint, left out), and the Trainer's own wall (``train_seconds``, validation and checkpoint included);

@@ -151,3 +151,33 @@ def test_distinct_items_are_encoded_once(tokenizer, catalog):
     cache = model.enable_item_cache(sequences + sequences[:5])
     assert cache.num_items == len(catalog) and len(cache.token_sequences) == len(catalog) + 5
     assert torch.equal(cache.states_of_sequence(len(catalog)), cache.states_of_sequence(0))
+
+
+@pytest.mark.parametrize("num_item_tokens", [None, 1])
+def test_rows_from_text_read_in_the_cache_pass_are_the_rows_of_their_own_pass(
+    num_item_tokens, tokenizer, catalog, tmp_path
+):
+    collator = make_collator(tokenizer, catalog)
+    apart = frozen_model("llama", "stacked", num_layers=4, num_item_tokens=num_item_tokens)
+    together, loading = same_weights_with(apart), same_weights_with(apart)
+    for model in (together, loading):
+        model.model.requires_grad_(False)
+    random_rows = apart.adapter.item_embeddings.weight.clone()
+    apart.init_item_embeddings_from_text(collator)
+    apart_cache = apart.enable_item_cache(collator)
+
+    together_cache = together.enable_item_cache(collator, cache_dir=tmp_path, init_item_embeddings_from_text=True)
+    assert torch.equal(together_cache.states, apart_cache.states)  # the cache is the one built alone
+    rows = together.adapter.item_embeddings.weight
+    torch.testing.assert_close(rows, apart.adapter.item_embeddings.weight, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(rows, random_rows, atol=1e-3)
+
+    # a cache loaded from the folder reads no item: the rows are then read in a pass of their own
+    log = _log_of(lambda: loading.enable_item_cache(collator, cache_dir=tmp_path, init_item_embeddings_from_text=True))
+    assert "rebuilt" not in log
+    torch.testing.assert_close(loading.adapter.item_embeddings.weight, rows, atol=1e-5, rtol=1e-4)
+
+    with pytest.raises(ValueError, match="got token ids for 25 items, the catalog has 20"):
+        loading.enable_item_cache(
+            [collator.item_token_ids(index % 20) for index in range(25)], init_item_embeddings_from_text=True
+        )

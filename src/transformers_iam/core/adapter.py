@@ -9,8 +9,11 @@ import torch
 from torch import nn
 from transformers.utils.logging import tqdm
 
+from .attention import ItemSegments
 from .catalog import ItemCatalog
 from .configuration_iam import IAMConfig
+from .decoder import DecoderParts, decoder_parts, eval_mode, run_layers
+from .item_states import encode_item_batches
 from .sparse_rows import gather_rows
 
 
@@ -101,6 +104,52 @@ def log_popularity_prior(item_counts: torch.Tensor | Sequence[float], num_items:
     return prior - prior.mean()
 
 
+class TextRowsReader:
+    """Item rows read from text, batch by batch: a batch of items read alone (``tokens``, ``-1`` padded, and their
+    ``states`` after the first ``start_layer`` layers) runs the remaining layers as plain causal attention and the final
+    norm, is mean-pooled over each item's tokens and projected by the adapter. A pass over the items that computes
+    something else from the same lower layers (the item-state cache) calls it on each of its batches, so the items are
+    read once; :meth:`rows` then centres and normalises what was read (see :func:`text_item_embeddings`)."""
+
+    def __init__(self, parts: DecoderParts, adapter: IAMRecommendationAdapter, num_items: int, start_layer: int = 0):
+        self.parts, self.adapter, self.start_layer = parts, adapter, start_layer
+        self.read = torch.zeros(num_items, dtype=torch.bool)
+        self.projected: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def __call__(self, indices: Sequence[int], tokens: torch.Tensor, states: torch.Tensor) -> None:
+        real = tokens >= 0
+        positions = torch.arange(tokens.shape[1], device=tokens.device).expand(tokens.shape[0], -1)
+        # segment 0 everywhere: every layer is plain causal for an item read on its own
+        final = run_layers(
+            self.parts,
+            states,
+            self.start_layer,
+            self.parts.num_layers,
+            real.long(),
+            positions,
+            ItemSegments(torch.zeros_like(tokens)),
+            apply_norm=True,
+        )
+        weights = real[..., None].to(final.dtype)
+        with eval_mode(self.adapter):
+            projected = self.adapter.project((final * weights).sum(1) / weights.sum(1))
+        if self.projected is None:
+            self.projected = projected.new_empty((len(self.read), projected.shape[-1]))
+        rows = torch.as_tensor(list(indices), device=projected.device)
+        self.projected[rows] = projected
+        self.read[rows.cpu()] = True
+
+    def rows(self, entries: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit-norm rows, centred over the items; ``entries``: each catalog item's index among the items read (when
+        the pass read each distinct text once)."""
+        if self.projected is None or not bool(self.read.all()):
+            raise ValueError(f"rows from text: {int((~self.read).sum())} of {len(self.read)} items were not read")
+        embeddings = self.projected if entries is None else self.projected[entries.to(self.projected.device)]
+        embeddings = embeddings - embeddings.mean(0, keepdim=True)
+        return embeddings / embeddings.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+
+
 @torch.no_grad()
 def text_item_embeddings(
     backbone: nn.Module,
@@ -115,7 +164,8 @@ def text_item_embeddings(
     state and an item text meet in one space: items with similar text score alike before any training, and a catalog
     far larger than the training set still gets informed embeddings. Scaled by ``scale`` (the caller's), with the
     adapter's LayerNorm output of norm ``sqrt(hidden)``, initial scores are ``scale * sqrt(hidden) * cosine`` (about
-    +-2.4 for hidden 576 and scale 0.1), the spread of a log-popularity prior.
+    +-2.4 for hidden 576 and scale 0.1), the spread of a log-popularity prior. Read shortest first (a batch pads to its
+    longest item), under a progress bar.
     """
     if not item_token_ids:
         raise ValueError("no items to read: item_token_ids is empty")
@@ -127,34 +177,13 @@ def text_item_embeddings(
             f"{len(empty)} items have no tokens (catalog indices {empty[:5]}, items {names}): every item "
             "needs at least one token; give them a non-empty text"
         )
-    device = adapter.item_embeddings.weight.device
-    # shortest first, as the item-state cache is built: a batch pads to its longest item, and a catalog in its own
-    # order pads every batch to a long title
-    order = sorted(range(len(item_token_ids)), key=lambda index: len(item_token_ids[index]))
-    embeddings = None
-    bar = tqdm(total=len(item_token_ids), desc="item rows from text", unit="item")
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        chunk = [item_token_ids[index] for index in rows]
-        width = max(len(ids) for ids in chunk)
-        input_ids = torch.zeros(len(chunk), width, dtype=torch.long, device=device)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, ids in enumerate(chunk):
-            input_ids[row, : len(ids)] = torch.tensor(list(ids), device=device)
-            attention_mask[row, : len(ids)] = 1
-        # segment 0 everywhere: every layer is plain causal for an item read on its own
-        states = backbone(
-            input_ids=input_ids, attention_mask=attention_mask, item_segment_ids=torch.zeros_like(input_ids)
-        ).last_hidden_state
-        pooled = (states * attention_mask[..., None]).sum(1) / attention_mask.sum(1, keepdim=True)
-        projected = adapter.project(pooled)
-        if embeddings is None:
-            embeddings = projected.new_empty((len(item_token_ids), projected.shape[-1]))
-        embeddings[torch.tensor(rows, device=projected.device)] = projected
-        bar.update(len(chunk))
-    bar.close()
-    embeddings = embeddings - embeddings.mean(0, keepdim=True)
-    return embeddings / embeddings.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+    parts = decoder_parts(backbone)
+    reader = TextRowsReader(parts, adapter, len(item_token_ids))
+    with tqdm(total=len(item_token_ids), desc="item rows from text", unit="item") as bar:
+        for indices, tokens, states in encode_item_batches(parts, item_token_ids, 0, batch_size):
+            reader(indices, tokens, states)
+            bar.update(len(indices))
+    return reader.rows()
 
 
 def _standardise(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -95,6 +95,11 @@ class CatalogMixin:
             raise ValueError(f"got token ids for {len(sequences)} items, the catalog has {self.config.num_items}")
         with eval_mode(self):
             embeddings = text_item_embeddings(self.model, self.adapter, sequences, batch_size, self.catalog)
+        self._start_item_rows(embeddings, scale)
+
+    @torch.no_grad()
+    def _start_item_rows(self, embeddings: torch.Tensor, scale: float = 0.1) -> None:
+        """The adapter's rows set to items' unit-norm embeddings read from text, times ``scale``."""
         weight = self.adapter.item_embeddings.weight
         weight.copy_((embeddings * scale).to(weight.dtype))
 

@@ -15,13 +15,14 @@ from torch import nn
 from transformers.utils import logging
 from transformers.utils.logging import tqdm
 
+from .adapter import TextRowsReader
 from .attention import current_attn_implementation
 from .catalog import item_token_sequences
 from .decoder import decoder_parts, eval_mode
 from .forward_plan import ForwardPath
 from .item_cache import CacheRecord, ItemStateCache, distinct_items, rendering_digest
 from .item_cache_files import read_cache_record
-from .item_states import encode_item_sequences
+from .item_states import encode_item_batches
 
 logger = logging.get_logger(__name__)
 
@@ -32,7 +33,13 @@ class ItemCacheMixin:
 
     item_cache: ItemStateCache | None
 
-    def enable_item_cache(self, renderer, batch_size: int = 256, cache_dir: str | None = None) -> ItemStateCache:
+    def enable_item_cache(
+        self,
+        renderer,
+        batch_size: int = 256,
+        cache_dir: str | None = None,
+        init_item_embeddings_from_text: bool = False,
+    ) -> ItemStateCache:
         """Compute every catalog item's states after the leading intra layers once, and use them in every forward.
 
         ``renderer``: what renders the catalog's items as tokens (an [`IAMDataCollator`], or any object with a
@@ -50,6 +57,11 @@ class ItemCacheMixin:
         rendering of the catalog) is loaded instead of rebuilt, and checked as a built one; one saved for another
         model, or unreadable, is rebuilt (the log says why) and saved over; none is built and saved.
 
+        ``init_item_embeddings_from_text``: also start each item's adapter row from its text, as
+        ``init_item_embeddings_from_text`` does, in the same pass over the items (their cached layers are the lower
+        layers of that reading): one pass instead of two. A cache loaded from ``cache_dir`` leaves the rows to a pass
+        of their own.
+
         Example:
             >>> _ = model.model.requires_grad_(False)
             >>> cache = model.enable_item_cache(collator)
@@ -57,10 +69,21 @@ class ItemCacheMixin:
             True
         """
         sequences = item_token_sequences(renderer, self.catalog)
+        reader, entries = None, None
+        if init_item_embeddings_from_text:
+            if len(sequences) != self.config.num_items:
+                raise ValueError(f"got token ids for {len(sequences)} items, the catalog has {self.config.num_items}")
+            _, first, entries = distinct_items(sequences)
+            reader = TextRowsReader(decoder_parts(self.model), self.adapter, len(first), self.num_leading_intra_layers)
         if cache_dir is None:
-            self.item_cache = build_item_cache(self, sequences, batch_size)
+            self.item_cache = build_item_cache(self, sequences, batch_size, reader)
         else:
-            self.item_cache = load_or_build_item_cache(self, sequences, cache_dir, batch_size)
+            self.item_cache = load_or_build_item_cache(self, sequences, cache_dir, batch_size, reader)
+        if reader is not None:
+            if bool(reader.read.any()):
+                self._start_item_rows(reader.rows(entries))
+            else:  # the cache was loaded: nothing was read
+                self.init_item_embeddings_from_text(sequences)
         return self.item_cache
 
     def disable_item_cache(self) -> None:
@@ -115,15 +138,18 @@ def cache_refusal(model) -> str | None:
     return None
 
 
-def build_item_cache(model, token_sequences: Sequence[Sequence[int]], batch_size: int = 256) -> ItemStateCache:
+def build_item_cache(
+    model, token_sequences: Sequence[Sequence[int]], batch_size: int = 256, rows_reader: TextRowsReader | None = None
+) -> ItemStateCache:
     """The cache of ``model`` (an ``IAMForCausalRecommendation``) for these item token sequences (a catalog's
     rendering, in catalog order). Refuses, with the reason, when it could not be exact, and checks on a probe batch
-    that the cached forward gives the masked forward's states."""
+    that the cached forward gives the masked forward's states. ``rows_reader`` (a [`TextRowsReader`] of the distinct
+    sequences, starting above the cached layers) reads the items' rows from text in the same pass."""
     refusal = cache_refusal(model)
     if refusal is not None:
         raise ValueError(refusal)
     num_layers, num_item_tokens = model.num_leading_intra_layers, model.config.num_item_tokens
-    states = _encode_stored_states(model, token_sequences, num_layers, num_item_tokens, batch_size)
+    states = _encode_stored_states(model, token_sequences, num_layers, num_item_tokens, batch_size, rows_reader)
     cache = ItemStateCache.from_stored(token_sequences, states, num_layers, num_item_tokens)
     modules, buffers = cached_modules(model)
     cache.bind(modules, buffers, current_attn_implementation(model.config))
@@ -132,10 +158,18 @@ def build_item_cache(model, token_sequences: Sequence[Sequence[int]], batch_size
 
 
 @torch.no_grad()
-def _encode_stored_states(model, token_sequences, num_layers: int, num_item_tokens: int | None, batch_size: int):
+def _encode_stored_states(
+    model,
+    token_sequences,
+    num_layers: int,
+    num_item_tokens: int | None,
+    batch_size: int,
+    rows_reader: TextRowsReader | None = None,
+):
     """The stored states of each distinct sequence (in the cache's entry order), concatenated, encoded
     ``batch_size`` items at a time (shortest first) under a progress bar: each batch's padded activations are copied
-    into the preallocated states and dropped, so no more than one batch of them is held beside the stored states."""
+    into the preallocated states and dropped, so no more than one batch of them is held beside the stored states.
+    ``rows_reader`` is given each batch (the entries, tokens and padded states) before they are dropped."""
     if not token_sequences or any(len(tokens) == 0 for tokens in token_sequences):
         empty = next((index for index, tokens in enumerate(token_sequences) if not tokens), None)
         raise ValueError(f"item sequence {empty} has no tokens" if empty is not None else "no item sequences")
@@ -144,25 +178,38 @@ def _encode_stored_states(model, token_sequences, num_layers: int, num_item_toke
     offsets = [0]
     for count in stored:
         offsets.append(offsets[-1] + count)
-    order = sorted(range(len(distinct)), key=lambda entry: len(distinct[entry]))
     parts, states = decoder_parts(model.model), None
-    with tqdm(total=len(distinct), desc="item-state cache", unit="item") as bar:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            encoded = encode_item_sequences(parts, [distinct[entry] for entry in chunk], num_layers, batch_size)
-            kept = torch.cat([state[len(state) - stored[entry] :] for entry, state in zip(chunk, encoded)])
+    description = "item-state cache" if rows_reader is None else "item-state cache and rows from text"
+    with tqdm(total=len(distinct), desc=description, unit="item") as bar:
+        for chunk, tokens, encoded in encode_item_batches(parts, distinct, num_layers, batch_size):
+            lengths = [len(distinct[entry]) for entry in chunk]
+            kept = torch.cat(
+                [
+                    encoded[row, length - stored[entry] : length]
+                    for row, (entry, length) in enumerate(zip(chunk, lengths))
+                ]
+            )
             if states is None:
                 states = kept.new_empty((offsets[-1], kept.shape[-1]))
             rows = torch.cat([torch.arange(offsets[entry], offsets[entry + 1]) for entry in chunk])
             states.index_copy_(0, rows.to(states.device), kept)
+            if rows_reader is not None:
+                rows_reader(chunk, tokens, encoded)
             del encoded, kept
             bar.update(len(chunk))
     return states
 
 
-def load_or_build_item_cache(model, token_sequences: Sequence[Sequence[int]], folder, batch_size: int = 256):
+def load_or_build_item_cache(
+    model,
+    token_sequences: Sequence[Sequence[int]],
+    folder,
+    batch_size: int = 256,
+    rows_reader: TextRowsReader | None = None,
+):
     """The cache saved in ``folder`` when it was computed for ``model`` and these sequences (loaded, bound and
-    checked as a built one); else built and saved there, the log saying why the saved one was not used."""
+    checked as a built one); else built (``rows_reader``: see :func:`build_item_cache`) and saved there, the log
+    saying why the saved one was not used."""
     refusal = cache_refusal(model)
     if refusal is not None:
         raise ValueError(refusal)
@@ -197,7 +244,7 @@ def load_or_build_item_cache(model, token_sequences: Sequence[Sequence[int]], fo
             reason = f"saved for another model, {', '.join(names)} differ: {'; '.join(saved.differences(current))}"
     if reason is not None:
         logger.warning(f"item-state cache in {folder} not used, rebuilt and saved over it: {reason}")
-    cache = build_item_cache(model, token_sequences, batch_size)
+    cache = build_item_cache(model, token_sequences, batch_size, rows_reader)
     cache.save(folder)
     return cache
 

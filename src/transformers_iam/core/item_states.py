@@ -21,7 +21,7 @@ masks) is the reference it is tested against.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -65,15 +65,15 @@ def encode_items(
 
 
 @torch.no_grad()
-def encode_item_sequences(
+def encode_item_batches(
     parts: DecoderParts, token_sequences: Sequence[Sequence[int]], num_layers: int, batch_size: int = 256
-) -> list[torch.Tensor]:
-    """:func:`encode_items` over a list of item token sequences, in batches of similar length; one
-    ``(tokens, hidden)`` tensor per sequence (what the cache stores). Always in eval mode: the stored states are the
-    layers' own, without attention dropout, whatever mode the model is in."""
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """:func:`encode_items` over a list of item token sequences, shortest first, ``batch_size`` at a time, in eval
+    mode (the layers' own states, without attention dropout, whatever mode the model is in): yields each batch's
+    ``(indices, tokens, states)``, the indices into ``token_sequences``, the tokens ``-1`` padded on the right, on
+    the model's device, and their ``(batch, width, hidden)`` states."""
     device = parts.backbone.get_input_embeddings().weight.device
     order = sorted(range(len(token_sequences)), key=lambda index: len(token_sequences[index]))
-    states: list[torch.Tensor | None] = [None] * len(token_sequences)
     with eval_mode(parts.backbone):
         for first in range(0, len(order), batch_size):
             chunk = order[first : first + batch_size]
@@ -83,9 +83,19 @@ def encode_item_sequences(
             tokens = torch.full((len(chunk), width), -1, dtype=torch.long)
             for row, index in enumerate(chunk):
                 tokens[row, : len(token_sequences[index])] = torch.as_tensor(list(token_sequences[index]))
-            encoded = encode_items(parts, tokens.to(device), num_layers)
-            for row, index in enumerate(chunk):
-                states[index] = encoded[row, : len(token_sequences[index])]
+            tokens = tokens.to(device)
+            yield chunk, tokens, encode_items(parts, tokens, num_layers)
+
+
+@torch.no_grad()
+def encode_item_sequences(
+    parts: DecoderParts, token_sequences: Sequence[Sequence[int]], num_layers: int, batch_size: int = 256
+) -> list[torch.Tensor]:
+    """:func:`encode_item_batches` as one ``(tokens, hidden)`` tensor per sequence (what the cache stores)."""
+    states: list[torch.Tensor | None] = [None] * len(token_sequences)
+    for chunk, _, encoded in encode_item_batches(parts, token_sequences, num_layers, batch_size):
+        for row, index in enumerate(chunk):
+            states[index] = encoded[row, : len(token_sequences[index])]
     return states
 
 
@@ -302,4 +312,11 @@ def _lower_item_states(
     return [layout.gather(outputs[-1])], outputs
 
 
-__all__ = ["ItemAwareOutput", "encode_item_sequences", "encode_items", "item_aware_forward", "item_text_features"]
+__all__ = [
+    "ItemAwareOutput",
+    "encode_item_batches",
+    "encode_item_sequences",
+    "encode_items",
+    "item_aware_forward",
+    "item_text_features",
+]

@@ -113,7 +113,8 @@ def build_model(run: RunArguments, data: LeaveOneOutData, collator: IAMDataColla
         num_backbone_layers=args.num_backbone_layers,
         **args.iam_config_kwargs(backbone_depth(args)),
     )
-    if args.init_item_embeddings_from_text:
+    item_cache = uses_item_cache(args, model)
+    if args.init_item_embeddings_from_text and not item_cache:  # else read in the cache's pass, below
         model.init_item_embeddings_from_text(collator)
     if args.item_rows_from_text:
         model.init_item_text_features(collator)
@@ -124,8 +125,12 @@ def build_model(run: RunArguments, data: LeaveOneOutData, collator: IAMDataColla
         if args.num_sampled_negatives is not None:
             model.init_sampling_frequency(counts)
     freeze(model, args)
-    if uses_item_cache(args, model):
-        model.enable_item_cache(collator, cache_dir=item_cache_dir(run, run.training.output_dir))
+    if item_cache:
+        model.enable_item_cache(
+            collator,
+            cache_dir=item_cache_dir(run, run.training.output_dir),
+            init_item_embeddings_from_text=args.init_item_embeddings_from_text,
+        )
     return model
 
 
