@@ -181,3 +181,7 @@ def test_rows_from_text_read_in_the_cache_pass_are_the_rows_of_their_own_pass(
         loading.enable_item_cache(
             [collator.item_token_ids(index % 20) for index in range(25)], init_item_embeddings_from_text=True
         )
+    sequences = [collator.item_token_ids(index) for index in range(20)]
+    sequences[3] = []
+    with pytest.raises(ValueError, match=r"1 items have no tokens \(catalog indices \[3\]"):
+        loading.enable_item_cache(sequences, init_item_embeddings_from_text=True)

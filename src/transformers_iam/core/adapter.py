@@ -104,6 +104,20 @@ def log_popularity_prior(item_counts: torch.Tensor | Sequence[float], num_items:
     return prior - prior.mean()
 
 
+def check_item_texts(item_token_ids: Sequence[Sequence[int]], catalog: ItemCatalog | None = None) -> None:
+    """Refuses items that cannot be read from text: none at all, or an item with no tokens (its row would be a 0/0
+    mean, and the centring would spread its NaN to every item), named by catalog index and id."""
+    if not item_token_ids:
+        raise ValueError("no items to read: item_token_ids is empty")
+    empty = [index for index, ids in enumerate(item_token_ids) if len(ids) == 0]
+    if empty:
+        names = catalog.ids_of(empty[:5]) if catalog is not None else empty[:5]
+        raise ValueError(
+            f"{len(empty)} items have no tokens (catalog indices {empty[:5]}, items {names}): every item "
+            "needs at least one token; give them a non-empty text"
+        )
+
+
 class TextRowsReader:
     """Item rows read from text, batch by batch: a batch of items read alone (``tokens``, ``-1`` padded, and their
     ``states`` after the first ``start_layer`` layers) runs the remaining layers as plain causal attention and the final
@@ -167,16 +181,7 @@ def text_item_embeddings(
     +-2.4 for hidden 576 and scale 0.1), the spread of a log-popularity prior. Read shortest first (a batch pads to its
     longest item), under a progress bar.
     """
-    if not item_token_ids:
-        raise ValueError("no items to read: item_token_ids is empty")
-    # an item with no tokens would be a 0/0 mean, and the centring below would spread its NaN to every item
-    empty = [index for index, ids in enumerate(item_token_ids) if len(ids) == 0]
-    if empty:
-        names = catalog.ids_of(empty[:5]) if catalog is not None else empty[:5]
-        raise ValueError(
-            f"{len(empty)} items have no tokens (catalog indices {empty[:5]}, items {names}): every item "
-            "needs at least one token; give them a non-empty text"
-        )
+    check_item_texts(item_token_ids, catalog)
     parts = decoder_parts(backbone)
     reader = TextRowsReader(parts, adapter, len(item_token_ids))
     with tqdm(total=len(item_token_ids), desc="item rows from text", unit="item") as bar:

@@ -15,7 +15,7 @@ from torch import nn
 from transformers.utils import logging
 from transformers.utils.logging import tqdm
 
-from .adapter import TextRowsReader
+from .adapter import TextRowsReader, check_item_texts
 from .attention import current_attn_implementation
 from .catalog import item_token_sequences
 from .decoder import decoder_parts, eval_mode
@@ -73,6 +73,7 @@ class ItemCacheMixin:
         if init_item_embeddings_from_text:
             if len(sequences) != self.config.num_items:
                 raise ValueError(f"got token ids for {len(sequences)} items, the catalog has {self.config.num_items}")
+            check_item_texts(sequences, self.catalog)
             _, first, entries = distinct_items(sequences)
             reader = TextRowsReader(decoder_parts(self.model), self.adapter, len(first), self.num_leading_intra_layers)
         if cache_dir is None:
