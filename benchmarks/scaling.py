@@ -302,13 +302,35 @@ def phase_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def measure(args, flags: list[str], run_dir: str, row_of, timeout: float | None = None) -> dict:
+    """One child process running ``flags`` on a fresh ``run_dir``: its row (``row_of(result, status)``, the wall
+    added), printed; the run's folder removed unless ``--keep-runs``."""
+    if os.path.exists(run_dir):  # a fresh run: a cache left here would be loaded, not built
+        shutil.rmtree(run_dir)
+    os.makedirs(run_dir)
+    spec = {
+        "flags": flags,
+        "result": os.path.join(run_dir, "scaling_result.json"),
+        "latency_users": args.latency_users,
+        "nprobes": args.nprobe,
+    }
+    started = time.perf_counter()
+    result, status, tail = run_child(spec, os.path.join(run_dir, "child.log"), timeout)
+    broke = broke_line(result, status, tail)
+    row = row_of(result, broke or "ran through")
+    row["wall_seconds"] = time.perf_counter() - started
+    if broke:
+        print(f"{broke}\nlog tail:\n{tail[-1500:]}")
+    print(table([row]), flush=True)
+    if not args.keep_runs:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return row
+
+
 def run_reference(args) -> dict:
     """ml-100k's default run (``examples/finetune.py`` with no data flags) cut to ``--steps`` steps and
     ``--eval-users`` users, measured as a size is: the training rate the issue compares a large catalog's with."""
     run_dir = os.path.abspath(os.path.join(args.work_dir, "run-ml-100k"))
-    if os.path.exists(run_dir):
-        shutil.rmtree(run_dir)
-    os.makedirs(run_dir)
     flags = [
         "--preset", args.preset,
         "--max_steps", str(args.steps),
@@ -316,25 +338,14 @@ def run_reference(args) -> dict:
         "--evaluations", "1",
         "--output_dir", run_dir,
     ]  # fmt: skip
-    spec = {
-        "flags": flags,
-        "result": os.path.join(run_dir, "scaling_result.json"),
-        "latency_users": args.latency_users,
-        "nprobes": args.nprobe,
-    }
     print("\nml-100k, the default run: " + shlex.join(["python", "examples/finetune.py", *flags]))
-    started = time.perf_counter()
-    result, status, tail = run_child(spec, os.path.join(run_dir, "child.log"), None)
-    data = result.get("data") or {}
-    broke = broke_line(result, status, tail)
-    row = make_row(data.get("items") or 0, data.get("users") or 0, data, None, result, broke or "ran through")
-    row.update(dataset="ml-100k", wall_seconds=time.perf_counter() - started)
-    if broke:
-        print(f"{broke}\nlog tail:\n{tail[-1500:]}")
-    print(table([row]), flush=True)
-    if not args.keep_runs:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    return row
+
+    def row_of(result: dict, status: str) -> dict:
+        data = result.get("data") or {}
+        row = make_row(data.get("items") or 0, data.get("users") or 0, data, None, result, status)
+        return {**row, "dataset": "ml-100k"}
+
+    return measure(args, flags, run_dir, row_of)
 
 
 def make_row(items: int, users: int, summary: dict, estimate: dict | None, result: dict, status: str) -> dict:
@@ -458,28 +469,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(refusal or "estimate only: not run")
             rows.append(make_row(items, num_users, summary, estimate, {}, refusal or "estimate only"))
             continue
-        if os.path.exists(run_dir):  # a fresh run: a cache left here would be loaded, not built
-            shutil.rmtree(run_dir)
-        os.makedirs(run_dir)
-        spec = {
-            "flags": flags,
-            "result": os.path.join(run_dir, "scaling_result.json"),
-            "latency_users": args.latency_users,
-            "nprobes": args.nprobe,
-        }
         print(shlex.join(["python", "examples/finetune.py", *flags]))
-        started = time.perf_counter()
         timeout = args.timeout_minutes * 60 if args.timeout_minutes else None
-        result, status, tail = run_child(spec, os.path.join(run_dir, "child.log"), timeout)
-        broke = broke_line(result, status, tail)
-        row = make_row(items, num_users, summary, estimate, result, broke or "ran through")
-        row["wall_seconds"] = time.perf_counter() - started
-        rows.append(row)
-        if broke:
-            print(f"{broke}\nlog tail:\n{tail[-1500:]}")
-        print(table([row]), flush=True)
-        if not args.keep_runs:
-            shutil.rmtree(run_dir, ignore_errors=True)
+        row_of = functools.partial(make_row, items, num_users, summary, estimate)
+        rows.append(measure(args, flags, run_dir, row_of, timeout))
     print("\n" + table(rows) + "\n\nseconds per phase\n\n" + phase_table(rows))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
