@@ -73,7 +73,6 @@ class ItemCacheMixin:
         if init_item_embeddings_from_text:
             if len(sequences) != self.config.num_items:
                 raise ValueError(f"got token ids for {len(sequences)} items, the catalog has {self.config.num_items}")
-            check_item_texts(sequences, self.catalog)
             _, first, entries = distinct_items(sequences)
             reader = TextRowsReader(decoder_parts(self.model), self.adapter, len(first), self.num_leading_intra_layers)
         if cache_dir is None:
@@ -171,9 +170,8 @@ def _encode_stored_states(
     ``batch_size`` items at a time (shortest first) under a progress bar: each batch's padded activations are copied
     into the preallocated states and dropped, so no more than one batch of them is held beside the stored states.
     ``rows_reader`` is given each batch (the entries, tokens and padded states) before they are dropped."""
-    if not token_sequences or any(len(tokens) == 0 for tokens in token_sequences):
-        empty = next((index for index, tokens in enumerate(token_sequences) if not tokens), None)
-        raise ValueError(f"item sequence {empty} has no tokens" if empty is not None else "no item sequences")
+    catalog = model.catalog if model.catalog is not None and len(model.catalog) == len(token_sequences) else None
+    check_item_texts(token_sequences, catalog)  # named by item id when the sequences are the catalog's
     distinct = [token_sequences[index] for index in distinct_items(token_sequences)[1].tolist()]
     stored = [len(tokens) if num_item_tokens is None else min(len(tokens), num_item_tokens) for tokens in distinct]
     offsets = [0]
