@@ -72,17 +72,23 @@ def test_the_main_job_trains_on_warm_items_then_adds_the_cold_ones(tmp_path):
     assert again["ndcg@10"] == pytest.approx(results["test"]["ndcg@10"]) and again["users"] == 10
 
 
-def test_a_run_saves_its_item_state_cache_and_a_re_evaluation_loads_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cold_items", [None, 0.25], ids=["warm", "cold-items-added"])
+def test_a_run_saves_its_item_state_cache_and_a_re_evaluation_loads_it(tmp_path, monkeypatch, cold_items):
     from transformers_iam.core import item_cache_lifecycle
 
     files = tiny_run_files(tmp_path)
     config = RunArguments.from_preset(
-        None, **{**files, "freeze_bottom_layers": 1}, freeze_embeddings=True, output_dir=str(tmp_path / "run")
+        None,
+        **{**files, "freeze_bottom_layers": 1},
+        freeze_embeddings=True,
+        cold_items=cold_items,
+        output_dir=str(tmp_path / "run"),
     )
     results = run_experiment(config)
     assert results["model"]["item_cache"]
     assert (tmp_path / "run" / "item_cache" / "item_cache.json").is_file()
 
+    # under the cold-item protocol the checkpoint holds the items added after training: so must the saved cache
     def no_rebuild(*args, **kwargs):
         raise AssertionError("the saved item-state cache fits this checkpoint: it must be loaded, not rebuilt")
 

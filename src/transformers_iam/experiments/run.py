@@ -40,6 +40,7 @@ from .build import (
     count_parameters,
     count_training_targets,
     eval_subset,
+    item_cache_dir,
     load_data,
     load_tokenizer,
     make_optimizer,
@@ -335,6 +336,11 @@ def write_run(run: BuiltRun, trainer: Trainer, results: dict) -> None:
     save_training_popularity(staging, run.data)  # what the demo shows beside the model
     args.save(staging)
     _replace_directory(staging, checkpoint_dir)
+    cache = getattr(unwrap_model(final_model), "item_cache", None)
+    if cache is not None and run.data.cold_items:
+        # the cache saved at the start holds the warm catalog; the checkpoint's holds the cold items too (add_items
+        # extended the attached cache): without this, every load of the checkpoint rebuilds the whole catalog's states
+        cache.save(item_cache_dir(args, output_dir))
 
     write_text_atomically(os.path.join(output_dir, "metrics.json"), json.dumps(results, indent=1))
     reference = {"popularity": results["popularity"]["valid"]["ndcg@10"]}
