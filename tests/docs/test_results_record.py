@@ -106,3 +106,15 @@ def test_a_scaling_run_becomes_one_synthetic_data_set_per_size(tmp_path):
                                                                        ("synthetic-100k", "valid")}  # fmt: skip
     assert entries[0]["scaling"]["train_targets_per_s"] == 1600.0 and entries[0]["scaling"]["ivf_recall@10"] == 0.88
     assert entries[0]["scaling"]["ml-100k_train_targets_per_s"] == 3400.0
+
+
+def test_a_command_with_a_pipe_stays_in_its_cell():
+    entry = {
+        "dataset": "d", "model": "m", "split": "test", "targets": "all", "users": 3, "ndcg@10": 0.1, "hr@10": 0.2,
+        "command": "python examples/finetune.py --text_template '{title} | {author}'", "date": "2026-12-07",
+        "machine": "x86_64",
+    }  # fmt: skip
+    row = render_table([entry], "dataset=d").splitlines()[-1]
+    # a markdown row splits on every unescaped pipe, code spans included: six cells, the command whole in the last
+    assert len(re.split(r"(?<!\\)\|", row.strip("|"))) == 6
+    assert row.endswith("`python examples/finetune.py --text_template '{title} \\| {author}'` |")

@@ -99,7 +99,7 @@ def render_table(record: Iterable[dict], spec: str) -> str:
             _number(entry["hr@10"]),
             _paired(entry),
             f"{entry['users']:,}",
-            f"`{entry['command']}`",
+            "`" + entry["command"].replace("|", "\\|") + "`",  # a pipe would end the cell, even in a code span
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
