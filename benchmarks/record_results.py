@@ -157,6 +157,10 @@ def scaling_entries(path: str, model: str, command: str) -> list[dict]:
                 round(row[kind]["p50_ms"], 1),
                 round(row[kind]["p99_ms"], 1),
             )
+        # the user's forward alone: the part of an indexed call that no index shortens
+        for quantile, value in row["details"].get("user_state", {}).items():
+            if quantile.endswith("_ms"):
+                costs[f"user_state_{quantile}"] = round(value, 1)
         costs["ivf_recall@10"] = round(row["ivf"]["recall@10"], 4)
         costs["ivf_nprobe"] = row["ivf"].get("nprobe")
         for other in row["details"].get("ivf_sweep", [])[1:]:

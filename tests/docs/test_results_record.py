@@ -93,7 +93,8 @@ def test_a_scaling_run_becomes_one_synthetic_data_set_per_size(tmp_path):
     latency = {"p50_ms": 25.0, "p99_ms": 28.0}
     row = dict(items=100_000, users=20_000, interactions=400_000, status="ran through", exact=latency,
                ivf={**latency, "recall@10": 0.88}, details={"metrics": {split: {"ndcg@10": 0.02, "hr@10": 0.04,
-               "users": 500} for split in ("valid", "test")}}, **costs)  # fmt: skip
+               "users": 500} for split in ("valid", "test")}, "user_state": {"p50_ms": 11.24, "p99_ms": 14.16}},
+               **costs)  # fmt: skip
     broken = {**row, "items": 1_000_000, "status": "broke in training: MemoryError"}
     reference = {**row, "items": 1682, "dataset": "ml-100k", "train_targets_per_s": 3400.0}  # not an entry
     (tmp_path / "scaling.json").write_text(json.dumps({"rows": [reference, row, broken]}))
@@ -106,6 +107,8 @@ def test_a_scaling_run_becomes_one_synthetic_data_set_per_size(tmp_path):
                                                                        ("synthetic-100k", "valid")}  # fmt: skip
     assert entries[0]["scaling"]["train_targets_per_s"] == 1600.0 and entries[0]["scaling"]["ivf_recall@10"] == 0.88
     assert entries[0]["scaling"]["ml-100k_train_targets_per_s"] == 3400.0
+    # the user's forward alone, beside the indexed call it is part of
+    assert (entries[0]["scaling"]["user_state_p50_ms"], entries[0]["scaling"]["user_state_p99_ms"]) == (11.2, 14.2)
 
 
 def test_a_command_with_a_pipe_stays_in_its_cell():
