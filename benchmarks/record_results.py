@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import sys
@@ -158,8 +159,8 @@ def scaling_entries(path: str, model: str, command: str) -> list[dict]:
                 round(row[kind]["p99_ms"], 1),
             )
         # the user's forward alone: the part of an indexed call that no index shortens
-        for quantile, value in row["details"].get("user_state", {}).items():
-            if quantile.endswith("_ms"):
+        for quantile, value in (row["details"].get("user_state") or {}).items():
+            if quantile.endswith("_ms") and value is not None and math.isfinite(value):
                 costs[f"user_state_{quantile}"] = round(value, 1)
         costs["ivf_recall@10"] = round(row["ivf"]["recall@10"], 4)
         costs["ivf_nprobe"] = row["ivf"].get("nprobe")
