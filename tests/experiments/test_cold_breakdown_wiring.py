@@ -95,3 +95,34 @@ def test_a_run_saves_its_item_state_cache_and_a_re_evaluation_loads_it(tmp_path,
     monkeypatch.setattr(item_cache_lifecycle, "build_item_cache", no_rebuild)
     again = evaluate_checkpoint(str(tmp_path / "run" / "checkpoint"), "test")
     assert again["ndcg@10"] == pytest.approx(results["test"]["ndcg@10"])
+
+
+def test_a_cache_shared_between_cold_item_runs_keeps_the_catalog_they_start_from(tmp_path, monkeypatch):
+    from transformers_iam.core import item_cache_lifecycle
+
+    files = tiny_run_files(tmp_path)
+    shared = tmp_path / "shared-item-cache"
+
+    def arguments(name: str) -> RunArguments:
+        return RunArguments.from_preset(
+            None,
+            **{**files, "freeze_bottom_layers": 1},
+            freeze_embeddings=True,
+            cold_items=0.25,
+            item_cache_dir=str(shared),
+            output_dir=str(tmp_path / name),
+        )
+
+    first = run_experiment(arguments("first"))
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("a saved item-state cache fits: it must be loaded, not rebuilt")
+
+    monkeypatch.setattr(item_cache_lifecycle, "build_item_cache", no_rebuild)
+    # the checkpoint's cache (its catalog grown by add_items) is in the run's own folder, and a re-evaluation reads it
+    assert (tmp_path / "first" / "item_cache" / "item_cache.json").is_file()
+    again = evaluate_checkpoint(str(tmp_path / "first" / "checkpoint"), "test")
+    assert again["ndcg@10"] == pytest.approx(first["test"]["ndcg@10"])
+    # the shared cache still holds the warm catalog a run starts from: the next run loads it instead of rebuilding
+    second = run_experiment(arguments("second"))
+    assert second["test"]["users"] == first["test"]["users"]

@@ -134,9 +134,13 @@ def build_model(run: RunArguments, data: LeaveOneOutData, collator: IAMDataColla
     return model
 
 
-def item_cache_dir(run: RunArguments, run_dir: str) -> str:
+def item_cache_dir(run: RunArguments, run_dir: str, added_items: bool = False) -> str:
     """Where a run's item-state cache is saved and read back: ``item_cache_dir``, or ``item_cache/`` in the run's
-    folder (``run_dir``)."""
+    folder (``run_dir``). ``added_items``: the cache of a checkpoint whose catalog grew after training (the cold-item
+    protocol), always in the run's own folder, so that a cache shared between runs (``item_cache_dir``) keeps the
+    catalog each of them starts from and is not rebuilt at every start."""
+    if added_items:
+        return os.path.join(run_dir, "item_cache")
     return run.model.item_cache_dir or os.path.join(run_dir, "item_cache")
 
 

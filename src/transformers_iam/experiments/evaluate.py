@@ -43,7 +43,7 @@ def load_checkpoint_run(checkpoint_dir: str, exclude_history: bool | None = None
     model.requires_grad_(False)  # inference only: the item-state cache can then serve the frozen intra layers
     if run.model.item_cache and model.num_leading_intra_layers > 0:
         run_dir = os.path.dirname(os.path.abspath(checkpoint_dir))  # the checkpoint is <run>/checkpoint
-        model.enable_item_cache(collator, cache_dir=item_cache_dir(run, run_dir))
+        model.enable_item_cache(collator, cache_dir=item_cache_dir(run, run_dir, added_items=bool(data.cold_items)))
     return run, data, model, collator
 
 

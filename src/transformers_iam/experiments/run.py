@@ -339,8 +339,8 @@ def write_run(run: BuiltRun, trainer: Trainer, results: dict) -> None:
     cache = getattr(unwrap_model(final_model), "item_cache", None)
     if cache is not None and run.data.cold_items:
         # the cache saved at the start holds the warm catalog; the checkpoint's holds the cold items too (add_items
-        # extended the attached cache): without this, every load of the checkpoint rebuilds the whole catalog's states
-        cache.save(item_cache_dir(args, output_dir))
+        # extended the attached cache): without this, a load of the checkpoint rebuilds the whole catalog's states
+        cache.save(item_cache_dir(args, output_dir, added_items=True))
 
     write_text_atomically(os.path.join(output_dir, "metrics.json"), json.dumps(results, indent=1))
     reference = {"popularity": results["popularity"]["valid"]["ndcg@10"]}
