@@ -139,7 +139,9 @@ class ModelArguments(_IAMConfigArguments):
         default=None,
         metadata={
             "help": "Where the item-state cache is saved and read back (default: item_cache/ in the run's folder): a "
-            "rerun or a re-evaluation loads it instead of computing every item's states again."
+            "rerun or a re-evaluation loads it instead of computing every item's states again. Under the cold-item "
+            "protocol the checkpoint's cache, grown by the items added after training, stays in the run's own "
+            "item_cache/, so a folder shared between runs keeps the catalog they start from."
         },
     )
     lora: bool = field(default=False, metadata={"help": "LoRA on attention and MLP (PEFT), the adapter in full."})
