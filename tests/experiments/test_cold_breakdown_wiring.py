@@ -72,10 +72,18 @@ def test_the_main_job_trains_on_warm_items_then_adds_the_cold_ones(tmp_path):
     assert again["ndcg@10"] == pytest.approx(results["test"]["ndcg@10"]) and again["users"] == 10
 
 
-@pytest.mark.parametrize("cold_items", [None, 0.25], ids=["warm", "cold-items-added"])
-def test_a_run_saves_its_item_state_cache_and_a_re_evaluation_loads_it(tmp_path, monkeypatch, cold_items):
+def forbid_item_cache_rebuild(monkeypatch) -> None:
+    """From here on, a saved item-state cache that fits must be loaded: computing every item's states fails the test."""
     from transformers_iam.core import item_cache_lifecycle
 
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("a saved item-state cache fits: it must be loaded, not rebuilt")
+
+    monkeypatch.setattr(item_cache_lifecycle, "build_item_cache", no_rebuild)
+
+
+@pytest.mark.parametrize("cold_items", [None, 0.25], ids=["warm", "cold-items-added"])
+def test_a_run_saves_its_item_state_cache_and_a_re_evaluation_loads_it(tmp_path, monkeypatch, cold_items):
     files = tiny_run_files(tmp_path)
     config = RunArguments.from_preset(
         None,
@@ -89,17 +97,12 @@ def test_a_run_saves_its_item_state_cache_and_a_re_evaluation_loads_it(tmp_path,
     assert (tmp_path / "run" / "item_cache" / "item_cache.json").is_file()
 
     # under the cold-item protocol the checkpoint holds the items added after training: so must the saved cache
-    def no_rebuild(*args, **kwargs):
-        raise AssertionError("the saved item-state cache fits this checkpoint: it must be loaded, not rebuilt")
-
-    monkeypatch.setattr(item_cache_lifecycle, "build_item_cache", no_rebuild)
+    forbid_item_cache_rebuild(monkeypatch)
     again = evaluate_checkpoint(str(tmp_path / "run" / "checkpoint"), "test")
     assert again["ndcg@10"] == pytest.approx(results["test"]["ndcg@10"])
 
 
 def test_a_cache_shared_between_cold_item_runs_keeps_the_catalog_they_start_from(tmp_path, monkeypatch):
-    from transformers_iam.core import item_cache_lifecycle
-
     files = tiny_run_files(tmp_path)
     shared = tmp_path / "shared-item-cache"
 
@@ -114,11 +117,7 @@ def test_a_cache_shared_between_cold_item_runs_keeps_the_catalog_they_start_from
         )
 
     first = run_experiment(arguments("first"))
-
-    def no_rebuild(*args, **kwargs):
-        raise AssertionError("a saved item-state cache fits: it must be loaded, not rebuilt")
-
-    monkeypatch.setattr(item_cache_lifecycle, "build_item_cache", no_rebuild)
+    forbid_item_cache_rebuild(monkeypatch)
     # the checkpoint's cache (its catalog grown by add_items) is in the run's own folder, and a re-evaluation reads it
     assert (tmp_path / "first" / "item_cache" / "item_cache.json").is_file()
     again = evaluate_checkpoint(str(tmp_path / "first" / "checkpoint"), "test")

@@ -139,9 +139,8 @@ def item_cache_dir(run: RunArguments, run_dir: str, added_items: bool = False) -
     folder (``run_dir``). ``added_items``: the cache of a checkpoint whose catalog grew after training (the cold-item
     protocol), always in the run's own folder, so that a cache shared between runs (``item_cache_dir``) keeps the
     catalog each of them starts from and is not rebuilt at every start."""
-    if added_items:
-        return os.path.join(run_dir, "item_cache")
-    return run.model.item_cache_dir or os.path.join(run_dir, "item_cache")
+    own = os.path.join(run_dir, "item_cache")
+    return own if added_items else run.model.item_cache_dir or own
 
 
 def freeze(model: IAMForCausalRecommendation, args: ModelArguments) -> None:
