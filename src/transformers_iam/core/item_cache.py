@@ -12,7 +12,8 @@ import dataclasses
 import hashlib
 import os
 import threading
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,9 @@ logger = logging.get_logger(__name__)
 # Elements of each cached weight compared at every forward: catches most writes that bypass PyTorch's version
 # counter (``param.data[...] = ...``); ordinary in-place updates bump the counter and trigger the full digest.
 _SAMPLED_ELEMENTS = 64
+# Context runs remembered (``ItemStateCache.context_states``): a prompt template gives one, a query after the history
+# one per history length; a bound keeps prompts that differ per user from growing the memo without end.
+_MAX_CONTEXTS = 256
 
 
 def weights_digest(tensors: Sequence[torch.Tensor]) -> str:
@@ -149,6 +153,8 @@ class ItemStateCache:
         self._fast_check: list[tuple] = []
         self._samples: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._on_device: dict[tuple, dict[str, torch.Tensor]] = {}
+        self.max_contexts = _MAX_CONTEXTS  # context runs remembered (context_states); 0: every one runs live
+        self._contexts: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
         return first
 
@@ -350,6 +356,23 @@ class ItemStateCache:
         on = self.on_device(device, dtype)
         index = on["offsets"][entries] + offsets - (lengths - on["stored"][entries])
         return on["states"][index]
+
+    def context_states(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The leading layers' states of one row's context run (its prompt tokens, segment 0), named by ``key`` (the
+        device, dtype, tokens and true positions that determine them): ``compute()`` the first time, remembered after
+        (the latest ``max_contexts``). Like the item states, they depend only on the cached weights, which every
+        forward that reads this cache checks first."""
+        with self._lock:
+            states = self._contexts.get(key)
+            if states is not None:
+                self._contexts.move_to_end(key)
+                return states
+        states = compute().detach()
+        with self._lock:
+            self._contexts[key] = states
+            while len(self._contexts) > self.max_contexts:
+                self._contexts.popitem(last=False)
+        return states
 
     def extend(self, token_sequences: Sequence[Sequence[int]], states: Sequence[torch.Tensor]) -> ItemStateCache:
         """A cache holding these states and the new ones (items added to the catalog), bound like this one."""

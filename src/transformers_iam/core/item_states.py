@@ -12,7 +12,8 @@ are the same wherever the item sits in a prompt (docs/architecture.md, "Compute 
   its last ``k`` states only, so they run over a few states per item instead of every token.
 
 Context tokens (segment 0: prompt, query) are one segment whose intra states depend on their distance to each other,
-which changes with the history's length: they are always computed live, with their true positions (they are few).
+which changes with the history's length: they run with their true positions, live, or (with the cache, without
+autograd) remembered in the cache by their tokens and positions, so a prompt template's prefix runs once.
 Everything then enters the first layer above the run, with every token's true position id.
 
 :func:`item_aware_forward` is that forward; the masked one (every layer over the whole prompt under item-aware
@@ -114,14 +115,23 @@ def _context_states(
     position_ids: torch.Tensor,
     num_layers: int,
     all_hidden_states: list | None,
+    cache: ItemStateCache | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The kept context tokens of each row run the leading layers live, compacted, with their true positions; in an
-    intra layer they form one segment (segment 0), i.e. plain causal attention among themselves."""
+    """The kept context tokens of each row run the leading layers, compacted, with their true positions; in an intra
+    layer they form one segment (segment 0), i.e. plain causal attention among themselves.
+
+    With ``cache`` and no autograd (evaluation, ``recommend``, serving), each row's states come from the cache's memo
+    of context runs (:meth:`ItemStateCache.context_states`), a missing one computed for that row alone: every user of
+    a prompt template shares its prefix, which would otherwise run the leading layers at every call. Training (and a
+    cache whose ``max_contexts`` is 0) computes them live, batched."""
     counts = keep_context.sum(-1)
     width = max(int(counts.max()), 1)
     order = torch.argsort((~keep_context).to(torch.int8), dim=-1, stable=True)[:, :width]
     mask = torch.arange(width, device=input_ids.device)[None, :] < counts[:, None]
-    hidden = parts.backbone.get_input_embeddings()(torch.gather(input_ids, 1, order))
+    tokens, positions = torch.gather(input_ids, 1, order), torch.gather(position_ids, 1, order)
+    if cache is not None and cache.max_contexts and all_hidden_states is None and not torch.is_grad_enabled():
+        return _remembered_context_states(parts, tokens, positions, counts, num_layers, cache), order, mask
+    hidden = parts.backbone.get_input_embeddings()(tokens)
     if all_hidden_states is not None:
         all_hidden_states.append(hidden)
     states = run_layers(
@@ -130,11 +140,48 @@ def _context_states(
         0,
         num_layers,
         mask.long(),
-        torch.gather(position_ids, 1, order),
+        positions,
         ItemSegments.one_item_per_row(),
         all_hidden_states=all_hidden_states,
     )
     return states, order, mask
+
+
+def _remembered_context_states(
+    parts: DecoderParts,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    counts: torch.Tensor,
+    num_layers: int,
+    cache: ItemStateCache,
+) -> torch.Tensor:
+    """``(batch, width, hidden)``: each row's first ``counts[row]`` context states from ``cache``'s memo (zeros after
+    them). A row missing from it runs alone, so its states never depend on the batch it first came in."""
+    embeddings = parts.backbone.get_input_embeddings()
+    rows = []
+    for row, count in enumerate(counts.tolist()):
+        row_tokens, row_positions = tokens[row : row + 1, :count], positions[row : row + 1, :count]
+        key = (str(tokens.device), embeddings.weight.dtype, tuple(row_tokens[0].tolist()))
+        key += (tuple(row_positions[0].tolist()),)
+
+        def compute(row_tokens=row_tokens, row_positions=row_positions) -> torch.Tensor:
+            return run_layers(
+                parts,
+                embeddings(row_tokens),
+                0,
+                num_layers,
+                torch.ones_like(row_tokens),
+                row_positions,
+                ItemSegments.one_item_per_row(),
+            )[0]
+
+        rows.append(cache.context_states(key, compute) if count else None)
+    weight = embeddings.weight
+    states = torch.zeros(*tokens.shape, weight.shape[-1], dtype=weight.dtype, device=tokens.device)
+    for row, state in enumerate(rows):
+        if state is not None:
+            states[row, : state.shape[0]] = state
+    return states
 
 
 def _item_token_states(
@@ -282,7 +329,7 @@ def _lower_item_states(
     keep_context = seen & ~spans.is_item
     context_layers: list | None = [] if per_layer else None
     context, context_order, context_mask = _context_states(
-        parts, input_ids, keep_context, inputs.position_ids, num_leading_intra, context_layers
+        parts, input_ids, keep_context, inputs.position_ids, num_leading_intra, context_layers, plan.cache
     )
     item_layers = _item_token_states(
         parts, spans, wanted_items, num_leading_intra, plan.cache, context.dtype, [] if per_layer else None
