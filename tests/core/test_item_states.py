@@ -76,6 +76,22 @@ def test_context_runs_are_remembered_by_their_tokens_and_positions(supervision, 
     assert calls
 
 
+def test_a_context_run_in_training_mode_is_never_remembered(tokenizer, catalog):
+    # a train-mode forward without autograd still drops attention: its context states must not serve later calls
+    collator = make_collator(tokenizer, catalog, "left")
+    reference = frozen_model("llama", "stacked", num_layers=4)
+    with_dropout = copy.deepcopy(reference.config)
+    with_dropout.text_config.attention_dropout = 0.5
+    model = IAMForCausalRecommendation(with_dropout)
+    model.load_state_dict(reference.state_dict())
+    model.model.requires_grad_(False)
+    model.eval().enable_item_cache(collator)
+    batch = collator(HISTORIES[:1])
+    with torch.no_grad():
+        model.train()(**batch)
+        torch.testing.assert_close(model.eval()(**batch).logits, reference(**batch).logits, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("num_item_tokens", [None, 1])
 def test_a_cache_built_in_training_holds_the_dropout_free_states(num_item_tokens, tokenizer, catalog):
     # attention dropout in training must neither leak into the stored states nor fail the exactness check

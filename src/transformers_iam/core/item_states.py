@@ -12,8 +12,8 @@ are the same wherever the item sits in a prompt (docs/architecture.md, "Compute 
   its last ``k`` states only, so they run over a few states per item instead of every token.
 
 Context tokens (segment 0: prompt, query) are one segment whose intra states depend on their distance to each other,
-which changes with the history's length: they run with their true positions, live, or (with the cache, without
-autograd) remembered in the cache by their tokens and positions, so a prompt template's prefix runs once.
+which changes with the history's length: they run with their true positions, live, or (with the cache, in eval mode
+without autograd) remembered in the cache by their tokens and positions, so a prompt template's prefix runs once.
 Everything then enters the first layer above the run, with every token's true position id.
 
 :func:`item_aware_forward` is that forward; the masked one (every layer over the whole prompt under item-aware
@@ -120,16 +120,18 @@ def _context_states(
     """The kept context tokens of each row run the leading layers, compacted, with their true positions; in an intra
     layer they form one segment (segment 0), i.e. plain causal attention among themselves.
 
-    With ``cache`` and no autograd (evaluation, ``recommend``, serving), each row's states come from the cache's memo
-    of context runs (:meth:`ItemStateCache.context_states`), a missing one computed for that row alone: every user of
-    a prompt template shares its prefix, which would otherwise run the leading layers at every call. Training (and a
-    cache whose ``max_contexts`` is 0) computes them live, batched."""
+    With ``cache``, in eval mode and without autograd (evaluation, ``recommend``, serving), each row's states come
+    from the cache's memo of context runs (:meth:`ItemStateCache.context_states`), a missing one computed for that row
+    alone: every user of a prompt template shares its prefix, which would otherwise run the leading layers at every
+    call. Training (and a cache whose ``max_contexts`` is 0) computes them live, batched: a train-mode run may hold
+    attention dropout, which must not be remembered."""
     counts = keep_context.sum(-1)
     width = max(int(counts.max()), 1)
     order = torch.argsort((~keep_context).to(torch.int8), dim=-1, stable=True)[:, :width]
     mask = torch.arange(width, device=input_ids.device)[None, :] < counts[:, None]
     tokens, positions = torch.gather(input_ids, 1, order), torch.gather(position_ids, 1, order)
-    if cache is not None and cache.max_contexts and all_hidden_states is None and not torch.is_grad_enabled():
+    remembered = cache is not None and cache.max_contexts and all_hidden_states is None
+    if remembered and not torch.is_grad_enabled() and not parts.backbone.training:
         return _remembered_context_states(parts, tokens, positions, counts, num_layers, cache), order, mask
     hidden = parts.backbone.get_input_embeddings()(tokens)
     if all_hidden_states is not None:
