@@ -93,7 +93,8 @@ class ItemStateCache:
 
     Built by [`IAMForCausalRecommendation.enable_item_cache`]. Only the states the layers above read are stored:
     every token's, or an item's last ``num_item_tokens`` (the item-level inter half). An item whose tokens are not in
-    the cache (another rendering) is computed live, so a lookup is never wrong, only slower.
+    the cache (another rendering) is computed live, so a lookup is never wrong, only slower. Forwards in eval mode
+    without autograd also keep each prompt's context run here (:meth:`context_states`, at most ``max_contexts``).
 
     Example:
         >>> cache = model.requires_grad_(False).enable_item_cache(collator)  # frozen: the states cannot go stale
