@@ -121,3 +121,18 @@ def test_a_command_with_a_pipe_stays_in_its_cell():
     # a markdown row splits on every unescaped pipe, code spans included: six cells, the command whole in the last
     assert len(re.split(r"(?<!\\)\|", row.strip("|"))) == 6
     assert row.endswith("`python examples/finetune.py --text_template '{title} \\| {author}'` |")
+
+
+@pytest.mark.parametrize(
+    "command, cell",
+    [
+        ("echo `date`", "`` echo `date` ``"),  # a fence of two, spaced: the span ends with a backtick
+        ("a ``b`` c", "```a ``b`` c```"),
+    ],
+)
+def test_a_command_with_backticks_stays_one_code_span(command, cell):
+    entry = {
+        "dataset": "d", "model": "m", "split": "test", "targets": "all", "users": 3, "ndcg@10": 0.1, "hr@10": 0.2,
+        "command": command, "date": "2026-12-07", "machine": "x86_64",
+    }  # fmt: skip
+    assert render_table([entry], "dataset=d").splitlines()[-1].endswith(f"| {cell} |")

@@ -99,10 +99,18 @@ def render_table(record: Iterable[dict], spec: str) -> str:
             _number(entry["hr@10"]),
             _paired(entry),
             f"{entry['users']:,}",
-            "`" + entry["command"].replace("|", "\\|") + "`",  # a pipe would end the cell, even in a code span
+            _code_span(entry["command"].replace("|", "\\|")),  # a pipe would end the cell, even in a code span
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _code_span(text: str) -> str:
+    """``text`` as one markdown code span: fenced by more backticks than its longest run of them, padded with a space
+    where it starts or ends with one (a single backtick in a command would otherwise end the span)."""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def update_tables(text: str, record: list[dict]) -> str:
