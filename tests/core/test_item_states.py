@@ -44,29 +44,41 @@ def test_the_cache_is_really_used(tokenizer, catalog):
         assert not torch.allclose(model(**batch).logits, masked, atol=1e-3)
 
 
+def scores_only(collator, histories: list[dict]) -> dict:  # the collator's labels are for supervision="last"
+    return {key: value for key, value in collator(histories).items() if key != "labels"}
+
+
+def count_first_layer_calls(model) -> list:
+    calls = []
+    model.model.layers[0].register_forward_hook(lambda module, args, output: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize("supervision", ["last", "every_item"])
-def test_context_runs_are_remembered_by_their_tokens_and_positions(supervision, tokenizer, catalog):
-    # every user shares the prompt's prefix; with supervision="last" the query after the history also runs the
-    # leading layers, at a position that moves with the history's length: one user's must never serve another's
-    collator = make_collator(tokenizer, catalog, "left")
+def test_the_prompts_context_run_is_remembered_where_every_user_shares_it(
+    supervision, padding_side, tokenizer, catalog
+):
+    # every-item supervision reads item ends: the context is the prompt before the history, the same for every user,
+    # and is remembered; with "last" a query follows the history, at a position that moves with it: it runs live
+    collator = make_collator(tokenizer, catalog, padding_side)
     model = frozen_model("llama", "stacked", num_layers=4, supervision=supervision)
-
-    def scored(histories: list[dict]) -> dict:  # scores only: the collator's labels are for supervision="last"
-        return {key: value for key, value in collator(histories).items() if key != "labels"}
-
-    users = [scored([history]) for history in (HISTORIES[0], HISTORIES[1], HISTORIES[2], HISTORIES[0])]
+    users = [scores_only(collator, [history]) for history in HISTORIES]
     with torch.no_grad():
         expected = [model(**batch, path="masked").logits for batch in users]
         model.enable_item_cache(collator)
-        for batch, logits in zip(users, expected):
+        torch.testing.assert_close(model(**users[0]).logits, expected[0], atol=1e-4, rtol=1e-4)
+        calls = count_first_layer_calls(model)
+        for batch, logits in zip(users[1:], expected[1:]):  # users not seen before
             torch.testing.assert_close(model(**batch).logits, logits, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(model(**scored(HISTORIES[:3])).logits, torch.cat(expected[:3]), atol=1e-4, rtol=1e-4)
-    calls = []
-    first_layer = model.model.layers[0]
-    first_layer.register_forward_hook(lambda module, args, output: calls.append(1))
+        batched = model(**scores_only(collator, HISTORIES)).logits
+        torch.testing.assert_close(batched, torch.cat(expected), atol=1e-4, rtol=1e-4)
+    assert bool(calls) == (supervision == "last")  # shared: no user runs the cached layers again
+    calls.clear()
     with torch.no_grad():
         model(**users[0])
-    assert not calls  # a user seen before runs none of the leading layers: items cached, context remembered
+    assert bool(calls) == (supervision == "last")  # not kept per user, not even for a user seen before
+    calls.clear()
     model(**users[0])
     assert calls  # with autograd (training) the context runs live
     calls.clear()
@@ -76,20 +88,53 @@ def test_context_runs_are_remembered_by_their_tokens_and_positions(supervision, 
     assert calls
 
 
-def test_a_context_run_in_training_mode_is_never_remembered(tokenizer, catalog):
-    # a train-mode forward without autograd still drops attention: its context states must not serve later calls
+def test_a_context_run_is_remembered_by_its_positions_and_only_the_latest_are_kept(tokenizer, catalog):
     collator = make_collator(tokenizer, catalog, "left")
-    reference = frozen_model("llama", "stacked", num_layers=4)
+    model = frozen_model("llama", "stacked", num_layers=4, supervision="every_item")
+    batch = scores_only(collator, HISTORIES[:1])
+    positions = torch.arange(batch["input_ids"].shape[1])[None]
+    first_item = int((batch["item_segment_ids"][0] > 0).nonzero()[0, 0])
+    # the prompt's tokens spread apart (relative distances change), the items after them contiguous as collated
+    spread = torch.where(positions < first_item, 2 * positions, positions + first_item - 1)
+    with torch.no_grad():
+        expected = model(**batch, path="masked").logits
+        expected_spread = model(**batch, position_ids=spread, path="masked").logits
+        assert not torch.allclose(expected, expected_spread, atol=1e-4)
+        cache = model.enable_item_cache(collator)
+        with pytest.raises(ValueError, match="max_contexts"):
+            cache.max_contexts = -1
+        cache.max_contexts = 1
+        torch.testing.assert_close(model(**batch).logits, expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(model(**batch, position_ids=spread).logits, expected_spread, atol=1e-4, rtol=1e-4)
+        calls = count_first_layer_calls(model)
+        torch.testing.assert_close(model(**batch).logits, expected, atol=1e-4, rtol=1e-4)
+    assert calls  # one context kept: the spread one replaced the first, which ran again
+
+
+@pytest.mark.parametrize("case", ["the model in training", "one attention module in training", "bf16 autocast"])
+def test_a_context_run_unlike_eval_in_fp32_is_never_remembered(case, tokenizer, catalog):
+    # a train-mode forward without autograd still drops attention, autocast rounds: such context states must not
+    # serve later calls
+    collator = make_collator(tokenizer, catalog, "left")
+    reference = frozen_model("llama", "stacked", num_layers=4, supervision="every_item")
     with_dropout = copy.deepcopy(reference.config)
     with_dropout.text_config.attention_dropout = 0.5
     model = IAMForCausalRecommendation(with_dropout)
     model.load_state_dict(reference.state_dict())
     model.model.requires_grad_(False)
     model.eval().enable_item_cache(collator)
-    batch = collator(HISTORIES[:1])
+    batch = scores_only(collator, HISTORIES[:1])
     with torch.no_grad():
-        model.train()(**batch)
-        torch.testing.assert_close(model.eval()(**batch).logits, reference(**batch).logits, atol=1e-4, rtol=1e-4)
+        if case == "the model in training":
+            model.train()(**batch)
+        elif case == "one attention module in training":  # Monte-Carlo dropout
+            model.model.layers[0].self_attn.train()
+            model(**batch)
+        else:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                model(**batch)
+        expected = reference(**batch).logits
+        torch.testing.assert_close(model.eval()(**batch).logits, expected, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("num_item_tokens", [None, 1])
@@ -151,6 +196,8 @@ def test_cache_refuses_what_it_cannot_serve_exactly(tokenizer, catalog):
         ("optimizer-like update of a cached layer", "cached item states are stale"),
         ("two rows of the token embeddings swapped", "cached item states are stale"),
         ("rotary frequencies changed", "cached item states are stale"),
+        ("rotary frequencies replaced (dynamic RoPE)", "rotary frequencies were replaced"),
+        ("rotary attention scaling changed", "attention_scaling changed"),
         ("a cached layer made trainable", "became trainable"),
         ("num_item_tokens changed", "built for another model: the states per item"),
     ],
@@ -170,8 +217,12 @@ def test_a_stale_cache_is_never_used(change, message, tokenizer, catalog):
         elif change.startswith("two rows"):
             weight = model.get_input_embeddings().weight
             weight[[5, 6]] = weight[[6, 5]]  # same sum, same sum of squares: only a digest sees it
-        elif change.startswith("rotary"):
+        elif change.startswith("rotary frequencies changed"):
             model.model.rotary_emb.inv_freq.mul_(1.5)
+        elif change.startswith("rotary frequencies replaced"):  # as dynamic RoPE does past its original length
+            model.model.rotary_emb.register_buffer("inv_freq", model.model.rotary_emb.inv_freq * 1.5, persistent=False)
+        elif change.startswith("rotary attention"):
+            model.model.rotary_emb.attention_scaling = 3.0
         elif change.startswith("num_item_tokens"):
             model.config.num_item_tokens = 1
     if change.endswith("trainable"):

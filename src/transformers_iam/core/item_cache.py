@@ -94,7 +94,8 @@ class ItemStateCache:
     Built by [`IAMForCausalRecommendation.enable_item_cache`]. Only the states the layers above read are stored:
     every token's, or an item's last ``num_item_tokens`` (the item-level inter half). An item whose tokens are not in
     the cache (another rendering) is computed live, so a lookup is never wrong, only slower. Forwards in eval mode
-    without autograd also keep each prompt's context run here (:meth:`context_states`, at most ``max_contexts``).
+    without autograd (every-item supervision) also keep each prompt's context run here (:meth:`context_states`, at
+    most ``max_contexts``).
 
     Example:
         >>> cache = model.requires_grad_(False).enable_item_cache(collator)  # frozen: the states cannot go stale
@@ -154,8 +155,8 @@ class ItemStateCache:
         self._fast_check: list[tuple] = []
         self._samples: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._on_device: dict[tuple, dict[str, torch.Tensor]] = {}
-        self.max_contexts = _MAX_CONTEXTS  # context runs remembered (context_states); 0: every one runs live
         self._contexts: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._max_contexts = _MAX_CONTEXTS
         self._lock = threading.Lock()
         return first
 
@@ -185,10 +186,12 @@ class ItemStateCache:
         return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
     # -- what it was built for -------------------------------------------------------------------------------
-    def bind(self, modules: Sequence[nn.Module], buffers: Sequence[torch.Tensor], attn_implementation: str) -> None:
-        """Remember the weights the states were computed from (token embeddings, cached layers, rotary buffers)."""
+    def bind(self, modules: Sequence[nn.Module], rotary: nn.Module, attn_implementation: str) -> None:
+        """Remember the weights the states were computed from (token embeddings, cached layers) and the rotary
+        embedding (its buffers, the frequencies, read afresh at every check, and its ``attention_scaling``)."""
         self._modules = list(modules)
-        self._buffers = list(buffers)
+        self._rotary = rotary
+        self._rotary_scaling = getattr(rotary, "attention_scaling", None)
         self._parameters = self._current_tensors()
         self.record = CacheRecord(
             self.num_layers,
@@ -206,7 +209,8 @@ class ItemStateCache:
             self._samples.append((index.to(flat.device), flat[index.to(flat.device)].clone()))
 
     def _current_tensors(self) -> list[torch.Tensor]:
-        return [p for module in self._modules for p in module.parameters()] + list(self._buffers)
+        # the rotary buffers from the module each time: a frequency tensor replaced (dynamic RoPE) is seen
+        return [p for module in self._modules for p in module.parameters()] + list(self._rotary.buffers())
 
     @staticmethod
     def _fast_state(tensors: Sequence[torch.Tensor]) -> list[tuple]:
@@ -228,11 +232,17 @@ class ItemStateCache:
                 f"the item-state cache was built for another model: {'; '.join(differences)}; call "
                 "enable_item_cache(collator) again"
             )
+        if getattr(self._rotary, "attention_scaling", None) != self._rotary_scaling:
+            raise RuntimeError(
+                "the rotary embedding's attention_scaling changed since enable_item_cache: the cached item states are "
+                "stale; call enable_item_cache(collator) again"
+            )
         tensors = self._current_tensors()
         if [id(t) for t in tensors] != [id(t) for t in self._parameters]:
             raise RuntimeError(
-                "the cached layers gained or lost weights since enable_item_cache (an adapter such as LoRA was "
-                "added?): the cached item states are stale; call enable_item_cache(collator) again"
+                "the cached layers gained or lost weights, or the rotary frequencies were replaced, since "
+                "enable_item_cache (an adapter such as LoRA was added? dynamic RoPE past its original length?): the "
+                "cached item states are stale; call enable_item_cache(collator) again"
             )
         trainable = [t for t in tensors if t.requires_grad]
         if trainable:
@@ -358,6 +368,21 @@ class ItemStateCache:
         index = on["offsets"][entries] + offsets - (lengths - on["stored"][entries])
         return on["states"][index]
 
+    @property
+    def max_contexts(self) -> int:
+        """How many context runs :meth:`context_states` keeps (the latest; 256 by default). Setting it drops the
+        oldest beyond the new bound at once; 0 keeps none, and every context runs live."""
+        return self._max_contexts
+
+    @max_contexts.setter
+    def max_contexts(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"max_contexts must be an int >= 0, got {value!r}")
+        with self._lock:
+            self._max_contexts = value
+            while len(self._contexts) > value:
+                self._contexts.popitem(last=False)
+
     def context_states(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The leading layers' states of one row's context run (its prompt tokens, segment 0), named by ``key`` (the
         device, dtype, tokens and true positions that determine them): ``compute()`` the first time, remembered after
@@ -371,7 +396,7 @@ class ItemStateCache:
         states = compute().detach()
         with self._lock:
             self._contexts[key] = states
-            while len(self._contexts) > self.max_contexts:
+            while len(self._contexts) > self._max_contexts:
                 self._contexts.popitem(last=False)
         return states
 
@@ -383,7 +408,8 @@ class ItemStateCache:
             self.num_layers,
             self.num_item_tokens,
         )
-        cache.bind(self._modules, self._buffers, self.record.attn_implementation)
+        cache.bind(self._modules, self._rotary, self.record.attn_implementation)
+        cache.max_contexts = self.max_contexts
         return cache
 
     def states_of_sequence(self, index: int) -> torch.Tensor:

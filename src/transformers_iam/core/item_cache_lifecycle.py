@@ -100,15 +100,16 @@ class ItemCacheMixin:
             logger.warning(f"item-state cache dropped ({reason}): {refusal}")
             return
         self.item_cache = build_item_cache(self, cache.token_sequences)
+        self.item_cache.max_contexts = cache.max_contexts
         logger.warning(f"item-state cache rebuilt ({reason}): {self.item_cache.num_items} items")
 
 
-def cached_modules(model) -> tuple[list[nn.Module], list[torch.Tensor]]:
+def cached_modules(model) -> tuple[list[nn.Module], nn.Module]:
     """What the states of the leading intra run are computed from: the token embeddings and those layers (modules),
-    and the rotary embedding's buffers (its frequencies)."""
+    and the rotary embedding (its frequencies)."""
     parts = decoder_parts(model.model)
     modules = [parts.backbone.get_input_embeddings(), *parts.layers[: model.num_leading_intra_layers]]
-    return modules, list(parts.backbone.rotary_emb.buffers())
+    return modules, parts.backbone.rotary_emb
 
 
 def cache_refusal(model) -> str | None:
@@ -151,8 +152,8 @@ def build_item_cache(
     num_layers, num_item_tokens = model.num_leading_intra_layers, model.config.num_item_tokens
     states = _encode_stored_states(model, token_sequences, num_layers, num_item_tokens, batch_size, rows_reader)
     cache = ItemStateCache.from_stored(token_sequences, states, num_layers, num_item_tokens)
-    modules, buffers = cached_modules(model)
-    cache.bind(modules, buffers, current_attn_implementation(model.config))
+    modules, rotary = cached_modules(model)
+    cache.bind(modules, rotary, current_attn_implementation(model.config))
     check_cache_exact(model, cache)
     return cache
 
@@ -212,7 +213,7 @@ def load_or_build_item_cache(
     refusal = cache_refusal(model)
     if refusal is not None:
         raise ValueError(refusal)
-    modules, buffers = cached_modules(model)
+    modules, rotary = cached_modules(model)
     attn_implementation = current_attn_implementation(model.config)
     wanted = (model.num_leading_intra_layers, model.config.num_item_tokens, attn_implementation)
     reason = None
@@ -228,7 +229,7 @@ def load_or_build_item_cache(
         if current == saved:
             try:
                 cache = ItemStateCache.load(folder, model.get_input_embeddings().weight.device)
-                cache.bind(modules, buffers, attn_implementation)  # the digest of this model's cached weights
+                cache.bind(modules, rotary, attn_implementation)  # the digest of this model's cached weights
                 current = cache.record
                 if current == saved:
                     check_cache_exact(model, cache)

@@ -13,7 +13,8 @@ are the same wherever the item sits in a prompt (docs/architecture.md, "Compute 
 
 Context tokens (segment 0: prompt, query) are one segment whose intra states depend on their distance to each other,
 which changes with the history's length: they run with their true positions, live, or (with the cache, in eval mode
-without autograd) remembered in the cache by their tokens and positions, so a prompt template's prefix runs once.
+without autograd, where no query follows the history) remembered in the cache by their tokens and positions, so a
+prompt template's prefix runs once.
 Everything then enters the first layer above the run, with every token's true position id.
 
 :func:`item_aware_forward` is that forward; the masked one (every layer over the whole prompt under item-aware
@@ -120,18 +121,18 @@ def _context_states(
     """The kept context tokens of each row run the leading layers, compacted, with their true positions; in an intra
     layer they form one segment (segment 0), i.e. plain causal attention among themselves.
 
-    With ``cache``, in eval mode and without autograd (evaluation, ``recommend``, serving), each row's states come
-    from the cache's memo of context runs (:meth:`ItemStateCache.context_states`), a missing one computed for that row
-    alone: every user of a prompt template shares its prefix, which would otherwise run the leading layers at every
-    call. Training (and a cache whose ``max_contexts`` is 0) computes them live, batched: a train-mode run may hold
-    attention dropout, which must not be remembered."""
+    With ``cache`` (given where the context is the prompt before the history, the same for every user of a template:
+    every-item supervision, which reads no query after it), in eval mode, without autograd or autocast (evaluation,
+    ``recommend``, serving), each row's states come from the cache's memo of context runs
+    (:meth:`ItemStateCache.context_states`), a missing one computed for that row alone, so that a stored state never
+    depends on the batch it first came in. Otherwise (training, a cache whose ``max_contexts`` is 0) they run live,
+    batched: a train-mode run may hold dropout, which must not be remembered."""
     counts = keep_context.sum(-1)
     width = max(int(counts.max()), 1)
     order = torch.argsort((~keep_context).to(torch.int8), dim=-1, stable=True)[:, :width]
     mask = torch.arange(width, device=input_ids.device)[None, :] < counts[:, None]
     tokens, positions = torch.gather(input_ids, 1, order), torch.gather(position_ids, 1, order)
-    remembered = cache is not None and cache.max_contexts and all_hidden_states is None
-    if remembered and not torch.is_grad_enabled() and not parts.backbone.training:
+    if _may_remember(parts, cache, num_layers, input_ids.device) and all_hidden_states is None:
         return _remembered_context_states(parts, tokens, positions, counts, num_layers, cache), order, mask
     hidden = parts.backbone.get_input_embeddings()(tokens)
     if all_hidden_states is not None:
@@ -147,6 +148,15 @@ def _context_states(
         all_hidden_states=all_hidden_states,
     )
     return states, order, mask
+
+
+def _may_remember(parts: DecoderParts, cache: ItemStateCache | None, num_layers: int, device: torch.device) -> bool:
+    """Whether this forward's context runs give the states ``cache`` may keep for any later call: no autograd, no
+    autocast, and no module of the cached layers in training mode (dropout, Monte-Carlo dropout included)."""
+    if cache is None or not cache.max_contexts or torch.is_grad_enabled() or torch.is_autocast_enabled(device.type):
+        return False
+    modules = (parts.backbone.get_input_embeddings(), *parts.layers[:num_layers])
+    return not any(module.training for layer in modules for module in layer.modules())
 
 
 def _remembered_context_states(
@@ -330,8 +340,10 @@ def _lower_item_states(
     wanted_items = seen & spans.is_item
     keep_context = seen & ~spans.is_item
     context_layers: list | None = [] if per_layer else None
+    # a query after the history sits at a position that moves with it: remembered, nearly every user's would miss
+    shared_context_cache = plan.cache if plan.drop_trailing_context else None
     context, context_order, context_mask = _context_states(
-        parts, input_ids, keep_context, inputs.position_ids, num_leading_intra, context_layers, plan.cache
+        parts, input_ids, keep_context, inputs.position_ids, num_leading_intra, context_layers, shared_context_cache
     )
     item_layers = _item_token_states(
         parts, spans, wanted_items, num_leading_intra, plan.cache, context.dtype, [] if per_layer else None
