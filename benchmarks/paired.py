@@ -5,8 +5,12 @@
     python benchmarks/paired.py runs/cpu-quick-stacked/metrics.json runs/sasrec/sasrec_metrics.json --split valid
 
 A path is a run's model; ``PATH:popularity`` is the popularity ranks stored in that run. Both sides must hold the
-same users (a smoke run evaluated on a few users only pairs with another such run). Prints a markdown table for
-NDCG@10 and HR@10 with the protocol line.
+same users (a smoke run evaluated on a few users only pairs with another such run). A side may be several runs of one
+configuration (seeds), comma-separated: each user's value is averaged over them before pairing:
+
+    python benchmarks/paired.py runs/a0/metrics.json,runs/a1/metrics.json runs/b0/metrics.json,runs/b1/metrics.json
+
+Prints a markdown table for NDCG@10 and HR@10 with the protocol line.
 """
 
 from __future__ import annotations
@@ -34,14 +38,20 @@ def load_ranks(spec: str, split: str) -> tuple[str, dict[str, int]]:
     return name, results["ranks"][split][which]
 
 
+def load_side(specs: str, split: str) -> tuple[str, list[dict[str, int]]]:
+    """``(name, [ranks of each run])`` of one side: a spec, or several comma-separated (seeds, averaged per user)."""
+    loaded = [load_ranks(spec, split) for spec in specs.split(",")]
+    return " + ".join(name for name, _ in loaded), [ranks for _, ranks in loaded]
+
+
 def compare(
     spec_a: str, spec_b: str | None = None, split: str = "test", resamples: int = 10_000, seed: int = 0
 ) -> dict[str, PairedResult]:
     """The comparisons ``"A vs B, metric"`` -> result; without ``spec_b``, A's run against its own popularity."""
     if spec_b is None:
-        spec_b = f"{spec_a}:popularity"
-    name_a, ranks_a = load_ranks(spec_a, split)
-    name_b, ranks_b = load_ranks(spec_b, split)
+        spec_b = ",".join(f"{spec}:popularity" for spec in spec_a.split(","))
+    name_a, ranks_a = load_side(spec_a, split)
+    name_b, ranks_b = load_side(spec_b, split)
     return {
         f"{name_a} vs {name_b}, {metric.upper()}": paired_comparison(ranks_a, ranks_b, metric, resamples, seed)
         for metric in METRICS
@@ -50,8 +60,8 @@ def compare(
 
 def main(argv=None) -> dict[str, PairedResult]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("a", help="metrics.json of run A (or PATH:popularity)")
-    parser.add_argument("b", nargs="?", help="metrics.json of run B (or PATH:popularity); default: A's popularity")
+    parser.add_argument("a", help="metrics.json of run A (or PATH:popularity; several, comma-separated: seeds)")
+    parser.add_argument("b", nargs="?", help="metrics.json of run B (the same forms); default: A's popularity")
     parser.add_argument("--split", default="test", choices=["test", "valid"])
     parser.add_argument("--resamples", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)

@@ -93,3 +93,16 @@ def test_a_zero_baseline_is_compared_by_the_absolute_difference_and_says_why_not
         "divide by popularity's NDCG@10, 0 in some resamples of these users"
     )
     assert "nan" not in sentence
+
+
+def test_seeds_of_one_configuration_are_averaged_per_user_before_pairing():
+    seed0 = {"u1": 1, "u2": 11, "u3": 3}  # NDCG@10 1, 0, 0.5
+    seed1 = {"u1": 11, "u2": 1, "u3": 3}  # 0, 1, 0.5: every user's mean is 0.5
+    baseline = {"u1": 3, "u2": 3, "u3": 3}  # 0.5 each
+    pooled = paired_comparison([seed0, seed1], baseline)
+    assert pooled.mean_a == pytest.approx(0.5) and pooled.difference == pytest.approx(0.0)
+    # averaged per user, not pooled as more users: no user differs, so no spread and no sign-test evidence
+    assert pooled.interval == pytest.approx((0.0, 0.0)) and (pooled.wins, pooled.losses, pooled.ties) == (0, 0, 3)
+    assert paired_comparison([seed0, seed0], baseline) == paired_comparison(seed0, baseline)
+    with pytest.raises(ValueError, match="run 2 of A holds other users"):
+        paired_comparison([seed0, {"u1": 1, "u2": 1}], baseline)

@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -82,29 +82,44 @@ class PairedResult:
 
 
 def paired_comparison(
-    ranks_a: Mapping[str, int],
-    ranks_b: Mapping[str, int],
+    ranks_a: Mapping[str, int] | Sequence[Mapping[str, int]],
+    ranks_b: Mapping[str, int] | Sequence[Mapping[str, int]],
     metric: str = "ndcg@10",
     resamples: int = 10_000,
     seed: int = 0,
 ) -> PairedResult:
-    """Compare two rankers on the same users from their per-user ranks (``{user_id: rank}``).
+    """Compare two rankers on the same users from their per-user ranks (``{user_id: rank}``); a side given as several
+    runs (seeds of one configuration) is each user's value averaged over them.
 
     The bootstrap resamples users with replacement (the same users for A and B, which is what makes it paired) and
     takes the 2.5th and 97.5th percentiles of the mean difference, and of the relative difference
     ``mean_a / mean_b - 1`` of the same resamples.
+
+    Example:
+        >>> seeds = paired_comparison([{"u1": 1, "u2": 11}, {"u1": 11, "u2": 11}], {"u1": 11, "u2": 11})
+        >>> seeds.mean_a, seeds.difference
+        (0.25, 0.25)
     """
-    if set(ranks_a) != set(ranks_b):
-        only_a, only_b = sorted(set(ranks_a) - set(ranks_b)), sorted(set(ranks_b) - set(ranks_a))
+    runs_a, runs_b = _runs(ranks_a), _runs(ranks_b)
+    users_a, users_b = set(runs_a[0]), set(runs_b[0])
+    if users_a != users_b:
+        only_a, only_b = sorted(users_a - users_b), sorted(users_b - users_a)
         raise ValueError(
             f"a paired comparison needs the same users: {len(only_a)} only in A {only_a[:3]}, "
             f"{len(only_b)} only in B {only_b[:3]}"
         )
-    if not ranks_a:
+    for side, runs in (("A", runs_a), ("B", runs_b)):
+        for index, run in enumerate(runs[1:], start=2):
+            if set(run) != users_a:
+                raise ValueError(f"run {index} of {side} holds other users than its first run: seeds must share them")
+    if not users_a:
         raise ValueError("no users to compare")
-    users = sorted(ranks_a)
-    a = per_user_values(np.array([ranks_a[user] for user in users]), metric)
-    b = per_user_values(np.array([ranks_b[user] for user in users]), metric)
+    users = sorted(users_a)
+
+    def averaged(runs: list[Mapping[str, int]]) -> np.ndarray:
+        return np.mean([per_user_values(np.array([run[user] for user in users]), metric) for run in runs], axis=0)
+
+    a, b = averaged(runs_a), averaged(runs_b)
     rng = np.random.default_rng(seed)
     sums_a, sums_b = np.empty(resamples), np.empty(resamples)
     for start in range(0, resamples, 1000):  # chunks: 10,000 x users indices at once would be ~80 MB for 943 users
@@ -142,6 +157,13 @@ def paired_comparison(
         resamples=resamples,
         seed=seed,
     )
+
+
+def _runs(ranks: Mapping[str, int] | Sequence[Mapping[str, int]]) -> list[Mapping[str, int]]:
+    runs = [ranks] if isinstance(ranks, Mapping) else list(ranks)
+    if not runs:
+        raise ValueError("a side of a paired comparison needs at least one run's ranks")
+    return runs
 
 
 def format_paired_table(rows: Mapping[str, PairedResult]) -> str:
