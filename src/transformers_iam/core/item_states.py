@@ -134,20 +134,31 @@ def _context_states(
     tokens, positions = torch.gather(input_ids, 1, order), torch.gather(position_ids, 1, order)
     if _may_remember(parts, cache, num_layers, input_ids.device) and all_hidden_states is None:
         return _remembered_context_states(parts, tokens, positions, counts, num_layers, cache), order, mask
+    return _run_context(parts, tokens, mask.long(), positions, num_layers, all_hidden_states), order, mask
+
+
+def _run_context(
+    parts: DecoderParts,
+    tokens: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positions: torch.Tensor,
+    num_layers: int,
+    all_hidden_states: list | None = None,
+) -> torch.Tensor:
+    """Compacted context tokens through the leading layers: one segment, plain causal attention among themselves."""
     hidden = parts.backbone.get_input_embeddings()(tokens)
     if all_hidden_states is not None:
         all_hidden_states.append(hidden)
-    states = run_layers(
+    return run_layers(
         parts,
         hidden,
         0,
         num_layers,
-        mask.long(),
+        attention_mask,
         positions,
         ItemSegments.one_item_per_row(),
         all_hidden_states=all_hidden_states,
     )
-    return states, order, mask
 
 
 def _may_remember(parts: DecoderParts, cache: ItemStateCache | None, num_layers: int, device: torch.device) -> bool:
@@ -169,30 +180,18 @@ def _remembered_context_states(
 ) -> torch.Tensor:
     """``(batch, width, hidden)``: each row's first ``counts[row]`` context states from ``cache``'s memo (zeros after
     them). A row missing from it runs alone, so its states never depend on the batch it first came in."""
-    embeddings = parts.backbone.get_input_embeddings()
-    rows = []
+    weight = parts.backbone.get_input_embeddings().weight
+    states = torch.zeros(*tokens.shape, weight.shape[-1], dtype=weight.dtype, device=tokens.device)
     for row, count in enumerate(counts.tolist()):
+        if not count:
+            continue
         row_tokens, row_positions = tokens[row : row + 1, :count], positions[row : row + 1, :count]
-        key = (str(tokens.device), embeddings.weight.dtype, tuple(row_tokens[0].tolist()))
-        key += (tuple(row_positions[0].tolist()),)
+        key = (str(tokens.device), weight.dtype, tuple(row_tokens[0].tolist()), tuple(row_positions[0].tolist()))
 
         def compute(row_tokens=row_tokens, row_positions=row_positions) -> torch.Tensor:
-            return run_layers(
-                parts,
-                embeddings(row_tokens),
-                0,
-                num_layers,
-                torch.ones_like(row_tokens),
-                row_positions,
-                ItemSegments.one_item_per_row(),
-            )[0]
+            return _run_context(parts, row_tokens, torch.ones_like(row_tokens), row_positions, num_layers)[0]
 
-        rows.append(cache.context_states(key, compute) if count else None)
-    weight = embeddings.weight
-    states = torch.zeros(*tokens.shape, weight.shape[-1], dtype=weight.dtype, device=tokens.device)
-    for row, state in enumerate(rows):
-        if state is not None:
-            states[row, : state.shape[0]] = state
+        states[row, :count] = cache.context_states(key, compute)
     return states
 
 
