@@ -102,7 +102,9 @@ def sampled_softmax_cross_entropy(
     would be pushed down more than the full softmax pushes them: every candidate's score is lowered by the log of its
     expected count among the candidates (the logQ correction, Yi et al. 2019, "Sampling-bias-corrected neural
     modeling"), ``targets x p(item) + negatives / catalog``, with ``p`` from ``log_frequency`` (the training
-    targets' log counts; uniform when zero). A candidate that is the row's own target elsewhere in the set (another
+    targets' log counts; uniform when zero). The row's own target is not corrected: it is not drawn but always
+    present, and the corrected candidates estimate the rest of the full softmax's denominator (Khrylchenko et al.
+    2025, "Correcting the LogQ Correction"). A candidate that is the row's own target elsewhere in the set (another
     row's equal target, or a sampled copy) is not a negative: it is masked out. ``kept_items``: as for the adapter's
     ``item_rows`` (training with ``config.new_item_dropout``).
 
@@ -123,7 +125,12 @@ def sampled_softmax_cross_entropy(
     scores = (projected @ weight.T + bias).float()
     probability = torch.softmax(log_frequency.float(), dim=0)
     expected_count = labels.numel() * probability[candidates] + num_negatives / num_items
-    scores = scores - expected_count.log()
+    log_count = expected_count.log()
+    scores = scores - log_count
+    # a row's own target is not drawn, it is always there: only the other candidates estimate the rest of the full
+    # softmax's denominator, so its score is given back its correction (left corrected, a rare target's loss would be
+    # too small and a popular one's too large)
+    scores.diagonal().add_(log_count[: labels.numel()])
     rows = torch.arange(labels.numel(), device=scores.device)
     own_target = candidates[None, :] == candidates[rows, None]
     own_target[rows, rows] = False  # the positive itself stays
