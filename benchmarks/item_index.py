@@ -25,15 +25,18 @@ import json
 import math
 import os
 import resource
+import sys
 import time
 
-import numpy as np
 import psutil
 import torch
 import torch.nn.functional as F
 
 from transformers_iam.core.ranking import DEFAULT_CHUNK_SIZE, chunked_topk
 from transformers_iam.integrations.item_index import ItemIndex, default_nlist, import_faiss, item_vectors, query_vectors
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from latency import latency_percentiles  # noqa: E402
 
 K, EXCLUDED, CLUSTERS = 10, 20, 1000
 
@@ -68,7 +71,8 @@ def latencies(search, num_users: int) -> tuple[float, float]:
         start = time.perf_counter()
         search(user)
         times.append(time.perf_counter() - start)
-    return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
+    timed = latency_percentiles(times)
+    return timed["p50_ms"], timed["p99_ms"]
 
 
 def recall(found: torch.Tensor, exact: torch.Tensor) -> float:

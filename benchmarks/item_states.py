@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -37,6 +39,9 @@ from transformers_iam.experiments.build import (
     smollm2_directory,
 )
 from transformers_iam.experiments.run_arguments import RunArguments
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from latency import latency_percentiles  # noqa: E402
 
 
 @dataclass
@@ -230,9 +235,7 @@ def latency(args, setup: Setup) -> list[dict]:
                 times.append(time.perf_counter() - started)
                 found.append(top.indices[0].tolist())
         lists.append(found)
-        rows.append(
-            dict(row=name, users=len(users), p50_ms=1e3 * percentile(times, 50), p99_ms=1e3 * percentile(times, 99))
-        )
+        rows.append(dict(row=name, **latency_percentiles(times)))
     matching = sum(a == b for a, b in zip(*lists))
     print(
         f"\n### One user at a time ({setup.description}; {len(users)} users, histories up to {args.max_history} items)"
@@ -245,10 +248,6 @@ def latency(args, setup: Setup) -> list[dict]:
         )
     print(f"top-10 lists identical live and remembered: {matching}/{len(users)} users")
     return [dict(row, matching=matching) for row in rows]
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(torch.quantile(torch.tensor(values, dtype=torch.float64), q / 100))
 
 
 def memory(args, setup: Setup) -> list[dict]:

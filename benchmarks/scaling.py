@@ -74,6 +74,7 @@ import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import synthetic_catalog  # noqa: E402
+from latency import latency_percentiles  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT_TEMPLATE = "{title} | {category}"
@@ -584,14 +585,6 @@ def step_callback(recorder: Recorder):
     return StepTimes()
 
 
-def percentiles(times: list[float]) -> dict:
-    return {
-        "p50_ms": float(np.percentile(times, 50) * 1e3),
-        "p99_ms": float(np.percentile(times, 99) * 1e3),
-        "users": len(times),
-    }
-
-
 def serve(recorder: Recorder, built, latency_users: int, nprobes: list[int]) -> None:
     """Top-10 for single users from the trained model: exact ``recommend`` in chunks, and an ivf ``ItemIndex``
     scanning each of ``nprobes`` groups in turn (the first is the table's)."""
@@ -618,14 +611,14 @@ def serve(recorder: Recorder, built, latency_users: int, nprobes: list[int]) -> 
             top = model.recommend(**batch, k=K, exclude_item_ids=excluded, chunk_size=DEFAULT_CHUNK_SIZE)
             times.append(time.perf_counter() - start)
             exact.append(set(top.indices[0].tolist()))
-        recorder.result["exact"] = {**percentiles(times), "chunk_size": DEFAULT_CHUNK_SIZE}
+        recorder.result["exact"] = {**latency_percentiles(times), "chunk_size": DEFAULT_CHUNK_SIZE}
         recorder.result["threads"] = {"torch": torch.get_num_threads(), "faiss": import_faiss().omp_get_max_threads()}
         forward = []
         for batch in inputs:
             start = time.perf_counter()
             model.user_states(**{key: value for key, value in batch.items() if key != "labels"})
             forward.append(time.perf_counter() - start)
-        recorder.result["user_state"] = percentiles(forward)
+        recorder.result["user_state"] = latency_percentiles(forward)
         recorder.leave("exact recommend", time.perf_counter() - started)
 
         recorder.enter("index build")
@@ -649,7 +642,7 @@ def serve(recorder: Recorder, built, latency_users: int, nprobes: list[int]) -> 
             hits = sum(len(a & b) for a, b in zip(found, exact))
             sweep.append(
                 {
-                    **percentiles(times),
+                    **latency_percentiles(times),
                     "recall@10": hits / (K * len(exact)),
                     "nprobe": index.nprobe,
                     "nlist": int(index.index.nlist),
