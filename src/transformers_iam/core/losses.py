@@ -128,8 +128,8 @@ def sampled_softmax_cross_entropy(
     log_count = expected_count.log()
     scores = scores - log_count
     # a row's own target is not drawn, it is always there: only the other candidates estimate the rest of the full
-    # softmax's denominator, so its score is given back its correction (left corrected, a rare target's loss would be
-    # too small and a popular one's too large)
+    # softmax's denominator, so its score is given back its correction (left corrected, its share of the softmax
+    # would be divided by its expected count: too large a loss where that is above 1, too small below)
     scores.diagonal().add_(log_count[: labels.numel()])
     rows = torch.arange(labels.numel(), device=scores.device)
     own_target = candidates[None, :] == candidates[rows, None]
