@@ -43,7 +43,7 @@ def test_in_batch_copies_of_a_popular_target_count_once():
     # equal scores, a batch of eight rows with target 0 and one with target 1, frequencies as in the batch: the
     # corrected copies of item 0 weigh as one item, so every row's loss is log(2), the softmax over the two items;
     # uncorrected, the row of item 1 would see eight negatives (log 9); with its own target corrected too, each row of
-    # item 0 would lose log(8) more
+    # item 0 would have its share divided by its expected count, 8 (log 9; 2.03 on average over the rows)
     adapter = adapter_scoring(item=0, margin=0.0)
     counts = torch.full((20,), 1e-9)
     counts[0], counts[1] = 8.0, 1.0
