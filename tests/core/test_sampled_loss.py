@@ -104,7 +104,7 @@ def test_a_model_trained_with_sampled_negatives_learns_the_task(tmp_path, tokeni
     collator = IAMDataCollator(tokenizer, catalog, max_length=64, **collator_kwargs())
     train, held_out = next_item_dataset(catalog, 256, seed=0), next_item_dataset(catalog, 64, seed=1)
     before = mean_loss(model, collator, held_out)  # the full cross-entropy, in eval mode
-    args = quiet_training_arguments(tmp_path)
+    args = quiet_training_arguments(tmp_path, learning_rate=3e-3)  # as the sparse-gradient test: 1e-2 swings by seed
     Trainer(model=model, args=args, train_dataset=train, data_collator=collator).train()
     after = mean_loss(model, collator, held_out)
     print(f"held-out full cross-entropy {before:.3f} -> {after:.3f}")
