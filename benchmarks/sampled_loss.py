@@ -107,7 +107,7 @@ def main() -> None:
             flush=True,
         )
     print(
-        f"sampled: {args.negatives} uniform negatives + the batch's targets, logQ-corrected "
+        f"sampled: {args.negatives} distinct negatives drawn by frequency (uniform here), logQ-corrected "
         "(IAMConfig.num_sampled_negatives)"
     )
 

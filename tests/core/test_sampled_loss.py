@@ -11,7 +11,7 @@ from transformers import Trainer
 
 from transformers_iam import IAMDataCollator, IAMForCausalRecommendation
 from transformers_iam.core.adapter import IAMRecommendationAdapter
-from transformers_iam.core.losses import sampled_softmax_cross_entropy
+from transformers_iam.core.losses import catalog_cross_entropy, draw_negatives, sampled_softmax_cross_entropy
 
 from ..testing_utils import collator_kwargs, next_item_dataset, tiny_model
 from .test_training import mean_loss, quiet_training_arguments
@@ -39,31 +39,55 @@ def test_the_rows_own_target_elsewhere_among_the_candidates_is_not_a_negative():
     assert float(loss) < 1e-3
 
 
-def test_in_batch_copies_of_a_popular_target_count_once():
-    # equal scores, a batch of eight rows with target 0 and one with target 1, frequencies as in the batch: the
-    # corrected copies of item 0 weigh as one item, so every row's loss is log(2), the softmax over the two items;
-    # uncorrected, the row of item 1 would see eight negatives (log 9); with its own target corrected too, each row of
-    # item 0 would have its share divided by its expected count, 8 (log 9; 2.03 on average over the rows)
-    adapter = adapter_scoring(item=0, margin=0.0)
-    counts = torch.full((20,), 1e-9)
-    counts[0], counts[1] = 8.0, 1.0
-    loss = sampled_softmax_cross_entropy(adapter, torch.randn(9, HIDDEN), torch.tensor([0] * 8 + [1]), 0, counts.log())
-    assert abs(float(loss) - math.log(2)) < 1e-4
+def test_every_item_as_a_negative_gives_the_full_cross_entropy():
+    torch.manual_seed(0)
+    adapter = tiny_model(num_items=20).adapter
+    with torch.no_grad():
+        adapter.item_embeddings.weight.normal_()
+        adapter.item_embeddings.bias.normal_()
+    states, labels = torch.randn(6, HIDDEN), torch.tensor([0, 3, 3, 7, 19, 12])
+    log_frequency = torch.randn(20)  # whatever the frequencies: every item is drawn for sure
+    full = catalog_cross_entropy(adapter, adapter(states), None, labels, None, 20)
+    sampled = sampled_softmax_cross_entropy(adapter, states, labels, 20, log_frequency)
+    torch.testing.assert_close(sampled, full)
+
+
+def test_negatives_are_distinct_and_weighted_by_their_inclusion_probability():
+    # 50 distinct of 200 items, the first 10 twenty times as frequent. Weighting each drawn item by 1 / its inclusion
+    # probability estimates any sum over the catalog without bias: summed over the draws of many steps, the weights of
+    # each group of items average to its size. Weights from the expected count of draws instead (1 / (draws x q))
+    # give the popular group 3.8 where it has 10 items
+    log_frequency = torch.zeros(200)
+    log_frequency[:10] = 3.0
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.zeros(200)
+    steps = 1000
+    for _ in range(steps):
+        items, log_inclusion = draw_negatives(log_frequency, 50, generator)
+        assert items.unique().numel() == 50
+        weights[items] += (-log_inclusion).exp()
+    assert abs(float(weights[:10].sum()) / steps - 10) < 0.5
+    assert abs(float(weights[10:].sum()) / steps - 190) < 0.05 * 190
 
 
 @pytest.mark.parametrize("target", [0, 1], ids=["popular target", "rare target"])
 def test_a_rows_loss_estimates_the_full_softmax_whatever_its_targets_popularity(target):
-    # equal scores: the full cross-entropy is log(20) for every target. Over many uniform draws the sampled loss comes
-    # close to it for a popular target and a rare one alike; correcting the target's own score as well would give
-    # log(1 + 19 x its expected count), 8.25 here
+    # equal scores: the full cross-entropy is log(20) for every target. With 10 negatives drawn by a skewed frequency,
+    # the corrected loss comes close to it on average, for a popular target and a rare one alike; uncorrected it
+    # would be log(1 + 10) = 2.40
     adapter = adapter_scoring(item=0, margin=0.0)
     log_frequency = torch.zeros(20)
-    log_frequency[0] = 5.0
+    log_frequency[0] = 3.0
     generator = torch.Generator().manual_seed(0)
-    loss = sampled_softmax_cross_entropy(
-        adapter, torch.randn(1, HIDDEN), torch.tensor([target]), 4000, log_frequency, generator=generator
-    )
-    assert abs(float(loss) - math.log(20)) < 0.05
+    losses = [
+        float(
+            sampled_softmax_cross_entropy(
+                adapter, torch.randn(1, HIDDEN), torch.tensor([target]), 10, log_frequency, generator=generator
+            )
+        )
+        for _ in range(400)
+    ]
+    assert abs(sum(losses) / len(losses) - math.log(20)) < 0.05
 
 
 def test_gradients_reach_only_the_rows_scored():

@@ -165,9 +165,10 @@ class IAMConfig(PreTrainedConfig):
             The rows still start at 0. `None` (the default): vectors of the hidden size, no projection.
         num_sampled_negatives (`int`, *optional*):
             Train with a sampled softmax instead of the cross-entropy over the whole catalog: each target is scored
-            against the batch's other targets and this many items drawn uniformly from the catalog, with the logQ
-            correction (`init_sampling_frequency` gives the training targets' counts). For large catalogs, where a
-            `[targets x catalog]` score matrix does not fit; evaluation still ranks the whole catalog. `None` (the
+            against this many distinct items drawn by how often items are training targets, shared by the batch,
+            with the logQ correction (`init_sampling_frequency` gives the training targets' counts). For large
+            catalogs, where a `[targets x catalog]` score matrix does not fit: the head's scores are
+            `[targets x (1 + num_sampled_negatives)]`. Evaluation still ranks the whole catalog. `None` (the
             default): full cross-entropy.
         sparse_item_gradients (`bool`, *optional*, defaults to `False`):
             With `num_sampled_negatives`, the per-item tables (the adapter's item rows and bias, the item id vectors)

@@ -85,6 +85,32 @@ def catalog_cross_entropy(
     return total / max(1, targets.numel())
 
 
+def draw_negatives(
+    log_frequency: torch.Tensor, num_negatives: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num_negatives`` distinct items drawn by how frequent they are (``exp(log_frequency)``), and the log of each
+    one's inclusion probability. Priority sampling (Duffield, Lund and Thorup 2007): each item's priority is its
+    frequency over a uniform draw, the ``num_negatives`` highest are kept, and with the next priority as threshold
+    ``t`` an item's inclusion probability is ``min(1, q / t)``; dividing by it makes a sum over the drawn items an
+    unbiased estimate of the sum over the catalog. The whole catalog, with log inclusion 0, when ``num_negatives``
+    reaches its size.
+
+    Example:
+        >>> items, log_inclusion = draw_negatives(torch.zeros(10), 4, torch.Generator().manual_seed(0))
+        >>> items.unique().numel(), bool((log_inclusion <= 0).all())
+        (4, True)
+    """
+    log_probability = torch.log_softmax(log_frequency.float(), dim=0)
+    num_items = log_probability.numel()
+    if num_negatives >= num_items:
+        return torch.arange(num_items, device=log_probability.device), torch.zeros_like(log_probability)
+    uniform = torch.rand(num_items, generator=generator, device=log_probability.device)
+    log_priority = log_probability - torch.log1p(-uniform)  # 1 - uniform is in (0, 1]: no log of 0
+    top = torch.topk(log_priority, num_negatives + 1)
+    items = top.indices[:num_negatives]
+    return items, (log_probability[items] - top.values[num_negatives]).clamp(max=0.0)
+
+
 def sampled_softmax_cross_entropy(
     adapter: nn.Module,
     states: torch.Tensor,
@@ -96,17 +122,18 @@ def sampled_softmax_cross_entropy(
 ) -> torch.Tensor:
     """Cross-entropy over sampled candidates instead of the whole catalog (``config.num_sampled_negatives``).
 
-    Each state is scored against the batch's targets (in-batch negatives: other rows' targets) and ``num_negatives``
-    items drawn uniformly from the catalog, shared by the batch: a ``[targets x (targets + negatives)]`` score
-    matrix instead of ``[targets x catalog]``. The targets are drawn as often as items are targets, so popular items
-    would be pushed down more than the full softmax pushes them: every candidate's score is lowered by the log of its
-    expected count among the candidates (the logQ correction, Yi et al. 2019, "Sampling-bias-corrected neural
-    modeling"), ``targets x p(item) + negatives / catalog``, with ``p`` from ``log_frequency`` (the training
-    targets' log counts; uniform when zero). The row's own target is not corrected: it is not drawn but always
-    present, and the corrected candidates estimate the rest of the full softmax's denominator (Khrylchenko et al.
-    2025, "Correcting the LogQ Correction"). A candidate that is the row's own target elsewhere in the set (another
-    row's equal target, or a sampled copy) is not a negative: it is masked out. ``kept_items``: as for the adapter's
-    ``item_rows`` (training with ``config.new_item_dropout``).
+    Each state is scored against its own target and ``num_negatives`` distinct items drawn in proportion to how often
+    items are training targets (``log_frequency``, the targets' log counts; uniform when zero), shared by the batch:
+    a ``[targets x (1 + negatives)]`` score matrix instead of ``[targets x catalog]``. Each negative's score is
+    lowered by the log of its probability of being drawn (the logQ correction, Yi et al. 2019, "Sampling-bias-
+    corrected neural modeling", with the inclusion probabilities of ``draw_negatives``), so that the negatives
+    estimate the rest of the full softmax's denominator without bias; the row's own target is not drawn but always
+    there, and is not corrected (Khrylchenko et al. 2025, "Correcting the LogQ Correction"). A drawn item that is the
+    row's own target is not a negative: it is masked out. The other rows' targets are not candidates: a batch's
+    targets come a few users at a time (with every-item supervision, each user's whole history), so they are not
+    draws from the frequencies the correction assumes (docs/architecture.md). ``kept_items``: as for the adapter's
+    ``item_rows`` (training with ``config.new_item_dropout``). With ``num_negatives`` at the catalog's size it is the
+    full cross-entropy.
 
     Example:
         >>> from transformers_iam.core.adapter import IAMRecommendationAdapter
@@ -116,26 +143,23 @@ def sampled_softmax_cross_entropy(
         >>> loss.shape, bool(loss > 0)
         (torch.Size([]), True)
     """
-    num_items = log_frequency.shape[0]
     device = adapter.item_embeddings.weight.device
-    negatives = torch.randint(num_items, (num_negatives,), device=device, generator=generator)
-    candidates = torch.cat([labels.to(device), negatives])
-    weight, bias = adapter.item_rows(candidates, kept_items)
+    labels = labels.to(device)
+    negatives, log_inclusion = draw_negatives(log_frequency.to(device), num_negatives, generator)
+    weight, bias = adapter.item_rows(torch.cat([labels, negatives]), kept_items)
     projected = adapter.project(states.to(weight.dtype))
-    scores = (projected @ weight.T + bias).float()
-    probability = torch.softmax(log_frequency.float(), dim=0)
-    expected_count = labels.numel() * probability[candidates] + num_negatives / num_items
-    log_count = expected_count.log()
-    scores = scores - log_count
-    # a row's own target is not drawn, it is always there: only the other candidates estimate the rest of the full
-    # softmax's denominator, so its score is given back its correction (left corrected, its share of the softmax
-    # would be divided by its expected count: too large a loss where that is above 1, too small below)
-    scores.diagonal().add_(log_count[: labels.numel()])
-    rows = torch.arange(labels.numel(), device=scores.device)
-    own_target = candidates[None, :] == candidates[rows, None]
-    own_target[rows, rows] = False  # the positive itself stays
-    scores = scores.masked_fill(own_target, float("-inf"))
-    return nn.functional.cross_entropy(scores, rows)
+    num_targets = labels.numel()
+    own = ((projected * weight[:num_targets]).sum(-1) + bias[:num_targets]).float()
+    others = (projected @ weight[num_targets:].T + bias[num_targets:]).float() - log_inclusion
+    others = others.masked_fill(negatives[None, :] == labels[:, None], float("-inf"))
+    scores = torch.cat([own[:, None], others], dim=1)
+    return nn.functional.cross_entropy(scores, torch.zeros(num_targets, dtype=torch.long, device=device))
 
 
-__all__ = ["catalog_cross_entropy", "check_catalog_indices", "sampled_softmax_cross_entropy", "targeted_states"]
+__all__ = [
+    "catalog_cross_entropy",
+    "check_catalog_indices",
+    "draw_negatives",
+    "sampled_softmax_cross_entropy",
+    "targeted_states",
+]
