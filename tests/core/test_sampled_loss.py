@@ -56,7 +56,7 @@ def test_negatives_are_distinct_and_weighted_by_their_inclusion_probability():
     # 50 distinct of 200 items, the first 10 twenty times as frequent. Weighting each drawn item by 1 / its inclusion
     # probability estimates any sum over the catalog without bias: summed over the draws of many steps, the weights of
     # each group of items average to its size. Weights from the expected count of draws instead (1 / (draws x q))
-    # give the popular group 3.8 where it has 10 items
+    # give the popular group 3.9 where it has 10 items, and the others 313 where they are 190
     log_frequency = torch.zeros(200)
     log_frequency[:10] = 3.0
     generator = torch.Generator().manual_seed(0)
