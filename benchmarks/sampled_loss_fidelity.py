@@ -53,7 +53,8 @@ def gradients(loss, adapter: torch.nn.Module, states: torch.Tensor, *args) -> tu
     states = states.detach().requires_grad_()
     adapter.zero_grad(set_to_none=True)
     loss(adapter, states, *args).backward()
-    return states.grad, adapter.item_embeddings.weight.grad
+    rows = adapter.item_embeddings.weight.grad
+    return states.grad, rows.to_dense() if rows.is_sparse else rows  # sparse with sparse_item_gradients
 
 
 def full_cross_entropy(adapter, states, labels) -> torch.Tensor:

@@ -100,6 +100,12 @@ def draw_negatives(
         >>> items.unique().numel(), bool((log_inclusion <= 0).all())
         (4, True)
     """
+    if not torch.isfinite(log_frequency).all():
+        # a zero frequency (log 0) could become the threshold and turn a weight into nan: counts are smoothed instead
+        raise ValueError(
+            "log_frequency must be finite, e.g. log(counts + 1) as init_sampling_frequency gives; got "
+            f"{int((~torch.isfinite(log_frequency)).sum())} non-finite entries"
+        )
     log_probability = torch.log_softmax(log_frequency.float(), dim=0)
     num_items = log_probability.numel()
     if num_negatives >= num_items:
@@ -123,7 +129,7 @@ def sampled_softmax_cross_entropy(
     """Cross-entropy over sampled candidates instead of the whole catalog (``config.num_sampled_negatives``).
 
     Each state is scored against its own target and ``num_negatives`` distinct items drawn in proportion to how often
-    items are training targets (``log_frequency``, the targets' log counts; uniform when zero), shared by the batch:
+    items are training targets (``log_frequency``: log(counts + 1); uniform when zero), shared by the batch:
     a ``[targets x (1 + negatives)]`` score matrix instead of ``[targets x catalog]``. Each negative's score is
     lowered by the log of its probability of being drawn (the logQ correction, Yi et al. 2019, "Sampling-bias-
     corrected neural modeling", with the inclusion probabilities of ``draw_negatives``), so that the negatives
