@@ -22,7 +22,12 @@ import argparse
 import torch
 from torch.utils.data import DataLoader
 
-from transformers_iam.core.losses import catalog_cross_entropy, sampled_softmax_cross_entropy, targeted_states
+from transformers_iam.core.losses import (
+    catalog_cross_entropy,
+    sampled_softmax_cross_entropy,
+    sampling_log_frequency,
+    targeted_states,
+)
 from transformers_iam.core.readout import item_end_positions
 from transformers_iam.experiments.evaluate import load_checkpoint_run
 from transformers_iam.recsys.baselines import popularity_scores
@@ -92,7 +97,7 @@ def main() -> None:
     model.eval()
     adapter = model.adapter.requires_grad_(True)
     num_items = model.config.num_items
-    log_frequency = (popularity_scores(data.visible_sequences("train"), model.catalog).float() + 1).log()
+    log_frequency = sampling_log_frequency(popularity_scores(data.visible_sequences("train"), model.catalog))
     loader = DataLoader(
         data.train,
         batch_size=run.training.per_device_train_batch_size,

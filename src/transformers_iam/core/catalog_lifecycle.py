@@ -14,6 +14,7 @@ from .adapter import log_popularity_prior, rows_from_text, text_item_embeddings
 from .catalog import ItemCatalog, check_catalog_binding, item_token_sequences
 from .decoder import decoder_parts, eval_mode
 from .item_states import encode_item_sequences, item_text_features
+from .losses import sampling_log_frequency
 
 logger = logging.get_logger(__name__)
 
@@ -84,7 +85,7 @@ class CatalogMixin:
                 f"item_counts must be {self.config.num_items} finite counts >= 0 (one per catalog item, in its "
                 f"order), got {counts.numel()} values"
             )
-        self.item_log_frequency.copy_((counts + 1).log())
+        self.item_log_frequency.copy_(sampling_log_frequency(counts))
 
     @torch.no_grad()
     def init_item_embeddings_from_text(self, renderer, batch_size: int = 64, scale: float = 0.1) -> None:

@@ -85,6 +85,17 @@ def catalog_cross_entropy(
     return total / max(1, targets.numel())
 
 
+def sampling_log_frequency(item_counts: torch.Tensor) -> torch.Tensor:
+    """The sampled loss's log frequencies from training-target counts: ``log(counts + 1)``, so that an item never a
+    target can still be drawn as a negative (``draw_negatives`` refuses a zero frequency).
+
+    Example:
+        >>> sampling_log_frequency(torch.tensor([3.0, 0.0])).exp()
+        tensor([4., 1.])
+    """
+    return (item_counts.float() + 1).log()
+
+
 def draw_negatives(
     log_frequency: torch.Tensor, num_negatives: int, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +114,7 @@ def draw_negatives(
     if not torch.isfinite(log_frequency).all():
         # a zero frequency (log 0) could become the threshold and turn a weight into nan: counts are smoothed instead
         raise ValueError(
-            "log_frequency must be finite, e.g. log(counts + 1) as init_sampling_frequency gives; got "
+            "log_frequency must be finite, e.g. sampling_log_frequency(counts) = log(counts + 1); got "
             f"{int((~torch.isfinite(log_frequency)).sum())} non-finite entries"
         )
     log_probability = torch.log_softmax(log_frequency.float(), dim=0)
@@ -167,5 +178,6 @@ __all__ = [
     "check_catalog_indices",
     "draw_negatives",
     "sampled_softmax_cross_entropy",
+    "sampling_log_frequency",
     "targeted_states",
 ]
